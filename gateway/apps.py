@@ -1,0 +1,9 @@
+"""App configuration for the gateway."""
+
+from django.apps import AppConfig
+
+
+class GatewayConfig(AppConfig):
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "gateway"
+    verbose_name = "EV charging gateway"

@@ -1,0 +1,98 @@
+"""Enumerations shared by models, profiles, the poller and the dashboard."""
+
+from django.db import models
+
+
+class Function(models.TextChoices):
+    """Modbus object type (and so the read function code)."""
+
+    COIL = "coil", "Coil (FC01)"
+    DISCRETE_INPUT = "discrete_input", "Discrete input (FC02)"
+    HOLDING = "holding", "Holding register (FC03)"
+    INPUT = "input", "Input register (FC04)"
+
+
+class DataType(models.TextChoices):
+    """How the raw registers of one value are encoded."""
+
+    BOOL = "bool", "bool (coil / discrete input)"
+    BIT = "bit", "bit within a register"
+    INT16 = "int16", "int16"
+    UINT16 = "uint16", "uint16"
+    INT32 = "int32", "int32"
+    UINT32 = "uint32", "uint32"
+    INT64 = "int64", "int64"
+    UINT64 = "uint64", "uint64"
+    FLOAT32 = "float32", "float32"
+    FLOAT64 = "float64", "float64"
+    STRING = "string", "string of N registers"
+    BYTES = "bytes", "raw bytes of N registers"
+
+
+class ByteOrder(models.TextChoices):
+    """Byte and word order of a multi-byte value, named after the bytes A (most significant) .. D."""
+
+    ABCD = "ABCD", "ABCD (big endian, high word first)"
+    BADC = "BADC", "BADC (bytes swapped, high word first)"
+    CDAB = "CDAB", "CDAB (low word first)"
+    DCBA = "DCBA", "DCBA (little endian)"
+
+
+class Access(models.TextChoices):
+    READ = "r", "read"
+    READ_WRITE = "rw", "read-write"
+
+
+class PollGroup(models.TextChoices):
+    FAST = "fast", "fast (every poll)"
+    SLOW = "slow", "slow (identity / configuration)"
+
+
+class Iec61851State(models.TextChoices):
+    """Control-pilot states of IEC 61851-1."""
+
+    A = "A", "A: no vehicle"
+    B = "B", "B: vehicle connected, not charging"
+    C = "C", "C: charging"
+    D = "D", "D: charging, ventilation required"
+    E = "E", "E: no power (short circuit / error)"
+    F = "F", "F: charger fault"
+
+
+class OperatorStatus(models.TextChoices):
+    """One status an operator reads at a glance, whatever the vendor."""
+
+    AVAILABLE = "available", "Available"
+    PREPARING = "preparing", "Occupied / preparing"
+    CHARGING = "charging", "Charging"
+    SUSPENDED = "suspended", "Suspended"
+    FINISHING = "finishing", "Finishing"
+    FAULTED = "faulted", "Faulted"
+    UNAVAILABLE = "unavailable", "Unavailable"
+    OFFLINE = "offline", "Offline"
+
+
+class Role(models.TextChoices):
+    """Where a register's value goes in the vendor-neutral telemetry record."""
+
+    NONE = "", "(not in telemetry)"
+    VENDOR_STATUS = "vendor_status", "vendor status code (mapped through the status table)"
+    IEC61851_STATE = "iec61851_state", "IEC 61851 state code"
+    POWER_W = "power_w", "active power, W"
+    CURRENT_L1_A = "current_l1_a", "current L1, A"
+    CURRENT_L2_A = "current_l2_a", "current L2, A"
+    CURRENT_L3_A = "current_l3_a", "current L3, A"
+    VOLTAGE_L1_V = "voltage_l1_v", "voltage L1-N, V"
+    VOLTAGE_L2_V = "voltage_l2_v", "voltage L2-N, V"
+    VOLTAGE_L3_V = "voltage_l3_v", "voltage L3-N, V"
+    ENERGY_TOTAL_WH = "energy_total_wh", "energy meter total, Wh"
+    SESSION_ENERGY_WH = "session_energy_wh", "session energy, Wh"
+    TEMPERATURE_C = "temperature_c", "temperature, °C"
+    MAX_CURRENT_A = "max_current_a", "current limit setpoint, A"
+    ERROR_CODE = "error_code", "error code"
+
+
+# The numeric values of the telemetry record, in display order.
+TELEMETRY_VALUE_ROLES: tuple[str, ...] = tuple(
+    role.value for role in Role if role not in (Role.NONE, Role.VENDOR_STATUS, Role.IEC61851_STATE)
+)

@@ -1,0 +1,157 @@
+"""Encode and decode Modbus register values: bytes in, values out, no I/O.
+
+A multi-byte value is written big-endian as bytes A B C D ...; the byte order names how those
+bytes lie in the 16-bit registers on the wire:
+ABCD (high word first, big endian), BADC (bytes swapped within each word), CDAB (low word first,
+"word swap"), DCBA (both). 16-bit values only use the byte swap; strings and raw bytes only the
+byte swap too (each register's two bytes), since their "words" are characters in order.
+"""
+
+import math
+import struct
+
+from gateway.choices import ByteOrder, DataType
+
+FIXED_LENGTHS: dict[str, int] = {
+    DataType.BOOL: 1,
+    DataType.BIT: 1,
+    DataType.INT16: 1,
+    DataType.UINT16: 1,
+    DataType.INT32: 2,
+    DataType.UINT32: 2,
+    DataType.INT64: 4,
+    DataType.UINT64: 4,
+    DataType.FLOAT32: 2,
+    DataType.FLOAT64: 4,
+}
+
+_STRUCT_FORMATS: dict[str, str] = {
+    DataType.INT16: ">h",
+    DataType.UINT16: ">H",
+    DataType.INT32: ">i",
+    DataType.UINT32: ">I",
+    DataType.INT64: ">q",
+    DataType.UINT64: ">Q",
+    DataType.FLOAT32: ">f",
+    DataType.FLOAT64: ">d",
+}
+
+Value = int | float | bool | str | bytes | None
+
+
+class DecodeError(ValueError):
+    """Registers that cannot be turned into a value of the declared type."""
+
+
+def register_count(data_type: str, length: int = 1) -> int:
+    """Number of registers (or bits, for bool) one value of this type occupies."""
+    return FIXED_LENGTHS.get(data_type, length)
+
+
+def _swaps(byte_order: str) -> tuple[bool, bool]:
+    """(swap bytes within each word, swap word order) for a byte order name."""
+    if byte_order not in ByteOrder.values:
+        raise DecodeError(f"unknown byte order {byte_order!r}")
+    return byte_order in (ByteOrder.BADC, ByteOrder.DCBA), byte_order in (
+        ByteOrder.CDAB,
+        ByteOrder.DCBA,
+    )
+
+
+def registers_to_bytes(registers: list[int], byte_order: str, *, words: bool = True) -> bytes:
+    """Reassemble the big-endian bytes A B C D ... of a value from its registers on the wire."""
+    byte_swap, word_swap = _swaps(byte_order)
+    regs = list(registers)
+    if word_swap and words:
+        regs.reverse()
+    out = bytearray()
+    for reg in regs:
+        if not 0 <= reg <= 0xFFFF:
+            raise DecodeError(f"register value {reg} is not 16-bit")
+        hi, lo = reg >> 8, reg & 0xFF
+        out += bytes((lo, hi)) if byte_swap else bytes((hi, lo))
+    return bytes(out)
+
+
+def bytes_to_registers(data: bytes, byte_order: str, *, words: bool = True) -> list[int]:
+    """Lay the big-endian bytes A B C D ... of a value into registers in the given order."""
+    if len(data) % 2:
+        data += b"\x00"
+    byte_swap, word_swap = _swaps(byte_order)
+    regs = []
+    for i in range(0, len(data), 2):
+        hi, lo = data[i], data[i + 1]
+        regs.append((lo << 8 | hi) if byte_swap else (hi << 8 | lo))
+    if word_swap and words:
+        regs.reverse()
+    return regs
+
+
+def decode_value(
+    data_type: str,
+    registers: list[int] | list[bool],
+    byte_order: str = ByteOrder.ABCD,
+    *,
+    bit: int | None = None,
+    encoding: str = "ascii",
+) -> Value:
+    """Decode one raw value (before scale and offset). NaN floats decode to None."""
+    expected = register_count(data_type, len(registers))
+    if len(registers) != expected:
+        raise DecodeError(f"{data_type} needs {expected} register(s), got {len(registers)}")
+    if data_type == DataType.BOOL:
+        return bool(registers[0])
+    if data_type == DataType.BIT:
+        if bit is None or not 0 <= bit <= 15:
+            raise DecodeError("type 'bit' needs a bit number 0-15")
+        return bool((int(registers[0]) >> bit) & 1)
+    if data_type in _STRUCT_FORMATS:
+        raw = registers_to_bytes([int(r) for r in registers], byte_order)
+        (value,) = struct.unpack(_STRUCT_FORMATS[data_type], raw)
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        return value
+    if data_type == DataType.STRING:
+        raw = registers_to_bytes([int(r) for r in registers], byte_order, words=False)
+        return raw.split(b"\x00", 1)[0].decode(encoding, errors="replace").strip()
+    if data_type == DataType.BYTES:
+        return registers_to_bytes([int(r) for r in registers], byte_order, words=False)
+    raise DecodeError(f"unknown data type {data_type!r}")
+
+
+def encode_value(
+    data_type: str,
+    value: Value,
+    byte_order: str = ByteOrder.ABCD,
+    *,
+    length: int = 1,
+    bit: int | None = None,
+    current: int = 0,
+    encoding: str = "ascii",
+) -> list[int]:
+    """Encode one raw value into the registers (or bits) a device would put on the wire.
+
+    `current` is the register's present content, needed to set one bit of it.
+    """
+    if data_type == DataType.BOOL:
+        return [int(bool(value))]
+    if data_type == DataType.BIT:
+        if bit is None or not 0 <= bit <= 15:
+            raise ValueError("type 'bit' needs a bit number 0-15")
+        return [(current | (1 << bit)) if value else (current & ~(1 << bit))]
+    if data_type in _STRUCT_FORMATS:
+        fmt = _STRUCT_FORMATS[data_type]
+        if value is None:
+            value = math.nan
+        if fmt in (">f", ">d"):
+            packed = struct.pack(fmt, float(value))
+        else:
+            packed = struct.pack(fmt, int(value))
+        return bytes_to_registers(packed, byte_order)
+    if data_type in (DataType.STRING, DataType.BYTES):
+        raw = value.encode(encoding) if isinstance(value, str) else bytes(value or b"")
+        if len(raw) > 2 * length:
+            raise ValueError(f"{len(raw)} bytes do not fit in {length} register(s)")
+        raw = raw.ljust(2 * length, b"\x00")
+        return bytes_to_registers(raw, byte_order, words=False)
+    raise ValueError(f"unknown data type {data_type!r}")

@@ -1,0 +1,11 @@
+"""Dashboard pages."""
+
+from django.urls import path
+
+from gateway import views
+
+app_name = "gateway"
+urlpatterns = [
+    path("", views.fleet, name="fleet"),
+    path("chargepoints/<slug:slug>/", views.charge_point, name="charge_point"),
+]

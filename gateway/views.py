@@ -1,0 +1,2 @@
+def fleet(r): pass
+def charge_point(r, slug): pass
