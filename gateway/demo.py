@@ -1,0 +1,131 @@
+"""The embedded demo: broker, simulated fleet, poller, consumer and web server from one command.
+
+Why one web process hosts the consumer: the embedded mode has no Redis, and the in-memory channel
+layer only reaches WebSockets of its own process. So the Kafka consumer runs as a task inside the
+daphne process; the broker, simulator and poller run as child processes exactly as in production.
+"""
+
+import asyncio
+import logging
+import os
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
+from gateway.models import ChargePoint, DeviceProfile, Site
+
+logger = logging.getLogger(__name__)
+
+DEMO_SITE = "demo-site"
+DEMO_PROFILE = "generic-ev-charger"
+
+
+@dataclass
+class DemoOptions:
+    charge_points: int
+    http_host: str
+    http_port: int
+    kafka_port: int
+    modbus_base_port: int
+    speedup: float
+    seed: int | None
+
+
+def ensure_demo_fleet(count: int, base_port: int) -> int:
+    """Create the demo site and charge points cp-01..cp-N on consecutive loopback ports."""
+    profile = DeviceProfile.objects.get(slug=DEMO_PROFILE)
+    created = 0
+    with transaction.atomic():
+        site, _ = Site.objects.get_or_create(slug=DEMO_SITE, defaults={"name": "Demo car park"})
+        for index in range(count):
+            _cp, new = ChargePoint.objects.get_or_create(
+                slug=f"cp-{index + 1:02d}",
+                defaults={
+                    "name": f"Charge point {index + 1:02d}",
+                    "site": site,
+                    "host": "127.0.0.1",
+                    "port": base_port + index,
+                    "unit_id": 1,
+                    "profile": profile,
+                },
+            )
+            created += new
+    return created
+
+
+def ensure_admin(password: str | None) -> tuple[str | None, bool]:
+    """Create the `admin` superuser; returns (password to show or None if unchanged, created)."""
+    user_model = get_user_model()
+    user = user_model.objects.filter(username="admin").first()
+    if user is not None and not password:
+        return None, False
+    password = password or secrets.token_urlsafe(12)
+    if user is None:
+        user_model.objects.create_superuser("admin", "admin@localhost", password)
+        return password, True
+    user.set_password(password)
+    user.save(update_fields=["password"])
+    return password, False
+
+
+def child_environment(options: DemoOptions) -> dict[str, str]:
+    """Environment of the demo's child processes: the embedded broker, no idempotence (Tansu)."""
+    return os.environ | {
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{options.kafka_port}",
+        "KAFKA_ENABLE_IDEMPOTENCE": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """Start `manage.py ARGS` in its own session, so that we decide the order of shutdown."""
+    manage = Path(settings.BASE_DIR) / "manage.py"
+    return subprocess.Popen([sys.executable, str(manage), *args], env=env, start_new_session=True)  # noqa: S603
+
+
+def stop_child(process: subprocess.Popen, name: str, timeout_s: float = 15.0) -> None:
+    """SIGTERM, wait for the graceful shutdown, kill if it hangs."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop in %.0f s; killing it", name, timeout_s)
+            process.kill()
+            process.wait()
+
+
+def serve_web_with_consumer(host: str, port: int) -> None:
+    """Run daphne in this process with the Kafka consumer as a task on its event loop."""
+    from daphne.endpoints import build_endpoint_list
+    from daphne.server import Server
+    from twisted.internet import defer, reactor
+
+    from evdash.asgi import application
+    from gateway import services
+
+    stop = asyncio.Event()
+    consumer_task: list[asyncio.Task] = []
+
+    def start_consumer() -> None:
+        consumer_task.append(asyncio.get_event_loop().create_task(services.run_consumer(stop)))
+
+    def stop_consumer() -> defer.Deferred | None:
+        stop.set()
+        if consumer_task:
+            return defer.Deferred.fromFuture(asyncio.ensure_future(asyncio.wait(consumer_task)))
+        return None
+
+    reactor.addSystemEventTrigger("before", "shutdown", stop_consumer)
+    Server(
+        application=application,
+        endpoints=build_endpoint_list(host, port),
+        ready_callable=start_consumer,
+        verbosity=0,
+    ).run()

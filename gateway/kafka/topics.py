@@ -1,0 +1,40 @@
+"""Topic names and their creation."""
+
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from gateway.conf import setting
+from gateway.kafka.config import client_options
+
+logger = logging.getLogger(__name__)
+
+
+def telemetry_topic() -> str:
+    return setting("TELEMETRY_TOPIC")
+
+
+async def ensure_topics(topics: list[str], partitions: int | None = None) -> None:
+    """Create missing topics (keyed by charge point, so partitions give consumers parallelism).
+
+    Brokers that forbid topic creation to clients (managed Kafka) answer with an error that is
+    logged, not raised: the operator then creates the topics.
+    """
+    admin = AIOKafkaAdminClient(**client_options())
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in topics if t not in existing]
+        if not missing:
+            return
+        count = partitions or setting("TOPIC_PARTITIONS")
+        try:
+            await admin.create_topics([NewTopic(t, count, 1) for t in missing])
+            logger.info("created Kafka topics %s (%d partitions)", ", ".join(missing), count)
+        except TopicAlreadyExistsError:
+            pass
+        except KafkaError as exc:
+            logger.warning("could not create Kafka topics %s: %s", missing, exc)
+    finally:
+        await admin.close()

@@ -1,0 +1,30 @@
+"""manage.py runpoller: the soft-PLC that polls charge points and publishes telemetry."""
+
+import asyncio
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+
+from gateway import services
+from gateway.models import Site
+from gateway.runtime import configure_verbosity, run_until_stopped
+
+
+class Command(BaseCommand):
+    help = "Poll every enabled charge point over Modbus TCP and publish telemetry to Kafka."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--site", help="Only poll the charge points of this site (slug): one poller per site.")
+        parser.add_argument("--once", action="store_true", help="Poll every charge point once, print the records, exit.")
+
+    def handle(self, *args, **options) -> None:
+        configure_verbosity(options["verbosity"])
+        site = options["site"]
+        if site and not Site.objects.filter(slug=site).exists():
+            raise CommandError(f"No site with slug {site!r}.")
+        if options["once"]:
+            records = asyncio.run(services.poll_once(site=site))
+            for record in records:
+                self.stdout.write(json.dumps(record))
+            return
+        run_until_stopped(lambda stop: services.run_poller(stop, site=site))

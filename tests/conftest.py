@@ -1,0 +1,93 @@
+"""Real servers for the tests: the embedded Kafka broker, sessions for WebSocket clients."""
+
+import asyncio
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+
+import pytest
+from django.conf import settings
+
+from gateway.kafka.embedded import start_broker, stop_broker
+from gateway.models import ChargePoint, DeviceProfile, Site
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def wait_for(condition: Callable[[], bool], timeout_s: float = 15.0, what: str = "condition") -> None:
+    """Poll a condition until it holds or the deadline passes (no fixed sleeps in tests)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def within(awaitable: Awaitable, timeout_s: float = 20.0):  # noqa: ANN201
+    return await asyncio.wait_for(awaitable, timeout_s)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Tansu broker (Kafka protocol, in-memory storage) for the whole test session."""
+    port = free_port()
+    broker = start_broker(port=port, log_path=tmp_path_factory.mktemp("tansu") / "tansu.log")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_broker(broker)
+
+
+@pytest.fixture
+def kafka(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point the product at the test broker, with a topic and consumer group of this test's own."""
+    suffix = uuid.uuid4().hex[:8]
+    values = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
+        "KAFKA_ENABLE_IDEMPOTENCE": False,
+        "TELEMETRY_TOPIC": f"test.telemetry.{suffix}",
+        "CONSUMER_GROUP": f"test-consumer-{suffix}",
+        "TOPIC_PARTITIONS": 2,
+        "RELOAD_INTERVAL_S": 0.5,
+        "MODBUS_TIMEOUT_S": 1.0,
+        "RECONNECT_BACKOFF_MAX_S": 2.0,
+    }
+    for key, value in values.items():
+        monkeypatch.setitem(settings.EVDASH, key, value)
+    return values
+
+
+@pytest.fixture
+def generic_profile(db: None) -> DeviceProfile:
+    return DeviceProfile.objects.get(slug="generic-ev-charger")
+
+
+@pytest.fixture
+def site(db: None) -> Site:
+    return Site.objects.create(slug="test-site", name="Test site")
+
+
+def make_charge_point(site: Site, profile: DeviceProfile, slug: str, port: int, **extra: object) -> ChargePoint:
+    fields = {"name": slug.upper(), "host": "127.0.0.1", "unit_id": 1, "poll_interval_ms": 250} | extra
+    return ChargePoint.objects.create(slug=slug, site=site, profile=profile, port=port, **fields)
+
+
+def session_cookie_headers(user: object) -> list[tuple[bytes, bytes]]:
+    """Headers of a logged-in browser on 127.0.0.1: session cookie, Host and Origin."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    return [
+        (b"cookie", cookie.encode()),
+        (b"host", b"127.0.0.1"),
+        (b"origin", b"http://127.0.0.1"),
+    ]

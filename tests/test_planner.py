@@ -1,0 +1,55 @@
+"""Request planning: fewest reads within the protocol limits."""
+
+from gateway.choices import DataType, Function, PollGroup
+from gateway.modbus.planner import MAX_READ_BITS, MAX_READ_REGISTERS, plan_reads
+from gateway.profiles.spec import ProfileSpec, RegisterSpec
+from gateway.profiles.store import SHIPPED_DIR, read_spec_file
+
+
+def profile(*registers: RegisterSpec, max_gap: int = 8) -> ProfileSpec:
+    return ProfileSpec(slug="p", name="p", registers=registers, max_gap=max_gap)
+
+
+def test_generic_profile_needs_one_fast_and_one_slow_read() -> None:
+    spec = read_spec_file(SHIPPED_DIR / "generic-ev-charger.json")
+    fast = plan_reads(spec, (PollGroup.FAST,))
+    slow = plan_reads(spec, (PollGroup.SLOW,))
+    assert [(r.function, r.address, r.count) for r in fast] == [(Function.HOLDING, 0, 16)]
+    assert [(r.function, r.address, r.count) for r in slow] == [(Function.HOLDING, 100, 18)]
+
+
+def test_gap_up_to_max_gap_is_bridged_and_larger_gap_splits() -> None:
+    spec = profile(
+        RegisterSpec("a", 0),
+        RegisterSpec("b", 9),  # gap of 8 registers: bridged
+        RegisterSpec("c", 19),  # gap of 9: a new read
+    )
+    assert [(r.address, r.count) for r in plan_reads(spec, (PollGroup.FAST,))] == [(0, 10), (19, 1)]
+    assert len(plan_reads(spec, (PollGroup.FAST,), max_gap=0)) == 3
+
+
+def test_functions_are_never_mixed_in_one_read() -> None:
+    spec = profile(RegisterSpec("h", 0), RegisterSpec("i", 1, function=Function.INPUT))
+    assert {r.function for r in plan_reads(spec, (PollGroup.FAST,))} == {Function.HOLDING, Function.INPUT}
+
+
+def test_reads_stay_within_125_registers() -> None:
+    spec = profile(*(RegisterSpec(f"r{i}", i * 2, data_type=DataType.UINT32, length=2) for i in range(200)))
+    plan = plan_reads(spec, (PollGroup.FAST,))
+    assert all(r.count <= MAX_READ_REGISTERS for r in plan)
+    assert sum(len(r.registers) for r in plan) == 200
+    assert len(plan) == 4  # 400 registers / 124 (whole uint32 values) per read
+
+
+def test_bit_reads_stay_within_2000_bits() -> None:
+    spec = profile(
+        *(RegisterSpec(f"c{i}", i, function=Function.COIL, data_type=DataType.BOOL) for i in range(4500))
+    )
+    plan = plan_reads(spec, (PollGroup.FAST,))
+    assert [r.count for r in plan] == [MAX_READ_BITS, MAX_READ_BITS, 500]
+
+
+def test_poll_groups_are_planned_separately() -> None:
+    spec = profile(RegisterSpec("fast", 0), RegisterSpec("slow", 1, poll_group=PollGroup.SLOW))
+    assert [r.registers[0].name for r in plan_reads(spec, (PollGroup.FAST,))] == ["fast"]
+    assert [r.registers[0].name for r in plan_reads(spec, (PollGroup.SLOW,))] == ["slow"]

@@ -1,0 +1,102 @@
+"""The telemetry contract: records the poller builds validate against the shipped JSON Schema."""
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from django.conf import settings
+
+from gateway.profiles.codec import encode_value
+from gateway.profiles.decode import decode_block, to_telemetry_fields
+from gateway.modbus.planner import plan_reads
+from gateway.profiles.store import SHIPPED_DIR, read_spec_file
+from gateway.telemetry import SCHEMA_PATH, InvalidRecord, build_record, decode_record, encode_record
+
+GENERIC = read_spec_file(SHIPPED_DIR / "generic-ev-charger.json")
+
+
+def generic_registers(**raw: int) -> list[int]:
+    """A fast-group block of the generic profile with the given raw register values."""
+    block = [0] * 16
+    for register in GENERIC.registers:
+        if register.name in raw:
+            words = encode_value(register.data_type, raw[register.name], register.byte_order)
+            block[register.address : register.address + len(words)] = words
+    return block
+
+
+def decode_generic(**raw: int):  # noqa: ANN201
+    [request] = plan_reads(GENERIC, ("fast",))
+    values, errors = decode_block(request.registers, request.address, generic_registers(**raw))
+    assert errors == {}
+    return to_telemetry_fields(GENERIC, values)
+
+
+def test_generic_block_decodes_scaled_values_and_status() -> None:
+    fields = decode_generic(
+        status=2, power=11_040, current_l1=1600, current_l2=1601, current_l3=1599,
+        voltage_l1=2301, energy_total=123_456_789, temperature=-55, max_current=160,
+    )
+    assert fields.status == "charging"
+    assert fields.iec61851_state == "C"
+    assert fields.values["power_w"] == 11_040
+    assert fields.values["current_l1_a"] == 16.0
+    assert fields.values["current_l2_a"] == 16.01
+    assert fields.values["voltage_l1_v"] == 230.1
+    assert fields.values["energy_total_wh"] == 123_456_789
+    assert fields.values["temperature_c"] == -5.5
+    assert fields.values["max_current_a"] == 16.0
+    assert fields.problems == []
+
+
+def test_unknown_status_code_is_reported_not_guessed() -> None:
+    fields = decode_generic(status=99)
+    assert fields.status == "unavailable"
+    assert fields.problems == ["unknown vendor status code 99"]
+
+
+def test_built_records_validate_and_round_trip() -> None:
+    record = build_record(
+        charge_point="cp-01", site="site", profile="generic-ev-charger", seq=7,
+        fields=decode_generic(status=1), poll_ms=3.21,
+        moment=datetime(2026, 11, 24, 12, 0, 0, 123456, tzinfo=UTC),
+    )
+    assert record["ts"] == "2026-11-24T12:00:00.123Z"
+    assert record["quality"] == "good"
+    assert decode_record(encode_record(record)) == record
+
+
+def test_offline_record_validates() -> None:
+    record = build_record(
+        charge_point="cp-01", site="site", profile="generic-ev-charger", seq=1, fields=None,
+        error="cannot connect to 127.0.0.1:1",
+    )
+    assert record["status"] == "offline"
+    assert record["quality"] == "bad"
+    assert decode_record(encode_record(record))["error"] == "cannot connect to 127.0.0.1:1"
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"\xff\xfe garbage", "not JSON"),
+        (b'{"type": "telemetry"}', "is a required property"),
+        (None, "empty message"),
+    ],
+)
+def test_malformed_payloads_are_rejected_with_a_reason(payload: bytes | None, reason: str) -> None:
+    with pytest.raises(InvalidRecord, match=reason):
+        decode_record(payload)
+
+
+def test_wrong_status_value_names_the_field() -> None:
+    record = build_record(charge_point="cp", site="s", profile="p", seq=1, fields=decode_generic(status=1))
+    record["status"] = "exploded"
+    with pytest.raises(InvalidRecord, match="^status: "):
+        decode_record(json.dumps(record).encode())
+
+
+def test_schema_file_is_where_the_readme_says() -> None:
+    relative = SCHEMA_PATH.relative_to(settings.BASE_DIR).as_posix()
+    assert relative in (settings.BASE_DIR / "README.md").read_text()
+    assert json.loads(SCHEMA_PATH.read_text())["properties"]["schema_version"] == {"const": 1}
