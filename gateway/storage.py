@@ -16,7 +16,8 @@ def save_latest(records: list[Record]) -> int:
     newest: dict[str, Record] = {}
     for record in records:
         slug = record["charge_point"]
-        if slug not in newest or record["ts"] >= newest[slug]["ts"]:
+        current = newest.get(slug)
+        if current is None or (record["ts"], record["seq"]) >= (current["ts"], current["seq"]):
             newest[slug] = record
     ids = dict(ChargePoint.objects.filter(slug__in=newest).values_list("slug", "id"))
     for slug in newest.keys() - ids.keys():

@@ -66,7 +66,15 @@ def kafka(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
 
 @pytest.fixture
 def generic_profile(db: None) -> DeviceProfile:
-    return DeviceProfile.objects.get(slug="generic-ev-charger")
+    """The shipped generic profile (reloaded: transactional tests flush the data migration's rows)."""
+    return shipped_profile("generic-ev-charger")
+
+
+def shipped_profile(slug: str) -> DeviceProfile:
+    from gateway.models import Register, StatusCode
+    from gateway.profiles.store import SHIPPED_DIR, read_spec_file, save_spec
+
+    return save_spec(read_spec_file(SHIPPED_DIR / f"{slug}.json"), DeviceProfile, Register, StatusCode)
 
 
 @pytest.fixture
