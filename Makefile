@@ -26,7 +26,7 @@ test: $(STAMP)
 	DJANGO_DEBUG=1 $(PY) manage.py check
 	DJANGO_DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
 	DJANGO_DEBUG=1 $(PY) -m pytest -m "not production"
-	DJANGO_DEBUG=0 DJANGO_SECRET_KEY=test-only-not-secret DJANGO_SECURE_SSL_REDIRECT=0 \
+	DJANGO_DEBUG=0 DJANGO_SECRET_KEY=test-only-not-secret-$$(date +%s)-0123456789abcdefghijklmnopqrstuvwxyz \
 	  DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	  $(PY) -m pytest -m production
 

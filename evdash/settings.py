@@ -114,7 +114,13 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1500, "expiry": 10},
+            # channels_redis blocks in BZPOPMIN for 5 s; redis-py 8 times sockets out after 5 s by
+            # default, which races it. Give the socket more time than the blocking pop.
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+                "capacity": 1500,
+                "expiry": 10,
+            },
         }
     }
 else:

@@ -14,7 +14,17 @@ class SiteAdmin(admin.ModelAdmin):
 
 @admin.register(ChargePoint)
 class ChargePointAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "site", "host", "port", "unit_id", "profile", "poll_interval_ms", "enabled"]
+    list_display = [
+        "name",
+        "slug",
+        "site",
+        "host",
+        "port",
+        "unit_id",
+        "profile",
+        "poll_interval_ms",
+        "enabled",
+    ]
     list_filter = ["enabled", "site", "profile"]
     list_editable = ["enabled"]
     search_fields = ["name", "slug", "host"]
@@ -35,8 +45,21 @@ class RegisterInline(admin.TabularInline):
     model = Register
     extra = 0
     fields = [
-        "name", "function", "address", "data_type", "length", "bit", "byte_order", "scale",
-        "offset", "unit", "role", "access", "write_min", "write_max", "poll_group",
+        "name",
+        "function",
+        "address",
+        "data_type",
+        "length",
+        "bit",
+        "byte_order",
+        "scale",
+        "offset",
+        "unit",
+        "role",
+        "access",
+        "write_min",
+        "write_max",
+        "poll_group",
     ]
 
 

@@ -196,8 +196,7 @@ def page_config(now: datetime, ws_path: str) -> dict[str, Any]:
         "status_labels": STATUS_LABELS,
         "iec61851_labels": dict(Iec61851State.choices),
         "formats": {
-            card.key: {"unit": card.unit, "scale": card.scale, "decimals": card.decimals}
-            for card in CARDS
+            card.key: {"unit": card.unit, "scale": card.scale, "decimals": card.decimals} for card in CARDS
         },
     }
 
@@ -214,9 +213,7 @@ def fleet(request: HttpRequest) -> HttpResponse:
         charge_points = charge_points.filter(site=site)
     readings = [read_charge_point(cp, now) for cp in charge_points]
     counts = Counter(reading.summary_status for reading in readings)
-    total_power_w = sum(
-        reading.values.get("power_w") or 0 for reading in readings if not reading.stale
-    )
+    total_power_w = sum(reading.values.get("power_w") or 0 for reading in readings if not reading.stale)
     config = page_config(now, "/ws/fleet/") | {
         "charge_points": [reading.as_json() for reading in readings],
     }
@@ -238,9 +235,7 @@ def fleet(request: HttpRequest) -> HttpResponse:
 def charge_point(request: HttpRequest, slug: str) -> HttpResponse:
     """One charge point: its identity, status, values and live charts."""
     now = timezone.now()
-    cp = get_object_or_404(
-        ChargePoint.objects.select_related("site", "profile", "latest"), slug=slug
-    )
+    cp = get_object_or_404(ChargePoint.objects.select_related("site", "profile", "latest"), slug=slug)
     reading = read_charge_point(cp, now)
     config = page_config(now, f"/ws/chargepoints/{cp.slug}/") | {
         "charge_point": reading.as_json(),

@@ -29,7 +29,7 @@ async def wait_for(condition: Callable[[], bool], timeout_s: float = 15.0, what:
         await asyncio.sleep(0.05)
 
 
-async def within(awaitable: Awaitable, timeout_s: float = 20.0):  # noqa: ANN201
+async def within(awaitable: Awaitable, timeout_s: float = 20.0):
     return await asyncio.wait_for(awaitable, timeout_s)
 
 
@@ -82,7 +82,9 @@ def site(db: None) -> Site:
     return Site.objects.create(slug="test-site", name="Test site")
 
 
-def make_charge_point(site: Site, profile: DeviceProfile, slug: str, port: int, **extra: object) -> ChargePoint:
+def make_charge_point(
+    site: Site, profile: DeviceProfile, slug: str, port: int, **extra: object
+) -> ChargePoint:
     fields = {"name": slug.upper(), "host": "127.0.0.1", "unit_id": 1, "poll_interval_ms": 250} | extra
     return ChargePoint.objects.create(slug=slug, site=site, profile=profile, port=port, **fields)
 

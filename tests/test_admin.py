@@ -10,15 +10,24 @@ from tests.conftest import make_charge_point
 pytestmark = pytest.mark.django_db
 
 
-def charge_point_form(site, profile, **overrides) -> dict:  # noqa: ANN001
+def charge_point_form(site, profile, **overrides) -> dict:
     return {
-        "slug": "cp-new", "name": "New", "site": site.pk, "host": "10.0.0.5", "port": 502,
-        "unit_id": 1, "profile": profile.pk, "poll_interval_ms": 1000, "enabled": "on",
+        "slug": "cp-new",
+        "name": "New",
+        "site": site.pk,
+        "host": "10.0.0.5",
+        "port": 502,
+        "unit_id": 1,
+        "profile": profile.pk,
+        "poll_interval_ms": 1000,
+        "enabled": "on",
     } | overrides
 
 
 def test_admin_adds_a_valid_charge_point(admin_client, site, generic_profile) -> None:
-    response = admin_client.post(reverse("admin:gateway_chargepoint_add"), charge_point_form(site, generic_profile))
+    response = admin_client.post(
+        reverse("admin:gateway_chargepoint_add"), charge_point_form(site, generic_profile)
+    )
     assert response.status_code == 302
     assert ChargePoint.objects.get(slug="cp-new").endpoint == "10.0.0.5:502/1"
 
@@ -33,7 +42,9 @@ def test_admin_adds_a_valid_charge_point(admin_client, site, generic_profile) ->
         ("host", "bad host", "Host must not contain spaces."),
     ],
 )
-def test_admin_rejects_bad_values_with_clear_messages(admin_client, site, generic_profile, field, value, message) -> None:
+def test_admin_rejects_bad_values_with_clear_messages(
+    admin_client, site, generic_profile, field, value, message
+) -> None:
     response = admin_client.post(
         reverse("admin:gateway_chargepoint_add"), charge_point_form(site, generic_profile, **{field: value})
     )
@@ -44,7 +55,9 @@ def test_admin_rejects_bad_values_with_clear_messages(admin_client, site, generi
 
 def test_admin_rejects_duplicate_endpoint(admin_client, site, generic_profile) -> None:
     make_charge_point(site, generic_profile, "cp-old", 502, host="10.0.0.5")
-    response = admin_client.post(reverse("admin:gateway_chargepoint_add"), charge_point_form(site, generic_profile))
+    response = admin_client.post(
+        reverse("admin:gateway_chargepoint_add"), charge_point_form(site, generic_profile)
+    )
     assert "Another charge point already uses this host, port and unit id." in response.content.decode()
     assert not ChargePoint.objects.filter(slug="cp-new").exists()
 

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 import pytest
 from django.conf import settings
 
+from gateway.modbus.planner import plan_reads
 from gateway.profiles.codec import encode_value
 from gateway.profiles.decode import decode_block, to_telemetry_fields
-from gateway.modbus.planner import plan_reads
 from gateway.profiles.store import SHIPPED_DIR, read_spec_file
 from gateway.telemetry import SCHEMA_PATH, InvalidRecord, build_record, decode_record, encode_record
 
@@ -25,7 +25,7 @@ def generic_registers(**raw: int) -> list[int]:
     return block
 
 
-def decode_generic(**raw: int):  # noqa: ANN201
+def decode_generic(**raw: int):
     [request] = plan_reads(GENERIC, ("fast",))
     values, errors = decode_block(request.registers, request.address, generic_registers(**raw))
     assert errors == {}
@@ -34,8 +34,15 @@ def decode_generic(**raw: int):  # noqa: ANN201
 
 def test_generic_block_decodes_scaled_values_and_status() -> None:
     fields = decode_generic(
-        status=2, power=11_040, current_l1=1600, current_l2=1601, current_l3=1599,
-        voltage_l1=2301, energy_total=123_456_789, temperature=-55, max_current=160,
+        status=2,
+        power=11_040,
+        current_l1=1600,
+        current_l2=1601,
+        current_l3=1599,
+        voltage_l1=2301,
+        energy_total=123_456_789,
+        temperature=-55,
+        max_current=160,
     )
     assert fields.status == "charging"
     assert fields.iec61851_state == "C"
@@ -57,8 +64,12 @@ def test_unknown_status_code_is_reported_not_guessed() -> None:
 
 def test_built_records_validate_and_round_trip() -> None:
     record = build_record(
-        charge_point="cp-01", site="site", profile="generic-ev-charger", seq=7,
-        fields=decode_generic(status=1), poll_ms=3.21,
+        charge_point="cp-01",
+        site="site",
+        profile="generic-ev-charger",
+        seq=7,
+        fields=decode_generic(status=1),
+        poll_ms=3.21,
         moment=datetime(2026, 11, 24, 12, 0, 0, 123456, tzinfo=UTC),
     )
     assert record["ts"] == "2026-11-24T12:00:00.123Z"
@@ -68,7 +79,11 @@ def test_built_records_validate_and_round_trip() -> None:
 
 def test_offline_record_validates() -> None:
     record = build_record(
-        charge_point="cp-01", site="site", profile="generic-ev-charger", seq=1, fields=None,
+        charge_point="cp-01",
+        site="site",
+        profile="generic-ev-charger",
+        seq=1,
+        fields=None,
         error="cannot connect to 127.0.0.1:1",
     )
     assert record["status"] == "offline"
@@ -92,7 +107,7 @@ def test_malformed_payloads_are_rejected_with_a_reason(payload: bytes | None, re
 def test_wrong_status_value_names_the_field() -> None:
     record = build_record(charge_point="cp", site="s", profile="p", seq=1, fields=decode_generic(status=1))
     record["status"] = "exploded"
-    with pytest.raises(InvalidRecord, match="^status: "):
+    with pytest.raises(InvalidRecord, match=r"^status: "):
         decode_record(json.dumps(record).encode())
 
 

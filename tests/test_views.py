@@ -1,35 +1,34 @@
 """Dashboard pages: login required, server-rendered first paint, air-gapped assets."""
 
 import re
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import pytest
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.test import Client
 from django.urls import reverse
+from pytest_django.live_server_helper import LiveServer
 
 from gateway.models import ChargePoint, DeviceProfile, LatestTelemetry, Site
 from gateway.profiles.decode import TelemetryFields
 from gateway.telemetry import Record, build_record, parse_ts
 from gateway.views import format_age, format_extra
+from tests.conftest import make_charge_point
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 EXTERNAL_URL = re.compile(r"https?://", re.IGNORECASE)
 
 
-@pytest.fixture
-def site() -> Site:
-    return Site.objects.create(slug="depot", name="Depot")
-
-
-@pytest.fixture
-def profile() -> DeviceProfile:
-    return DeviceProfile.objects.get(slug="generic-ev-charger")
-
-
-def make_charge_point(site: Site, profile: DeviceProfile, slug: str, **fields: object) -> ChargePoint:
-    port = 5020 + ChargePoint.objects.count()
-    return ChargePoint.objects.create(
-        slug=slug, name=slug.upper(), site=site, host="127.0.0.1", port=port, profile=profile, **fields
-    )
+def add_charge_point(site: Site, profile: DeviceProfile, slug: str, **fields: object) -> ChargePoint:
+    """A charge point on a Modbus endpoint of its own (nothing listens there: pages don't poll)."""
+    fields.setdefault("port", 5020 + ChargePoint.objects.count())
+    return make_charge_point(site, profile, slug, **fields)  # type: ignore[arg-type]
 
 
 def store_record(cp: ChargePoint, *, age: timedelta = timedelta(0), **values: float) -> Record:
@@ -73,9 +72,11 @@ def test_login_page_renders(client: Client) -> None:
 
 
 @pytest.mark.django_db
-def test_fleet_lists_enabled_charge_points_only(admin_client: Client, site: Site, profile: DeviceProfile) -> None:
-    make_charge_point(site, profile, "cp-on")
-    make_charge_point(site, profile, "cp-off", enabled=False)
+def test_fleet_lists_enabled_charge_points_only(
+    admin_client: Client, site: Site, generic_profile: DeviceProfile
+) -> None:
+    add_charge_point(site, generic_profile, "cp-on")
+    add_charge_point(site, generic_profile, "cp-off", enabled=False)
     response = admin_client.get(reverse("gateway:fleet"))
     assert response.status_code == 200
     html = response.content.decode()
@@ -85,10 +86,12 @@ def test_fleet_lists_enabled_charge_points_only(admin_client: Client, site: Site
 
 
 @pytest.mark.django_db
-def test_fleet_tile_shows_latest_record(admin_client: Client, site: Site, profile: DeviceProfile) -> None:
-    cp = make_charge_point(site, profile, "cp-1")
+def test_fleet_tile_shows_latest_record(
+    admin_client: Client, site: Site, generic_profile: DeviceProfile
+) -> None:
+    cp = add_charge_point(site, generic_profile, "cp-1")
     store_record(cp, power_w=7360.0, session_energy_wh=12_345.0)
-    make_charge_point(site, profile, "cp-2")
+    add_charge_point(site, generic_profile, "cp-2")
     html = admin_client.get(reverse("gateway:fleet")).content.decode()
     tile = tile_html(html, "cp-1")
     assert "status-charging" in tile and "is-stale" not in tile
@@ -96,16 +99,19 @@ def test_fleet_tile_shows_latest_record(admin_client: Client, site: Site, profil
     assert re.search(r'class="tile-power">7\.4 kW<', tile)
     assert re.search(r'class="tile-energy">12\.35 kWh<', tile)
     assert "status-nodata" in tile_html(html, "cp-2")
-    assert re.search(r'data-summary-power>7\.4 kW<', html)
+    assert re.search(r"data-summary-power>7\.4 kW<", html)
     assert re.search(r'data-summary-status="charging">.*?summary-count">1<', html, re.S)
 
 
 @pytest.mark.django_db
-def test_fleet_marks_old_records_stale(admin_client: Client, site: Site, profile: DeviceProfile) -> None:
-    # 3 × 1 s poll interval is below the 10 s floor: 9 s old is fresh, 11 s old is stale.
-    fresh = make_charge_point(site, profile, "cp-fresh")
-    stale = make_charge_point(site, profile, "cp-stale")
-    slow = make_charge_point(site, profile, "cp-slow", poll_interval_ms=5000)
+def test_fleet_marks_old_records_stale(
+    admin_client: Client, site: Site, generic_profile: DeviceProfile
+) -> None:
+    # 3 poll intervals of 250 ms are below the 10 s floor: 9 s old is fresh, 11 s old is stale;
+    # at 5 s a poll, 3 intervals are 15 s.
+    fresh = add_charge_point(site, generic_profile, "cp-fresh")
+    stale = add_charge_point(site, generic_profile, "cp-stale")
+    slow = add_charge_point(site, generic_profile, "cp-slow", poll_interval_ms=5000)
     store_record(fresh, age=timedelta(seconds=9), power_w=1000.0)
     store_record(stale, age=timedelta(seconds=11), power_w=2000.0)
     store_record(slow, age=timedelta(seconds=14), power_w=4000.0)
@@ -114,14 +120,14 @@ def test_fleet_marks_old_records_stale(admin_client: Client, site: Site, profile
     assert "is-stale" in tile_html(html, "cp-stale")
     assert "is-stale" not in tile_html(html, "cp-slow")
     # A stale charge point's power is unknown: it leaves the fleet total.
-    assert re.search(r'data-summary-power>5\.0 kW<', html)
+    assert re.search(r"data-summary-power>5\.0 kW<", html)
 
 
 @pytest.mark.django_db
-def test_fleet_site_filter(admin_client: Client, site: Site, profile: DeviceProfile) -> None:
+def test_fleet_site_filter(admin_client: Client, site: Site, generic_profile: DeviceProfile) -> None:
     other = Site.objects.create(slug="street", name="Street")
-    make_charge_point(site, profile, "cp-depot")
-    make_charge_point(other, profile, "cp-street")
+    add_charge_point(site, generic_profile, "cp-depot")
+    add_charge_point(other, generic_profile, "cp-street")
     html = admin_client.get(reverse("gateway:fleet")).content.decode()
     assert 'name="site"' in html
     html = admin_client.get(reverse("gateway:fleet"), {"site": "street"}).content.decode()
@@ -131,14 +137,14 @@ def test_fleet_site_filter(admin_client: Client, site: Site, profile: DeviceProf
 
 
 @pytest.mark.django_db
-def test_charge_point_page(admin_client: Client, site: Site, profile: DeviceProfile) -> None:
-    cp = make_charge_point(site, profile, "cp-1", port=1502, unit_id=3)
+def test_charge_point_page(admin_client: Client, site: Site, generic_profile: DeviceProfile) -> None:
+    cp = add_charge_point(site, generic_profile, "cp-1", port=1502, unit_id=3)
     store_record(cp, power_w=11_000.0, energy_total_wh=1_234_567.0, temperature_c=41.5)
     response = admin_client.get(reverse("gateway:charge_point", args=["cp-1"]))
     assert response.status_code == 200
     html = response.content.decode()
     assert "127.0.0.1:1502/3" in html
-    assert profile.name in html and "Depot" in html
+    assert generic_profile.name in html and site.name in html
     assert re.search(r'data-value="power_w">11\.0<', html)
     assert re.search(r'data-value="energy_total_wh">1234\.6<', html)
     assert re.search(r'data-value="temperature_c">41\.5<', html)
@@ -156,8 +162,8 @@ def test_charge_point_page_404_for_unknown_slug(admin_client: Client) -> None:
 
 
 @pytest.mark.django_db
-def test_initial_data_is_escaped(admin_client: Client, site: Site, profile: DeviceProfile) -> None:
-    cp = make_charge_point(site, profile, "cp-1", name="</script><script>alert(1)</script>")
+def test_initial_data_is_escaped(admin_client: Client, site: Site, generic_profile: DeviceProfile) -> None:
+    cp = add_charge_point(site, generic_profile, "cp-1", name="</script><script>alert(1)</script>")
     record = store_record(cp, power_w=1.0)
     record["extra"] = {"note": "</script><b>x</b>"}
     LatestTelemetry.objects.filter(charge_point=cp).update(record=record)
@@ -169,9 +175,9 @@ def test_initial_data_is_escaped(admin_client: Client, site: Site, profile: Devi
 
 @pytest.mark.django_db
 def test_pages_use_local_plotly_and_no_external_url(
-    admin_client: Client, site: Site, profile: DeviceProfile
+    admin_client: Client, site: Site, generic_profile: DeviceProfile
 ) -> None:
-    cp = make_charge_point(site, profile, "cp-1")
+    cp = add_charge_point(site, generic_profile, "cp-1")
     store_record(cp, power_w=3000.0)
     for url in (reverse("gateway:fleet"), reverse("gateway:charge_point", args=["cp-1"])):
         html = admin_client.get(url).content.decode()
@@ -183,11 +189,11 @@ def test_pages_use_local_plotly_and_no_external_url(
 
 
 @pytest.mark.django_db
-def test_nav_links(admin_client: Client, client: Client, django_user_model: type) -> None:
+def test_nav_links(admin_client: Client, client: Client, django_user_model: type[AbstractBaseUser]) -> None:
     html = admin_client.get(reverse("gateway:fleet")).content.decode()
     assert reverse("admin:index") in html
     assert re.search(rf'<form[^>]*method="post"[^>]*action="{reverse("logout")}"', html)
-    user = django_user_model.objects.create_user(username="operator", password="x-long-password-1")
+    user = django_user_model.objects.create_user(username="operator", password="x-long-password-1")  # type: ignore[attr-defined]
     client.force_login(user)
     html = client.get(reverse("gateway:fleet")).content.decode()
     assert reverse("admin:index") not in html
@@ -230,3 +236,131 @@ def test_format_extra() -> None:
     assert format_extra(1.5) == "1.5"
     assert format_extra("SN-1") == "SN-1"
     assert format_extra({"a": [1, 2]}) == '{"a":[1,2]}'
+
+
+# --- In the browser ------------------------------------------------------------------------
+# The page scripts against a WebSocket that speaks the documented messages ({"type": "snapshot"}
+# then {"type": "telemetry"}); the server side has its own tests in test_live.py.
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+FAKE_WEBSOCKET = """
+window.__sockets = [];
+window.WebSocket = class extends EventTarget {
+  constructor(url) {
+    super();
+    this.url = url;
+    window.__sockets.push(this);
+    setTimeout(() => this.dispatchEvent(new Event("open")), 0);
+  }
+  send() {}
+  close() { this.dispatchEvent(new CloseEvent("close")); }
+};
+window.__push = (message) => {
+  const socket = window.__sockets[window.__sockets.length - 1];
+  socket.dispatchEvent(new MessageEvent("message", { data: JSON.stringify(message) }));
+};
+"""
+
+
+OpenPage = Callable[[str], "Page"]
+
+
+@pytest.fixture
+def open_page(live_server: LiveServer, admin_user: AbstractBaseUser) -> Iterator[OpenPage]:
+    """Open a path of the live server in Chromium, logged in, with the fake WebSocket.
+
+    Chromium starts on the first call: Playwright's sync API runs an event loop in this thread,
+    so the test creates its objects (sync ORM) before opening the page.
+    """
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed")
+    from playwright.sync_api import sync_playwright
+
+    client = Client()
+    client.force_login(admin_user)
+    session = client.cookies["sessionid"].value
+    errors: list[str] = []
+    with ExitStack() as stack:
+
+        def open_path(path: str) -> "Page":
+            playwright = stack.enter_context(sync_playwright())
+            browser = playwright.chromium.launch(executable_path=CHROMIUM)
+            stack.callback(browser.close)
+            context = browser.new_context()
+            context.add_cookies([{"name": "sessionid", "value": session, "url": live_server.url}])
+            context.add_init_script(FAKE_WEBSOCKET)
+            page = context.new_page()
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(live_server.url + path)
+            return page
+
+        yield open_path
+    assert errors == []
+
+
+def live_record(cp: ChargePoint, seq: int, status: str = "charging", **values: float) -> Record:
+    return build_record(
+        charge_point=cp.slug,
+        site=cp.site.slug,
+        profile=cp.profile.slug,
+        seq=seq,
+        fields=TelemetryFields(status=status, iec61851_state="C", values=values, extra={"serial": "SN-9"}),
+        # A second apart and a few seconds old: distinct timestamps, none of them stale.
+        moment=datetime.now(UTC) - timedelta(seconds=5 - seq),
+    )
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_fleet_page_goes_live(open_page: OpenPage, site: Site, generic_profile: DeviceProfile) -> None:
+    cp1 = add_charge_point(site, generic_profile, "cp-1")
+    cp2 = add_charge_point(site, generic_profile, "cp-2")
+    page = open_page("/")
+    page.wait_for_selector("[data-live-indicator]")
+    page.evaluate(
+        "m => window.__push(m)", {"type": "snapshot", "records": [live_record(cp1, 1, power_w=7000.0)]}
+    )
+    page.evaluate(
+        "m => window.__push(m)",
+        {"type": "telemetry", "record": live_record(cp2, 1, status="faulted", power_w=0.0)},
+    )
+    tile = page.locator('.tile[data-charge-point="cp-1"]')
+    expect_text = "document.querySelector('{}').textContent.trim() === '{}'"
+    page.wait_for_function(expect_text.format('.tile[data-charge-point="cp-1"] .tile-power', "7.0 kW"))
+    page.wait_for_function(expect_text.format('.tile[data-charge-point="cp-2"] .tile-status', "Faulted"))
+    page.wait_for_function(expect_text.format("[data-summary-power]", "7.0 kW"))
+    assert "status-charging" in (tile.get_attribute("class") or "")
+    assert page.locator("[data-live-indicator]").get_attribute("data-state") == "live"
+    # The chart gains one point a second, within its bounded window.
+    page.wait_for_function("document.getElementById('fleet-power-chart').data[0].x.length >= 2", timeout=5000)
+    # A burst of records is buffered: the page draws once a second, not once per message.
+    points = page.evaluate("document.getElementById('fleet-power-chart').data[0].x.length")
+    burst = [live_record(cp1, 5, power_w=9000.0)] * 300
+    page.evaluate("records => records.forEach(r => window.__push({type: 'telemetry', record: r}))", burst)
+    page.wait_for_function(expect_text.format("[data-summary-power]", "9.0 kW"))
+    assert page.evaluate("document.getElementById('fleet-power-chart').data[0].x.length") <= points + 2
+    # A dropped socket shows "reconnecting", then a new socket is opened.
+    page.evaluate("window.__sockets[window.__sockets.length - 1].close()")
+    assert page.locator("[data-live-indicator]").get_attribute("data-state") == "reconnecting"
+    page.wait_for_function("window.__sockets.length === 2", timeout=5000)
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_charge_point_page_goes_live(open_page: OpenPage, site: Site, generic_profile: DeviceProfile) -> None:
+    cp = add_charge_point(site, generic_profile, "cp-1")
+    page = open_page("/chargepoints/cp-1/")
+    records = [
+        live_record(cp, n, power_w=1000.0 * n, current_l1_a=float(n), current_l2_a=2.0, current_l3_a=3.0)
+        for n in range(1, 4)
+    ]
+    page.evaluate("m => window.__push(m)", {"type": "snapshot", "records": records[:2]})
+    # A reconnect's snapshot repeats records: they are plotted once.
+    page.evaluate("m => window.__push(m)", {"type": "snapshot", "records": records})
+    page.wait_for_function("document.querySelector('[data-value=\"power_w\"]').textContent === '3.0'")
+    page.wait_for_function("document.getElementById('power-chart').data[0].x.length === 3")
+    currents = page.evaluate("document.getElementById('current-chart').data.map(t => t.y)")
+    assert currents == [[1, 2, 3], [2, 2, 2], [3, 3, 3]]
+    assert page.locator(".badge-status").text_content() == "Charging"
+    assert "SN-9" in (page.locator(".identity-table").text_content() or "")

@@ -83,7 +83,11 @@ class TelemetryConsumer:
                     self.skipped += 1
                     logger.warning(
                         "skipped malformed message %s[%d]@%d (key %r): %s",
-                        partition.topic, partition.partition, message.offset, message.key, exc,
+                        partition.topic,
+                        partition.partition,
+                        message.offset,
+                        message.key,
+                        exc,
                     )
         try:
             if records:

@@ -31,10 +31,14 @@ def start_broker(
     url = f"tcp://{host}:{port}"
     process = subprocess.Popen(  # noqa: S603 - fixed binary, arguments are ours
         [
-            str(broker_binary()), "broker",
-            "--listener-url", url,
-            "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
+            str(broker_binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
         ],
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,

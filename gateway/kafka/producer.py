@@ -72,7 +72,9 @@ class TelemetryPublisher:
             except (KafkaError, OSError) as exc:
                 logger.warning(
                     "Kafka unavailable (%s); %d records buffered, retrying in %.1f s",
-                    exc, len(self.buffer), backoff_s,
+                    exc,
+                    len(self.buffer),
+                    backoff_s,
                 )
                 if self._closing:
                     return

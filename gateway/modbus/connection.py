@@ -64,7 +64,9 @@ class ChargePointConnection:
             raise ConnectionFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
         if not ok:
             client.close()
-            raise ConnectionFailed(f"cannot connect to {self.host}:{self.port}: connection refused or timed out")
+            raise ConnectionFailed(
+                f"cannot connect to {self.host}:{self.port}: connection refused or timed out"
+            )
         self._client = client
 
     async def read(self, request: ReadRequest) -> list[int] | list[bool]:
@@ -107,7 +109,7 @@ class ChargePointConnection:
             raise ConnectionFailed(f"not connected to {self.host}:{self.port}")
         return self._client
 
-    async def _call(self, awaitable):  # noqa: ANN001, ANN202 - pymodbus response types vary
+    async def _call(self, awaitable):
         try:
             return await asyncio.wait_for(awaitable, self.timeout_s + 1)
         except (TimeoutError, OSError, ModbusException) as exc:

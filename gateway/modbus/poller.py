@@ -153,7 +153,7 @@ class ChargePointPoller:
         poll_ms = (time.monotonic() - started) * 1000
         return self._record(fields, error="; ".join(problems) or None, poll_ms=poll_ms)
 
-    def _record(self, fields, *, error: str | None, poll_ms: float | None = None) -> Record:  # noqa: ANN001
+    def _record(self, fields, *, error: str | None, poll_ms: float | None = None) -> Record:
         self.seq += 1
         return build_record(
             charge_point=self.config.slug,
@@ -220,8 +220,13 @@ class Poller:
                 self.tasks[slug] = (config, task, task_stop)
                 logger.info(
                     "polling %s at %s:%d unit %d every %d ms (%s, %d reads)",
-                    slug, config.host, config.port, config.unit_id, config.interval_ms,
-                    config.profile.slug, len(poller.fast_plan),
+                    slug,
+                    config.host,
+                    config.port,
+                    config.unit_id,
+                    config.interval_ms,
+                    config.profile.slug,
+                    len(poller.fast_plan),
                 )
 
     async def stop_all(self) -> None:

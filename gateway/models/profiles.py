@@ -103,16 +103,10 @@ class Register(models.Model):
         if self.data_type == DataType.BIT and self.bit is None:
             errors["bit"] = "Type 'bit' needs the bit number (0-15)."
         if self.address is not None and self.length and self.end_address > 65536:
-            errors["address"] = (
-                f"Address {self.address} + {self.length} register(s) runs past 65535."
-            )
+            errors["address"] = f"Address {self.address} + {self.length} register(s) runs past 65535."
         if self.access == Access.READ and (self.write_min is not None or self.write_max is not None):
             errors["access"] = "A read-only register cannot have a write range."
-        if (
-            self.write_min is not None
-            and self.write_max is not None
-            and self.write_min > self.write_max
-        ):
+        if self.write_min is not None and self.write_max is not None and self.write_min > self.write_max:
             errors["write_max"] = "Write maximum is below the write minimum."
         if self.role and self.role not in Role.values:
             errors["role"] = f"Unknown role {self.role!r}."

@@ -22,9 +22,7 @@ class Site(models.Model):
 class ChargePoint(models.Model):
     """One charge point reachable over Modbus TCP, read through its device profile."""
 
-    slug = models.SlugField(
-        unique=True, help_text="Stable id: the Kafka message key and the dashboard URL."
-    )
+    slug = models.SlugField(unique=True, help_text="Stable id: the Kafka message key and the dashboard URL.")
     name = models.CharField(max_length=200)
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="charge_points")
     host = models.CharField(max_length=253, help_text="IP address or DNS name of the charger.")

@@ -143,11 +143,8 @@ def encode_value(
         fmt = _STRUCT_FORMATS[data_type]
         if value is None:
             value = math.nan
-        if fmt in (">f", ">d"):
-            packed = struct.pack(fmt, float(value))
-        else:
-            packed = struct.pack(fmt, int(value))
-        return bytes_to_registers(packed, byte_order)
+        number = float(value) if fmt in (">f", ">d") else int(value)
+        return bytes_to_registers(struct.pack(fmt, number), byte_order)
     if data_type in (DataType.STRING, DataType.BYTES):
         raw = value.encode(encoding) if isinstance(value, str) else bytes(value or b"")
         if len(raw) > 2 * length:

@@ -112,7 +112,5 @@ _DEFAULTS = asdict(RegisterSpec(name="", address=0))
 def _compact(register: dict[str, Any]) -> dict[str, Any]:
     """Drop fields that hold their default, so exported files stay readable."""
     return {
-        key: value
-        for key, value in register.items()
-        if key in ("name", "address") or value != _DEFAULTS[key]
+        key: value for key, value in register.items() if key in ("name", "address") or value != _DEFAULTS[key]
     }

@@ -42,8 +42,7 @@ def load_spec(profile: Any) -> ProfileSpec:
         for reg in profile.registers.all().order_by("function", "address")
     )
     status_codes = {
-        sc.code: StatusSpec(sc.iec61851_state, sc.status, sc.description)
-        for sc in profile.status_codes.all()
+        sc.code: StatusSpec(sc.iec61851_state, sc.status, sc.description) for sc in profile.status_codes.all()
     }
     return ProfileSpec(
         slug=profile.slug,

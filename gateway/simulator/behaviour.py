@@ -99,7 +99,7 @@ class ChargePointBehaviour:
         self.voltages_v = [round(NOMINAL_VOLTAGE_V + b, 1) for b in self._voltage_bias_v]
         self.power_w = 0.0
         self._ambient_c = rng.uniform(14.0, 26.0)
-        self._temperature_c = self._ambient_c + rng.uniform(0.0, 3.0)
+        self._temperature_c = self._ambient_c
         self._phase_until_s = 0.0
         self._next_arrival_s = self._idle_duration_s()
         self._resume_phase = Phase.IDLE
@@ -110,6 +110,8 @@ class ChargePointBehaviour:
             self.session_energy_wh = needed_wh * rng.uniform(0.0, 0.7)
             self.phase = Phase.CHARGING
         self._update_electrics(0.0)
+        # A charger found mid-session is already warm.
+        self._temperature_c = self._ambient_c + 1.1 * self.power_w / 1000.0
 
     # --- what a meter shows -------------------------------------------------------------
     @property
@@ -158,7 +160,8 @@ class ChargePointBehaviour:
         rng = self.rng
         if phases is None:
             phases = 1 if rng.random() < 0.2 else 3
-        imbalance = (rng.uniform(-0.3, 0.3), rng.uniform(-0.3, 0.3), rng.uniform(-0.3, 0.3))
+        # Cars draw a little below the pilot limit, each phase slightly differently.
+        imbalance = (rng.uniform(-0.8, -0.1), rng.uniform(-0.8, -0.1), rng.uniform(-0.8, -0.1))
         self.vehicle = Vehicle(
             phases=phases,
             max_current_a=float(rng.choice((16, 16, 20, 32, 32))),
@@ -227,9 +230,7 @@ class ChargePointBehaviour:
         self.phase = Phase.FINISHING
         if self.vehicle is not None:
             # A driver who stops the session unplugs within minutes; a full car waits for them.
-            self.vehicle.departs_at_s = max(
-                self.vehicle.departs_at_s, self.now_s + self.rng.uniform(30, 180)
-            )
+            self.vehicle.departs_at_s = max(self.vehicle.departs_at_s, self.now_s + self.rng.uniform(30, 180))
         detail = f"{reason}, {self.session_energy_wh / 1000:.2f} kWh"
         return BehaviourEvent("session_finished", self.now_s, detail)
 
@@ -244,9 +245,7 @@ class ChargePointBehaviour:
         self.phase = Phase.FAULTED
         self.error_code = self.rng.choice(list(ERROR_CODES))
         self._phase_until_s = self.now_s + self.rng.uniform(30, 300)
-        return BehaviourEvent(
-            "fault", self.now_s, f"error {self.error_code}: {ERROR_CODES[self.error_code]}"
-        )
+        return BehaviourEvent("fault", self.now_s, f"error {self.error_code}: {ERROR_CODES[self.error_code]}")
 
     def _clear_fault(self) -> BehaviourEvent:
         self.error_code = 0

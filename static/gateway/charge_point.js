@@ -60,10 +60,16 @@
 
   /** Append the records not yet plotted (a reconnect's snapshot repeats some), oldest first. */
   function plot(records) {
-    const fresh = records.filter((r) => E.recordTime(r) > lastPlottedMs);
-    if (!chartsReady || fresh.length === 0) return;
-    fresh.sort((a, b) => E.recordTime(a) - E.recordTime(b));
-    lastPlottedMs = E.recordTime(fresh[fresh.length - 1]);
+    const sorted = [...records].sort((a, b) => E.recordTime(a) - E.recordTime(b));
+    const fresh = [];
+    for (const record of sorted) {
+      const time = E.recordTime(record);
+      if (time > lastPlottedMs) {
+        fresh.push(record);
+        lastPlottedMs = time;
+      }
+    }
+    if (fresh.length === 0) return;
     const x = fresh.map((r) => new Date(E.recordTime(r)));
     const value = (r, key) => (r.values && r.values[key] !== undefined ? r.values[key] : null);
     const kw = fresh.map((r) => {

@@ -57,8 +57,15 @@ class Command(BaseCommand):
         settings.EVDASH["KAFKA_ENABLE_IDEMPOTENCE"] = False
         env = demo.child_environment(opts)
         simulate_args = [
-            "simulate", "--count", str(count), "--base-port", str(opts.modbus_base_port),
-            "--speedup", str(opts.speedup), "--profile", demo.DEMO_PROFILE,
+            "simulate",
+            "--count",
+            str(count),
+            "--base-port",
+            str(opts.modbus_base_port),
+            "--speedup",
+            str(opts.speedup),
+            "--profile",
+            demo.DEMO_PROFILE,
         ] + (["--seed", str(opts.seed)] if opts.seed is not None else [])
         simulator = demo.spawn(simulate_args, env)
         poller = demo.spawn(["runpoller"], env)
@@ -67,7 +74,9 @@ class Command(BaseCommand):
             "",
             f"  evdash is running: {url}",
             "  user: admin",
-            f"  password: {password}" if password else "  password: unchanged (set EVDASH_ADMIN_PASSWORD to reset it)",
+            f"  password: {password}"
+            if password
+            else "  password: unchanged (set EVDASH_ADMIN_PASSWORD to reset it)",
             "  Ctrl-C stops everything.",
             "",
         ]

@@ -1,7 +1,7 @@
 """manage.py runconsumer: Kafka → latest state + live push to the dashboards."""
 
-from django.core.management.base import BaseCommand, CommandError
 from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
 
 from gateway import services
 from gateway.runtime import configure_verbosity, run_until_stopped

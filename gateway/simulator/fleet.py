@@ -1,0 +1,169 @@
+"""A fleet of simulated charge points on consecutive ports, ticked by one asyncio task."""
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+from collections.abc import Iterator
+
+from gateway.profiles.spec import ProfileSpec
+from gateway.simulator.behaviour import ChargePointBehaviour
+from gateway.simulator.registers import identity_values
+from gateway.simulator.server import SimulatedChargePoint
+
+logger = logging.getLogger(__name__)
+
+MAX_PORT = 65535
+
+
+class SimulatorFleet:
+    """`count` simulated charge points serving one profile, from base_port upwards.
+
+    base_port=0 lets the OS pick a free port for each (tests); read them from `charge_points`.
+    """
+
+    def __init__(
+        self,
+        profile: ProfileSpec,
+        count: int,
+        host: str = "127.0.0.1",
+        base_port: int = 15020,
+        speedup: float = 1.0,
+        seed: int | None = None,
+        unit_id: int = 1,
+        tick_s: float = 0.2,
+    ) -> None:
+        if count < 1:
+            raise ValueError("a fleet needs at least one charge point")
+        if base_port and not 1 <= base_port <= MAX_PORT - count + 1:
+            raise ValueError(f"ports {base_port}..{base_port + count - 1} are not all valid")
+        if speedup <= 0 or tick_s <= 0:
+            raise ValueError("speedup and tick_s must be positive")
+        self.profile = profile
+        self.host = host
+        self.tick_s = tick_s
+        master = random.Random(seed)  # noqa: S311 - simulation, not security
+        self.charge_points: list[SimulatedChargePoint] = []
+        for index in range(count):
+            rng = random.Random(master.getrandbits(64))  # noqa: S311
+            self.charge_points.append(
+                SimulatedChargePoint(
+                    f"sim-cp-{index + 1:03d}",
+                    profile,
+                    ChargePointBehaviour(rng, speedup=speedup),
+                    host=host,
+                    port=base_port + index if base_port else 0,
+                    unit_id=unit_id,
+                    identity=identity_values(profile, rng),
+                )
+            )
+        self._ticker: asyncio.Task[None] | None = None
+        self._thread_stop: asyncio.Event | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._ticker is not None
+
+    async def start(self) -> None:
+        """Start every server, then the tick task; on a failed bind, stop what started."""
+        if self._ticker is not None:
+            raise RuntimeError("fleet already started")
+        try:
+            for charge_point in self.charge_points:
+                await charge_point.start()
+                logger.info(
+                    "%s: %s on %s:%s unit %s, %s",
+                    charge_point.name,
+                    self.profile.slug,
+                    self.host,
+                    charge_point.port,
+                    charge_point.unit_id,
+                    charge_point.behaviour.status,
+                )
+        except BaseException:
+            await self._stop_servers()
+            raise
+        self._ticker = asyncio.create_task(self._tick_forever(), name="simulator-ticks")
+
+    async def stop(self) -> None:
+        """Cancel the tick task and close every server and connection."""
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+        await self._stop_servers()
+
+    async def __aenter__(self) -> "SimulatorFleet":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def _stop_servers(self) -> None:
+        for charge_point in self.charge_points:
+            await charge_point.stop()
+
+    async def _tick_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            await asyncio.sleep(self.tick_s)
+            now = loop.time()
+            for charge_point in self.charge_points:
+                try:
+                    charge_point.tick(now - last)
+                except Exception:
+                    # One broken model must not freeze the others.
+                    logger.exception("%s: tick failed", charge_point.name)
+            last = now
+
+    # --- running outside the caller's event loop ----------------------------------------
+    @contextlib.contextmanager
+    def run_in_thread(self, timeout_s: float = 10.0) -> Iterator["SimulatorFleet"]:
+        """Serve from a background thread with its own event loop; yields the started fleet."""
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        loop_box: list[asyncio.AbstractEventLoop] = []
+
+        async def serve() -> None:
+            self._thread_stop = asyncio.Event()
+            loop_box.append(asyncio.get_running_loop())
+            try:
+                await self.start()
+            except BaseException as exc:
+                failure.append(exc)
+                return
+            finally:
+                ready.set()
+            try:
+                await self._thread_stop.wait()
+            finally:
+                await self.stop()
+
+        thread = threading.Thread(target=asyncio.run, args=(serve(),), name="simulator-fleet")
+        thread.start()
+        try:
+            if not ready.wait(timeout_s):
+                raise TimeoutError("simulator fleet did not start in time")
+            if failure:
+                raise failure[0]
+            yield self
+        finally:
+            if loop_box and self._thread_stop is not None and not loop_box[0].is_closed():
+                loop_box[0].call_soon_threadsafe(self._thread_stop.set)
+            thread.join(timeout_s)
+            self._thread_stop = None
+
+
+async def serve_fleet(fleet: SimulatorFleet, stop: asyncio.Event, *, run_for_s: float | None = None) -> None:
+    """Run a fleet until `stop` is set (or for run_for_s seconds), then stop it cleanly."""
+    await fleet.start()
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), run_for_s)
+        logger.info("simulator stopping")
+    finally:
+        await fleet.stop()

@@ -1,0 +1,78 @@
+"""The whole chain in one test process: simulator → poller → Kafka → consumer → Channels → WebSocket."""
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+from django.db import connections
+
+from evdash.asgi import application
+from gateway import services
+from gateway.kafka.consumer import TelemetryConsumer
+from gateway.kafka.topics import telemetry_topic
+from gateway.models import LatestTelemetry
+from gateway.profiles.store import SHIPPED_DIR, read_spec_file
+from gateway.simulator.fleet import SimulatorFleet
+from gateway.telemetry import decode_record, encode_record, parse_ts
+from tests.conftest import make_charge_point, session_cookie_headers, wait_for
+
+GENERIC = read_spec_file(SHIPPED_DIR / "generic-ev-charger.json")
+
+
+async def value_arrives_on_websocket(site, profile) -> dict:
+    """Set a value on a simulated charger; return the record that carried it to the browser."""
+    user = await sync_to_async(get_user_model().objects.create_user)("operator", password="pw-1234567")
+    headers = await sync_to_async(session_cookie_headers)(user)
+    async with SimulatorFleet(GENERIC, 2, base_port=0, seed=11) as fleet:
+        target = fleet.charge_points[0]
+        for index, sim in enumerate(fleet.charge_points):
+            await sync_to_async(make_charge_point)(site, profile, f"cp-{index}", sim.port)
+
+        stop = asyncio.Event()
+        consumer = TelemetryConsumer(telemetry_topic(), auto_offset_reset="earliest")
+        consumer_task = asyncio.create_task(services.run_consumer(stop, consumer))
+        browser = WebsocketCommunicator(application, "/ws/chargepoints/cp-0/", headers=headers)
+        connected, _ = await browser.connect()
+        assert connected
+        assert (await browser.receive_json_from())["type"] == "snapshot"
+        await asyncio.wait_for(consumer.assigned.wait(), 30)
+
+        target.set_status("charging")
+        target.set_value("current_l1_a", 23.45)
+        target.set_value("power_w", 16_180)
+        poller_task = asyncio.create_task(services.run_poller(stop))
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                message = await browser.receive_json_from(timeout=max(0.1, deadline - time.monotonic()))
+                received_at = datetime.now(UTC)
+                assert message["type"] == "telemetry"
+                record = message["record"]
+                assert record["charge_point"] == "cp-0"
+                if record["values"]["current_l1_a"] == 23.45:
+                    break
+            # The consumer stored it as the latest state too.
+            await wait_for(lambda: consumer.handled > 0, what="consumer handled records")
+            latest = await LatestTelemetry.objects.aget(charge_point__slug="cp-0")
+            assert latest.record["seq"] >= 1
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(poller_task, consumer_task), 20)
+            await browser.disconnect(timeout=5)
+    # Connections opened by sync_to_async's thread would block dropping the test database.
+    await sync_to_async(connections.close_all)()
+    record["_latency_ms"] = (received_at - parse_ts(record["ts"])).total_seconds() * 1000
+    return record
+
+
+def assert_decoded_correctly(record: dict) -> None:
+    latency = record.pop("_latency_ms")
+    assert decode_record(encode_record(record)) == record
+    assert record["status"] == "charging" and record["iec61851_state"] == "C"
+    assert record["values"]["current_l1_a"] == 23.45
+    assert record["values"]["power_w"] == 16_180
+    assert record["quality"] == "good"
+    assert 0 <= latency < 5000
