@@ -103,7 +103,7 @@ def stop_child(process: subprocess.Popen, name: str, timeout_s: float = 15.0) ->
 
 def serve_web_with_consumer(host: str, port: int) -> None:
     """Run daphne in this process with the Kafka consumer as a task on its event loop."""
-    from daphne.endpoints import build_endpoint_list
+    from daphne.endpoints import build_endpoint_description_strings
     from daphne.server import Server
     from twisted.internet import defer, reactor
 
@@ -125,7 +125,7 @@ def serve_web_with_consumer(host: str, port: int) -> None:
     reactor.addSystemEventTrigger("before", "shutdown", stop_consumer)
     Server(
         application=application,
-        endpoints=build_endpoint_list(host, port),
+        endpoints=build_endpoint_description_strings(host=host, port=port),
         ready_callable=start_consumer,
         verbosity=0,
     ).run()

@@ -1,7 +1,6 @@
 """Dashboard pages: login required, server-rendered first paint, air-gapped assets."""
 
 import re
-import shutil
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ from gateway.models import ChargePoint, DeviceProfile, LatestTelemetry, Site
 from gateway.profiles.decode import TelemetryFields
 from gateway.telemetry import Record, build_record, parse_ts
 from gateway.views import format_age, format_extra
+from tests.browser import launch_chromium
 from tests.conftest import make_charge_point
 
 if TYPE_CHECKING:
@@ -242,7 +242,6 @@ def test_format_extra() -> None:
 # The page scripts against a WebSocket that speaks the documented messages ({"type": "snapshot"}
 # then {"type": "telemetry"}); the server side has its own tests in test_live.py.
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 FAKE_WEBSOCKET = """
 window.__sockets = [];
@@ -273,8 +272,6 @@ def open_page(live_server: LiveServer, admin_user: AbstractBaseUser) -> Iterator
     Chromium starts on the first call: Playwright's sync API runs an event loop in this thread,
     so the test creates its objects (sync ORM) before opening the page.
     """
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed")
     from playwright.sync_api import sync_playwright
 
     client = Client()
@@ -285,7 +282,7 @@ def open_page(live_server: LiveServer, admin_user: AbstractBaseUser) -> Iterator
 
         def open_path(path: str) -> "Page":
             playwright = stack.enter_context(sync_playwright())
-            browser = playwright.chromium.launch(executable_path=CHROMIUM)
+            browser = launch_chromium(playwright)
             stack.callback(browser.close)
             context = browser.new_context()
             context.add_cookies([{"name": "sessionid", "value": session, "url": live_server.url}])
