@@ -8,24 +8,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.choices import ByteOrder, DataType
-from gateway.profiles.codec import DecodeError, decode_value, encode_value
+from gateway.profiles.codec import INTEGER_RANGES, DecodeError, decode_value, encode_value
 
 ORDERS = list(ByteOrder.values)
-INT_RANGES = {
-    DataType.INT16: (-(2**15), 2**15 - 1),
-    DataType.UINT16: (0, 2**16 - 1),
-    DataType.INT32: (-(2**31), 2**31 - 1),
-    DataType.UINT32: (0, 2**32 - 1),
-    DataType.INT64: (-(2**63), 2**63 - 1),
-    DataType.UINT64: (0, 2**64 - 1),
-}
 
 
-@pytest.mark.parametrize("data_type", list(INT_RANGES))
+@pytest.mark.parametrize("data_type", list(INTEGER_RANGES))
 @pytest.mark.parametrize("order", ORDERS)
 @given(data=st.data())
 def test_integers_round_trip(data: st.DataObject, data_type: str, order: str) -> None:
-    low, high = INT_RANGES[data_type]
+    low, high = INTEGER_RANGES[data_type]
     value = data.draw(st.integers(low, high))
     registers = encode_value(data_type, value, order)
     assert all(0 <= r <= 0xFFFF for r in registers)

@@ -56,6 +56,8 @@ class TelemetryConsumer:
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset=self.auto_offset_reset,
+            # A live dashboard: ask the broker to answer a fetch after at most 100 ms (default 500).
+            fetch_max_wait_ms=100,
             **client_options(),
         )
         await consumer.start()

@@ -36,6 +36,16 @@ _STRUCT_FORMATS: dict[str, str] = {
     DataType.FLOAT64: ">d",
 }
 
+# Raw (unscaled) value range of each integer type.
+INTEGER_RANGES: dict[str, tuple[int, int]] = {
+    DataType.INT16: (-(2**15), 2**15 - 1),
+    DataType.UINT16: (0, 2**16 - 1),
+    DataType.INT32: (-(2**31), 2**31 - 1),
+    DataType.UINT32: (0, 2**32 - 1),
+    DataType.INT64: (-(2**63), 2**63 - 1),
+    DataType.UINT64: (0, 2**64 - 1),
+}
+
 Value = int | float | bool | str | bytes | None
 
 

@@ -9,7 +9,7 @@ import random
 from pymodbus.constants import ExcCodes
 
 from gateway.choices import DataType, Function, Iec61851State, Role
-from gateway.profiles.codec import DecodeError, Value, decode_value, encode_value
+from gateway.profiles.codec import INTEGER_RANGES, DecodeError, Value, decode_value, encode_value
 from gateway.profiles.decode import scaled
 from gateway.profiles.spec import ProfileSpec, RegisterSpec
 
@@ -27,14 +27,6 @@ FUNCTION_BY_CODE: dict[int, str] = {
     4: Function.INPUT,
 }
 BIT_FUNCTIONS = (Function.COIL, Function.DISCRETE_INPUT)
-_INT_RANGES: dict[str, tuple[int, int]] = {
-    DataType.INT16: (-(2**15), 2**15 - 1),
-    DataType.UINT16: (0, 2**16 - 1),
-    DataType.INT32: (-(2**31), 2**31 - 1),
-    DataType.UINT32: (0, 2**32 - 1),
-    DataType.INT64: (-(2**63), 2**63 - 1),
-    DataType.UINT64: (0, 2**64 - 1),
-}
 _FLOAT_TYPES = (DataType.FLOAT32, DataType.FLOAT64)
 _TEXT_TYPES = (DataType.STRING, DataType.BYTES)
 Image = dict[str, dict[int, int | bool]]
@@ -98,13 +90,13 @@ def encode_register(register: RegisterSpec, value: Value, current: int = 0) -> l
     """Registers (or bits, as 0/1) for one engineering value: raw = (value - offset) / scale."""
     data_type = register.data_type
     raw: Value = value
-    if data_type in _INT_RANGES or data_type in _FLOAT_TYPES:
+    if data_type in INTEGER_RANGES or data_type in _FLOAT_TYPES:
         if value is None or isinstance(value, str | bytes):
             raw = None
         else:
             raw = (float(value) - register.offset) / register.scale
-        if data_type in _INT_RANGES:
-            low, high = _INT_RANGES[data_type]
+        if data_type in INTEGER_RANGES:
+            low, high = INTEGER_RANGES[data_type]
             # A charger clips at its register range rather than wrapping round.
             raw = 0 if raw is None or math.isnan(raw) else min(max(round(raw), low), high)
     elif data_type in _TEXT_TYPES:
