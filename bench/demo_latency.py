@@ -101,9 +101,8 @@ def main() -> None:
             process.wait(30)
     latencies_ms.sort()
     quantiles = statistics.quantiles(latencies_ms, n=100)
-    print(
-        f"charge points: {options.charge_points}, window: {options.seconds:.0f} s, frames: {len(latencies_ms)}"
-    )
+    frames = len(latencies_ms)
+    print(f"charge points: {options.charge_points}, window: {options.seconds:.0f} s, frames: {frames}")
     print(
         f"demo serving after {ready_s:.1f} s; first live record in the browser after {first_record_s:.1f} s"
     )
