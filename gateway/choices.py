@@ -41,6 +41,15 @@ class ByteOrder(models.TextChoices):
 class Access(models.TextChoices):
     READ = "r", "read"
     READ_WRITE = "rw", "read-write"
+    WRITE = "w", "write-only (never read)"
+
+
+class StringEncoding(models.TextChoices):
+    """How the bytes of a string register decode to text."""
+
+    ASCII = "ascii", "ASCII, 2 characters per register"
+    UTF8 = "utf-8", "UTF-8"
+    UTF16BE = "utf-16-be", "UTF-16BE, 1 character per register"
 
 
 class PollGroup(models.TextChoices):
@@ -90,9 +99,14 @@ class Role(models.TextChoices):
     TEMPERATURE_C = "temperature_c", "temperature, °C"
     MAX_CURRENT_A = "max_current_a", "current limit setpoint, A"
     ERROR_CODE = "error_code", "error code"
+    SET_CURRENT_A = "set_current_a", "current limit command (written by operators)"
 
 
 # The numeric values of the telemetry record, in display order.
 TELEMETRY_VALUE_ROLES: tuple[str, ...] = tuple(
-    role.value for role in Role if role not in (Role.NONE, Role.VENDOR_STATUS, Role.IEC61851_STATE)
+    role.value
+    for role in Role
+    if role not in (Role.NONE, Role.VENDOR_STATUS, Role.IEC61851_STATE, Role.SET_CURRENT_A)
 )
+# Values a profile may declare as derived from others (see profiles/decode.py).
+DERIVABLE_ROLES: tuple[str, ...] = (Role.POWER_W.value,)

@@ -71,10 +71,10 @@ def generic_profile(db: None) -> DeviceProfile:
 
 
 def shipped_profile(slug: str) -> DeviceProfile:
-    from gateway.models import Register, StatusCode
+    from gateway.models import Register, StatusRule
     from gateway.profiles.store import SHIPPED_DIR, read_spec_file, save_spec
 
-    return save_spec(read_spec_file(SHIPPED_DIR / f"{slug}.json"), DeviceProfile, Register, StatusCode)
+    return save_spec(read_spec_file(SHIPPED_DIR / f"{slug}.json"), DeviceProfile, Register, StatusRule)
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ def test_admin_adds_a_valid_charge_point(admin_client, site, generic_profile) ->
     [
         ("port", 70000, "Port must be between 1 and 65535."),
         ("port", 0, "Port must be between 1 and 65535."),
-        ("unit_id", 248, "Modbus unit id must be between 0 and 247."),
+        ("unit_id", 256, "Modbus unit id must be between 0 and 255."),
         ("poll_interval_ms", 10, "Poll interval must be at least 200 ms."),
         ("host", "bad host", "Host must not contain spaces."),
     ],

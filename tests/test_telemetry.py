@@ -59,7 +59,7 @@ def test_generic_block_decodes_scaled_values_and_status() -> None:
 def test_unknown_status_code_is_reported_not_guessed() -> None:
     fields = decode_generic(status=99)
     assert fields.status == "unavailable"
-    assert fields.problems == ["unknown vendor status code 99"]
+    assert fields.problems == ["unknown status (status=99)"]
 
 
 def test_built_records_validate_and_round_trip() -> None:

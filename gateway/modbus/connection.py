@@ -31,7 +31,8 @@ class DeviceException(ModbusError):
         except ValueError:
             self.code_name = f"exception code {code}"
         where = what or (
-            f"{request.function} {request.address}..{request.address + request.count - 1}"
+            f"{request.function} registers {request.address}..{request.address + request.count - 1}"
+            + (f" (unit {request.unit_id})" if request.unit_id is not None else "")
             if request
             else "request"
         )
@@ -78,7 +79,8 @@ class ChargePointConnection:
             Function.COIL: client.read_coils,
             Function.DISCRETE_INPUT: client.read_discrete_inputs,
         }[request.function]
-        response = await self._call(call(request.address, count=request.count, device_id=self.unit_id))
+        unit_id = self.unit_id if request.unit_id is None else request.unit_id
+        response = await self._call(call(request.address, count=request.count, device_id=unit_id))
         if response.isError():
             raise DeviceException(request, getattr(response, "exception_code", 0))
         if request.function in (Function.COIL, Function.DISCRETE_INPUT):

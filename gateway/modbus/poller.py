@@ -16,6 +16,7 @@ from gateway.modbus.connection import ChargePointConnection, ConnectionFailed, M
 from gateway.modbus.planner import ReadRequest, plan_reads
 from gateway.profiles.codec import Value
 from gateway.profiles.decode import decode_block, to_telemetry_fields
+from gateway.profiles.encode import encode_for_write
 from gateway.profiles.spec import ProfileSpec
 from gateway.telemetry import Record, build_record
 
@@ -49,7 +50,7 @@ def load_configs(site: str | None = None) -> list[ChargePointConfig]:
         queryset = queryset.filter(site__slug=site)
     specs: dict[int, ProfileSpec] = {}
     configs = []
-    for cp in queryset.prefetch_related("profile__registers", "profile__status_codes"):
+    for cp in queryset.prefetch_related("profile__registers", "profile__status_rules"):
         if cp.profile_id not in specs:
             specs[cp.profile_id] = load_spec(cp.profile)
         configs.append(
@@ -79,8 +80,11 @@ class ChargePointPoller:
         self.slow_plan = plan_reads(config.profile, (PollGroup.SLOW,))
         self.seq = 0
         self.failures = 0
+        self.heartbeats_sent = 0
         self._slow_values: dict[str, Value] = {}
+        self._last_values: dict[str, Value] = {}
         self._slow_read_at = -SLOW_GROUP_INTERVAL_S
+        self._heartbeat_due: dict[str, float] = {}
 
     async def poll_once(self) -> Record:
         """Connect if needed, read, decode, publish one record (offline if unreachable)."""
@@ -88,6 +92,7 @@ class ChargePointPoller:
         try:
             await self.connection.ensure_connected()
             record = await self._read_record(started)
+            await self._send_due_heartbeats(started)
         except ConnectionFailed as exc:
             self.failures += 1
             if self.failures == 1:
@@ -149,9 +154,31 @@ class ChargePointPoller:
                 if reg.name in decoded
             }
         decoded = self._slow_values | decoded
+        self._last_values = decoded
         fields = to_telemetry_fields(self.config.profile, decoded)
         poll_ms = (time.monotonic() - started) * 1000
         return self._record(fields, error="; ".join(problems) or None, poll_ms=poll_ms)
+
+    async def _send_due_heartbeats(self, now: float) -> None:
+        """Watchdog writes the profile declares (e.g. a life bit), each at its own interval."""
+        for heartbeat in self.config.profile.heartbeats:
+            if now < self._heartbeat_due.get(heartbeat.register, 0.0):
+                continue
+            value = heartbeat.value
+            if heartbeat.value_from is not None:
+                value = self._last_values.get(heartbeat.value_from)
+                if value is None:
+                    continue  # nothing read yet to write back
+            register = self.config.profile.register(heartbeat.register)
+            try:
+                await self.connection.write_registers(register.address, encode_for_write(register, value))
+            except ConnectionFailed:
+                raise
+            except ModbusError as exc:
+                logger.warning("%s heartbeat %s refused: %s", self.config.slug, register.name, exc)
+            else:
+                self.heartbeats_sent += 1
+            self._heartbeat_due[heartbeat.register] = now + heartbeat.interval_s
 
     def _record(self, fields, *, error: str | None, poll_ms: float | None = None) -> Record:
         self.seq += 1

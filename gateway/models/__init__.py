@@ -1,7 +1,7 @@
 """Models of the gateway: where charge points are, how to read them, what they last said."""
 
-from gateway.models.profiles import DeviceProfile, Register, StatusCode
+from gateway.models.profiles import DeviceProfile, Register, StatusRule
 from gateway.models.sites import ChargePoint, Site
 from gateway.models.state import LatestTelemetry
 
-__all__ = ["ChargePoint", "DeviceProfile", "LatestTelemetry", "Register", "Site", "StatusCode"]
+__all__ = ["ChargePoint", "DeviceProfile", "LatestTelemetry", "Register", "Site", "StatusRule"]

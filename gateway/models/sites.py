@@ -36,7 +36,9 @@ class ChargePoint(models.Model):
     unit_id = models.PositiveSmallIntegerField(
         "Modbus unit id",
         default=1,
-        validators=[MaxValueValidator(247, "Modbus unit id must be between 0 and 247.")],
+        # 1-247 address serial devices behind gateways; 255 (0xFF) is what most Modbus TCP
+        # chargers answer to (KEBA, Webasto, Vestel, ...), per the Modbus TCP implementation guide.
+        validators=[MaxValueValidator(255, "Modbus unit id must be between 0 and 255.")],
     )
     profile = models.ForeignKey(
         "gateway.DeviceProfile", on_delete=models.PROTECT, related_name="charge_points"

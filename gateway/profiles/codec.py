@@ -123,7 +123,8 @@ def decode_value(
         return value
     if data_type == DataType.STRING:
         raw = registers_to_bytes([int(r) for r in registers], byte_order, words=False)
-        return raw.split(b"\x00", 1)[0].decode(encoding, errors="replace").strip()
+        # Decode before cutting at NUL: in UTF-16 every ASCII character carries a zero byte.
+        return raw.decode(encoding, errors="replace").split("\x00", 1)[0].strip()
     if data_type == DataType.BYTES:
         return registers_to_bytes([int(r) for r in registers], byte_order, words=False)
     raise DecodeError(f"unknown data type {data_type!r}")

@@ -2,32 +2,49 @@
 
 from dataclasses import dataclass, field
 
-from gateway.choices import TELEMETRY_VALUE_ROLES, DataType, Iec61851State, OperatorStatus, Role
+from gateway.choices import TELEMETRY_VALUE_ROLES, DataType, OperatorStatus, Role
 from gateway.profiles.codec import DecodeError, Value, decode_value
 from gateway.profiles.spec import ProfileSpec, RegisterSpec
 
-_NUMERIC_TYPES = {
-    DataType.INT16,
-    DataType.UINT16,
-    DataType.INT32,
-    DataType.UINT32,
-    DataType.INT64,
-    DataType.UINT64,
-    DataType.FLOAT32,
-    DataType.FLOAT64,
-}
-# IEC 61851 state registers carry 0..5 or the ASCII letter itself.
-_IEC_BY_CODE = dict(enumerate(Iec61851State.values)) | {ord(s): s for s in Iec61851State.values}
+NUMERIC_TYPES = frozenset(
+    {
+        DataType.INT16,
+        DataType.UINT16,
+        DataType.INT32,
+        DataType.UINT32,
+        DataType.INT64,
+        DataType.UINT64,
+        DataType.FLOAT32,
+        DataType.FLOAT64,
+    }
+)
+
+
+def mask_shift(mask: int) -> int:
+    """Position of the lowest set bit of a field mask (0x7F00 → 8)."""
+    return (mask & -mask).bit_length() - 1
 
 
 def scaled(register: RegisterSpec, raw: Value) -> Value:
-    """Apply scale and offset to a numeric raw value; other types pass through."""
-    if raw is None or register.data_type not in _NUMERIC_TYPES:
+    """Raw value → engineering value: field mask, 'not available' marker, scale and offset."""
+    if raw is None or register.data_type not in NUMERIC_TYPES:
         return raw
+    if register.mask is not None and isinstance(raw, int):
+        raw = (raw & register.mask) >> mask_shift(register.mask)
+    if register.unavailable is not None and raw == register.unavailable:
+        return None
     value = raw * register.scale + register.offset
-    if isinstance(value, float) and value.is_integer() and register.scale == 1 and not register.offset:
+    if isinstance(raw, int) and register.scale == 1 and not register.offset:
         return int(value)
     return round(value, 6)
+
+
+def decode_register(register: RegisterSpec, words: list[int] | list[bool]) -> Value:
+    """Decode one register's words; raises DecodeError."""
+    raw = decode_value(
+        register.data_type, list(words), register.byte_order, bit=register.bit, encoding=register.encoding
+    )
+    return scaled(register, raw)
 
 
 def decode_block(
@@ -38,14 +55,35 @@ def decode_block(
     errors: dict[str, str] = {}
     for register in registers:
         first = register.address - start
-        chunk = words[first : first + register.count]
         try:
-            raw = decode_value(register.data_type, list(chunk), register.byte_order, bit=register.bit)
+            values[register.name] = decode_register(register, words[first : first + register.count])
         except DecodeError as exc:
             errors[register.name] = str(exc)
-            continue
-        values[register.name] = scaled(register, raw)
     return values, errors
+
+
+def status_code_text(value: Value) -> str | None:
+    """How a decoded value is compared with a status rule's code."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value).strip()
+
+
+def resolve_status(profile: ProfileSpec, decoded: dict[str, Value]) -> tuple[str, str | None, str | None]:
+    """(operator status, IEC 61851 state, problem) from the profile's ordered status rules."""
+    for rule in profile.status_rules:
+        if rule.register in decoded and status_code_text(decoded[rule.register]) == rule.code:
+            return rule.status, rule.iec61851_state, None
+    seen = ", ".join(f"{name}={decoded.get(name)!r}" for name in profile.status_registers)
+    if not profile.status_rules:
+        return OperatorStatus.UNAVAILABLE.value, None, "profile has no status rules"
+    return OperatorStatus.UNAVAILABLE.value, None, f"unknown status ({seen})"
 
 
 @dataclass
@@ -61,64 +99,35 @@ class TelemetryFields:
 
 def to_telemetry_fields(profile: ProfileSpec, decoded: dict[str, Value]) -> TelemetryFields:
     """Map decoded register values onto telemetry roles and resolve the status."""
-    values: dict[str, float | int | None] = {role: None for role in TELEMETRY_VALUE_ROLES}
+    values: dict[str, float | int | None] = dict.fromkeys(TELEMETRY_VALUE_ROLES)
     extra: dict[str, Value] = {}
-    problems: list[str] = []
-    status_code: Value = None
-    iec_state: str | None = None
     for register in profile.registers:
         if register.name not in decoded:
             continue
         value = decoded[register.name]
-        if register.role == Role.VENDOR_STATUS:
-            status_code = value
-        elif register.role == Role.IEC61851_STATE:
-            iec_state = _IEC_BY_CODE.get(value) if isinstance(value, int) else value
-        elif register.role in values:
-            values[register.role] = value if not isinstance(value, bool) else int(value)
+        if register.role in values and not isinstance(value, str | bytes):
+            values[register.role] = int(value) if isinstance(value, bool) else value
         elif isinstance(value, bytes):
             extra[register.name] = value.hex()
         else:
             extra[register.name] = value
-
-    status = OperatorStatus.UNAVAILABLE.value
-    if status_code is not None:
-        mapped = profile.status_codes.get(int(status_code))
-        if mapped is None:
-            problems.append(f"unknown vendor status code {status_code}")
-        else:
-            status = mapped.status
-            iec_state = iec_state or mapped.iec61851_state
-    elif iec_state is not None:
-        status = _status_from_iec(iec_state)
-    else:
-        problems.append("profile has no status register")
-
-    if values[Role.POWER_W] is None and profile.register_for(Role.POWER_W) is None:
-        # Explicit in the record: this power was computed, not measured by the charger.
-        values[Role.POWER_W] = _derived_power_w(values)
-        extra["power_w_derived"] = True
-    return TelemetryFields(str(status), iec_state, values, extra, problems)
+    status, iec_state, problem = resolve_status(profile, decoded)
+    problems = [problem] if problem else []
+    if Role.POWER_W in profile.derived:
+        # Declared in the profile: this charger has no power register (see docs/profiles.md).
+        values[Role.POWER_W] = derived_power_w(values)
+    return TelemetryFields(status, iec_state, values, extra, problems)
 
 
-def _status_from_iec(state: str) -> str:
-    return {
-        "A": OperatorStatus.AVAILABLE,
-        "B": OperatorStatus.PREPARING,
-        "C": OperatorStatus.CHARGING,
-        "D": OperatorStatus.CHARGING,
-        "E": OperatorStatus.FAULTED,
-        "F": OperatorStatus.FAULTED,
-    }.get(state, OperatorStatus.UNAVAILABLE).value
-
-
-def _derived_power_w(values: dict[str, float | int | None]) -> float | None:
-    """Power from per-phase current × voltage, for profiles that declare no power register."""
+def derived_power_w(values: dict[str, float | int | None]) -> float | None:
+    """Power from per-phase current × voltage (phases without a voltage count as absent)."""
     total = 0.0
+    seen = False
     for phase in ("l1", "l2", "l3"):
         current = values.get(f"current_{phase}_a")
         voltage = values.get(f"voltage_{phase}_v")
         if current is None or voltage is None:
-            return None
+            continue
         total += current * voltage
-    return round(total, 1)
+        seen = True
+    return round(total, 1) if seen else None

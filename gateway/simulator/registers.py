@@ -42,16 +42,18 @@ class WriteRefused(Exception):
 
 def status_code_for(profile: ProfileSpec, status: str) -> int | None:
     """The vendor code a charger reports for an operator status: the first code that maps to it."""
-    for code, spec in sorted(profile.status_codes.items()):
-        if spec.status == status:
-            return code
+    for rule in profile.status_rules:
+        if rule.status == status:
+            return int(rule.code)
     return None
 
 
 def iec_state_for(profile: ProfileSpec, status: str, default: str) -> str:
     """The pilot state the profile's status table gives a status, else the behaviour's own."""
-    code = status_code_for(profile, status)
-    return profile.status_codes[code].iec61851_state if code is not None else default
+    for rule in profile.status_rules:
+        if rule.status == status:
+            return rule.iec61851_state
+    return default
 
 
 def identity_values(profile: ProfileSpec, rng: random.Random) -> dict[str, str]:
