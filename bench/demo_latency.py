@@ -103,9 +103,7 @@ def main() -> None:
     quantiles = statistics.quantiles(latencies_ms, n=100)
     frames = len(latencies_ms)
     print(f"charge points: {options.charge_points}, window: {options.seconds:.0f} s, frames: {frames}")
-    print(
-        f"demo serving after {ready_s:.1f} s; first live record in the browser after {first_record_s:.1f} s"
-    )
+    print(f"demo serving after {ready_s:.1f} s; first live record in the browser after {first_record_s:.1f} s")
     print(
         f"latency poll→browser ms: p50 {quantiles[49]:.1f}  p95 {quantiles[94]:.1f}  "
         f"p99 {quantiles[98]:.1f}  max {latencies_ms[-1]:.1f}"

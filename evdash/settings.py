@@ -37,9 +37,7 @@ def _secret_key() -> str:
     if key:
         return key
     if not DEBUG:
-        raise ImproperlyConfigured(
-            "DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off (production mode)."
-        )
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off (production mode).")
     # Embedded mode: one random key per installation, kept beside the SQLite database so that
     # sessions survive restarts and every process of the demo agrees on it.
     VAR_DIR.mkdir(parents=True, exist_ok=True)

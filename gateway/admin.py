@@ -149,9 +149,7 @@ class DeviceProfileAdmin(admin.ModelAdmin):
 
     def get_urls(self) -> list:
         return [
-            path(
-                "import/", self.admin_site.admin_view(self.import_view), name="gateway_deviceprofile_import"
-            ),
+            path("import/", self.admin_site.admin_view(self.import_view), name="gateway_deviceprofile_import"),
             *super().get_urls(),
         ]
 

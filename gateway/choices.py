@@ -104,9 +104,7 @@ class Role(models.TextChoices):
 
 # The numeric values of the telemetry record, in display order.
 TELEMETRY_VALUE_ROLES: tuple[str, ...] = tuple(
-    role.value
-    for role in Role
-    if role not in (Role.NONE, Role.VENDOR_STATUS, Role.IEC61851_STATE, Role.SET_CURRENT_A)
+    role.value for role in Role if role not in (Role.NONE, Role.VENDOR_STATUS, Role.IEC61851_STATE, Role.SET_CURRENT_A)
 )
 # Values a profile may declare as derived from others (see profiles/decode.py).
 DERIVABLE_ROLES: tuple[str, ...] = (Role.POWER_W.value,)

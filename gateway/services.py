@@ -50,6 +50,4 @@ async def run_consumer(stop: asyncio.Event, consumer: TelemetryConsumer | None =
     await prepare_topics()
     consumer = consumer or TelemetryConsumer(telemetry_topic())
     await consumer.run(stop)
-    logger.info(
-        "consumer stopped: %d records handled, %d malformed skipped", consumer.handled, consumer.skipped
-    )
+    logger.info("consumer stopped: %d records handled, %d malformed skipped", consumer.handled, consumer.skipped)

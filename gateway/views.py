@@ -195,9 +195,7 @@ def page_config(now: datetime, ws_path: str) -> dict[str, Any]:
         "max_points": CHART_MAX_POINTS,
         "status_labels": STATUS_LABELS,
         "iec61851_labels": dict(Iec61851State.choices),
-        "formats": {
-            card.key: {"unit": card.unit, "scale": card.scale, "decimals": card.decimals} for card in CARDS
-        },
+        "formats": {card.key: {"unit": card.unit, "scale": card.scale, "decimals": card.decimals} for card in CARDS},
     }
 
 

@@ -82,9 +82,7 @@ def site(db: None) -> Site:
     return Site.objects.create(slug="test-site", name="Test site")
 
 
-def make_charge_point(
-    site: Site, profile: DeviceProfile, slug: str, port: int, **extra: object
-) -> ChargePoint:
+def make_charge_point(site: Site, profile: DeviceProfile, slug: str, port: int, **extra: object) -> ChargePoint:
     fields = {"name": slug.upper(), "host": "127.0.0.1", "unit_id": 1, "poll_interval_ms": 250} | extra
     return ChargePoint.objects.create(slug=slug, site=site, profile=profile, port=port, **fields)
 

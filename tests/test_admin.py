@@ -25,9 +25,7 @@ def charge_point_form(site, profile, **overrides) -> dict:
 
 
 def test_admin_adds_a_valid_charge_point(admin_client, site, generic_profile) -> None:
-    response = admin_client.post(
-        reverse("admin:gateway_chargepoint_add"), charge_point_form(site, generic_profile)
-    )
+    response = admin_client.post(reverse("admin:gateway_chargepoint_add"), charge_point_form(site, generic_profile))
     assert response.status_code == 302
     assert ChargePoint.objects.get(slug="cp-new").endpoint == "10.0.0.5:502/1"
 
@@ -55,9 +53,7 @@ def test_admin_rejects_bad_values_with_clear_messages(
 
 def test_admin_rejects_duplicate_endpoint(admin_client, site, generic_profile) -> None:
     make_charge_point(site, generic_profile, "cp-old", 502, host="10.0.0.5")
-    response = admin_client.post(
-        reverse("admin:gateway_chargepoint_add"), charge_point_form(site, generic_profile)
-    )
+    response = admin_client.post(reverse("admin:gateway_chargepoint_add"), charge_point_form(site, generic_profile))
     assert "Another charge point already uses this host, port and unit id." in response.content.decode()
     assert not ChargePoint.objects.filter(slug="cp-new").exists()
 

@@ -106,9 +106,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             break
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(
-                    "demo did not serve: " + (var_dir / "demo.log").read_text()[-3000:]
-                ) from None
+                raise AssertionError("demo did not serve: " + (var_dir / "demo.log").read_text()[-3000:]) from None
             time.sleep(0.2)
     try:
         yield {"url": url, "process": process, "log": var_dir / "demo.log"}
@@ -183,9 +181,7 @@ def test_charge_point_page_shows_live_values(demo: dict, page) -> None:
     )
     first = energy.text_content()
     # Charging at ~30× speed: the meter reading visibly rises within seconds.
-    page.wait_for_function(
-        "([el, v]) => el.textContent !== v", arg=[energy.element_handle(), first], timeout=20_000
-    )
+    page.wait_for_function("([el, v]) => el.textContent !== v", arg=[energy.element_handle(), first], timeout=20_000)
     assert re.search(r"\d", energy.text_content())
     page.wait_for_function("document.getElementById('power-chart').data[0].x.length >= 5", timeout=15_000)
     currents = page.evaluate("document.getElementById('current-chart').data.map(t => t.y.length)")

@@ -20,9 +20,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def record(slug: str, seq: int) -> dict:
-    return build_record(
-        charge_point=slug, site="test-site", profile="generic-ev-charger", seq=seq, fields=None
-    )
+    return build_record(charge_point=slug, site="test-site", profile="generic-ev-charger", seq=seq, fields=None)
 
 
 async def test_publisher_keys_by_charge_point_and_keeps_order(kafka) -> None:
@@ -42,9 +40,7 @@ async def test_publisher_keys_by_charge_point_and_keeps_order(kafka) -> None:
         while sum(map(len, seen.values())) < 20:
             for messages in (await within(consumer.getmany(timeout_ms=1000))).values():
                 for message in messages:
-                    seen.setdefault(message.key, []).append(
-                        int(message.value.split(b'"seq":')[1].split(b",")[0])
-                    )
+                    seen.setdefault(message.key, []).append(int(message.value.split(b'"seq":')[1].split(b",")[0]))
     finally:
         await consumer.stop()
     # Same key → same partition → order preserved per charge point.
@@ -108,9 +104,7 @@ async def test_publisher_loses_nothing_across_a_broker_outage(kafka, monkeypatch
     broker = await asyncio.to_thread(start_broker, port=port, log_path=tmp_path / "tansu.log")
     try:
         await ensure_topics([topic])
-        await wait_for(
-            lambda: publisher.sent == 2, timeout_s=60, what="buffered records sent after the outage"
-        )
+        await wait_for(lambda: publisher.sent == 2, timeout_s=60, what="buffered records sent after the outage")
         await publisher.stop()
         consumer = AIOKafkaConsumer(topic, auto_offset_reset="earliest", **client_options())
         await consumer.start()

@@ -18,9 +18,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def offline_record(slug: str, seq: int = 1) -> dict:
-    return build_record(
-        charge_point=slug, site="test-site", profile="generic-ev-charger", seq=seq, fields=None
-    )
+    return build_record(charge_point=slug, site="test-site", profile="generic-ev-charger", seq=seq, fields=None)
 
 
 async def logged_in_headers() -> list[tuple[bytes, bytes]]:
@@ -38,18 +36,14 @@ async def test_anonymous_websocket_is_refused() -> None:
 
 
 async def test_foreign_origin_is_refused() -> None:
-    headers = [h for h in await logged_in_headers() if h[0] != b"origin"] + [
-        (b"origin", b"http://evil.example")
-    ]
+    headers = [h for h in await logged_in_headers() if h[0] != b"origin"] + [(b"origin", b"http://evil.example")]
     communicator = WebsocketCommunicator(application, "/ws/fleet/", headers=headers)
     connected, _ = await communicator.connect()
     assert not connected
 
 
 async def test_unknown_charge_point_is_refused(site, generic_profile) -> None:
-    communicator = WebsocketCommunicator(
-        application, "/ws/chargepoints/nope/", headers=await logged_in_headers()
-    )
+    communicator = WebsocketCommunicator(application, "/ws/chargepoints/nope/", headers=await logged_in_headers())
     connected, code = await communicator.connect()
     assert not connected
     assert code == CLOSE_NOT_FOUND

@@ -42,9 +42,7 @@ def test_reads_stay_within_125_registers() -> None:
 
 
 def test_bit_reads_stay_within_2000_bits() -> None:
-    spec = profile(
-        *(RegisterSpec(f"c{i}", i, function=Function.COIL, data_type=DataType.BOOL) for i in range(4500))
-    )
+    spec = profile(*(RegisterSpec(f"c{i}", i, function=Function.COIL, data_type=DataType.BOOL) for i in range(4500)))
     plan = plan_reads(spec, (PollGroup.FAST,))
     assert [r.count for r in plan] == [MAX_READ_BITS, MAX_READ_BITS, 500]
 

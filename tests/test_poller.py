@@ -75,9 +75,7 @@ def hung_charge_point() -> socket.socket:
     return listener
 
 
-async def test_dead_and_hung_charge_points_go_offline_without_delaying_the_others(
-    site, generic_profile
-) -> None:
+async def test_dead_and_hung_charge_points_go_offline_without_delaying_the_others(site, generic_profile) -> None:
     hung = hung_charge_point()
     async with SimulatorFleet(GENERIC, 2, base_port=0, seed=2) as fleet:
         for index, sim in enumerate(fleet.charge_points):
@@ -88,9 +86,7 @@ async def test_dead_and_hung_charge_points_go_offline_without_delaying_the_other
         poller, stop = Poller(collected), asyncio.Event()
         task = asyncio.create_task(poller.run(stop))
         try:
-            await wait_for(
-                lambda: collected.of("hung"), timeout_s=10, what="the hung charge point timing out"
-            )
+            await wait_for(lambda: collected.of("hung"), timeout_s=10, what="the hung charge point timing out")
             start = {slug: len(collected.of(slug)) for slug in ("live-0", "live-1")}
             # While the dead and hung charge points keep failing, the live ones keep their 250 ms pace.
             await wait_for(

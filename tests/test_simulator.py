@@ -160,20 +160,14 @@ async def read_profile(client: AsyncModbusTcpClient, profile: ProfileSpec = PROF
     for request in plan_reads(profile, (PollGroup.FAST, PollGroup.SLOW)):
         response = await read[request.function](request.address, count=request.count, device_id=UNIT)
         assert not response.isError(), response
-        words = (
-            response.bits[: request.count]
-            if request.function in ("coil", "discrete_input")
-            else response.registers
-        )
+        words = response.bits[: request.count] if request.function in ("coil", "discrete_input") else response.registers
         decoded, errors = decode_block(request.registers, request.address, words)
         assert not errors
         values.update(decoded)
     return values
 
 
-async def test_pinned_values_read_back_over_modbus(
-    fleet: SimulatorFleet, client: AsyncModbusTcpClient
-) -> None:
+async def test_pinned_values_read_back_over_modbus(fleet: SimulatorFleet, client: AsyncModbusTcpClient) -> None:
     charge_point = fleet.charge_points[0]
     pinned = {
         "power_w": 7360,
@@ -210,9 +204,7 @@ async def test_pinned_values_read_back_over_modbus(
     assert values["firmware_version"]
 
 
-async def test_max_current_write_is_accepted_and_honoured(
-    fleet: SimulatorFleet, client: AsyncModbusTcpClient
-) -> None:
+async def test_max_current_write_is_accepted_and_honoured(fleet: SimulatorFleet, client: AsyncModbusTcpClient) -> None:
     charge_point = fleet.charge_points[0]
     charge_point.connect_vehicle(phases=3)  # no-op if it is already in a session
     await wait_for(lambda: charge_point.behaviour.phase == Phase.CHARGING, what="charging")
@@ -237,9 +229,7 @@ async def test_max_current_write_is_accepted_and_honoured(
     assert charge_point.behaviour.max_current_a == 16.0
 
 
-async def test_refused_writes_answer_modbus_exceptions(
-    fleet: SimulatorFleet, client: AsyncModbusTcpClient
-) -> None:
+async def test_refused_writes_answer_modbus_exceptions(fleet: SimulatorFleet, client: AsyncModbusTcpClient) -> None:
     charge_point = fleet.charge_points[0]
     before = charge_point.behaviour.max_current_a
     out_of_range = await client.write_register(15, 330, device_id=UNIT)  # 33.0 A > 32 A
@@ -343,9 +333,7 @@ def free_port_run(count: int) -> int:
 
 
 @pytest.mark.django_db
-def test_simulate_serves_consecutive_ports_and_stops(
-    generic_profile: object, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_simulate_serves_consecutive_ports_and_stops(generic_profile: object, caplog: pytest.LogCaptureFixture) -> None:
     base = free_port_run(2)
     with caplog.at_level(logging.INFO, logger="gateway"):
         call_command("simulate", "--count", "2", "--base-port", str(base), "--seed", "1", "--run-for", "0.3")

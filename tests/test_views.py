@@ -38,9 +38,7 @@ def store_record(cp: ChargePoint, *, age: timedelta = timedelta(0), **values: fl
         site=cp.site.slug,
         profile=cp.profile.slug,
         seq=1,
-        fields=TelemetryFields(
-            status="charging", iec61851_state="C", values=values, extra={"serial": "SN-1"}
-        ),
+        fields=TelemetryFields(status="charging", iec61851_state="C", values=values, extra={"serial": "SN-1"}),
         moment=datetime.now(UTC) - age,
     )
     LatestTelemetry.objects.create(charge_point=cp, record=record, source_ts=parse_ts(record["ts"]))
@@ -86,9 +84,7 @@ def test_fleet_lists_enabled_charge_points_only(
 
 
 @pytest.mark.django_db
-def test_fleet_tile_shows_latest_record(
-    admin_client: Client, site: Site, generic_profile: DeviceProfile
-) -> None:
+def test_fleet_tile_shows_latest_record(admin_client: Client, site: Site, generic_profile: DeviceProfile) -> None:
     cp = add_charge_point(site, generic_profile, "cp-1")
     store_record(cp, power_w=7360.0, session_energy_wh=12_345.0)
     add_charge_point(site, generic_profile, "cp-2")
@@ -104,9 +100,7 @@ def test_fleet_tile_shows_latest_record(
 
 
 @pytest.mark.django_db
-def test_fleet_marks_old_records_stale(
-    admin_client: Client, site: Site, generic_profile: DeviceProfile
-) -> None:
+def test_fleet_marks_old_records_stale(admin_client: Client, site: Site, generic_profile: DeviceProfile) -> None:
     # 3 poll intervals of 250 ms are below the 10 s floor: 9 s old is fresh, 11 s old is stale;
     # at 5 s a poll, 3 intervals are 15 s.
     fresh = add_charge_point(site, generic_profile, "cp-fresh")
@@ -315,9 +309,7 @@ def test_fleet_page_goes_live(open_page: OpenPage, site: Site, generic_profile: 
     cp2 = add_charge_point(site, generic_profile, "cp-2")
     page = open_page("/")
     page.wait_for_selector("[data-live-indicator]")
-    page.evaluate(
-        "m => window.__push(m)", {"type": "snapshot", "records": [live_record(cp1, 1, power_w=7000.0)]}
-    )
+    page.evaluate("m => window.__push(m)", {"type": "snapshot", "records": [live_record(cp1, 1, power_w=7000.0)]})
     page.evaluate(
         "m => window.__push(m)",
         {"type": "telemetry", "record": live_record(cp2, 1, status="faulted", power_w=0.0)},

@@ -55,9 +55,7 @@ class ChargePointConnection:
             return
         await self.close()
         # Reconnects are ours (with backoff in the poller), not pymodbus's: reconnect_delay=0.
-        client = AsyncModbusTcpClient(
-            self.host, port=self.port, timeout=self.timeout_s, retries=0, reconnect_delay=0
-        )
+        client = AsyncModbusTcpClient(self.host, port=self.port, timeout=self.timeout_s, retries=0, reconnect_delay=0)
         try:
             ok = await asyncio.wait_for(client.connect(), self.timeout_s + 1)
         except (TimeoutError, OSError, ModbusException) as exc:
@@ -65,9 +63,7 @@ class ChargePointConnection:
             raise ConnectionFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
         if not ok:
             client.close()
-            raise ConnectionFailed(
-                f"cannot connect to {self.host}:{self.port}: connection refused or timed out"
-            )
+            raise ConnectionFailed(f"cannot connect to {self.host}:{self.port}: connection refused or timed out")
         self._client = client
 
     async def read(self, request: ReadRequest) -> list[int] | list[bool]:

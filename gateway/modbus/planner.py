@@ -26,9 +26,7 @@ class ReadRequest:
     unit_id: int | None = None  # None: the charge point's own unit id
 
 
-def plan_reads(
-    profile: ProfileSpec, poll_groups: tuple[str, ...], *, max_gap: int | None = None
-) -> list[ReadRequest]:
+def plan_reads(profile: ProfileSpec, poll_groups: tuple[str, ...], *, max_gap: int | None = None) -> list[ReadRequest]:
     """Plan the reads for the given poll groups."""
     gap = profile.max_gap if max_gap is None else max_gap
     wanted = [reg for reg in profile.registers if reg.poll_group in poll_groups and reg.readable]
@@ -42,14 +40,11 @@ def plan_reads(
         else:
             by_block.setdefault(block, []).append(register)
     for block, registers in by_block.items():
-        requests.append(
-            ReadRequest(block.function, block.address, block.count, tuple(registers), block.unit_id)
-        )
+        requests.append(ReadRequest(block.function, block.address, block.count, tuple(registers), block.unit_id))
     loose.sort(key=lambda reg: (reg.unit_id or -1, reg.function, reg.address))
     if profile.fixed_read_size:
         requests += [
-            ReadRequest(reg.function, reg.address, profile.fixed_read_size, (reg,), reg.unit_id)
-            for reg in loose
+            ReadRequest(reg.function, reg.address, profile.fixed_read_size, (reg,), reg.unit_id) for reg in loose
         ]
     else:
         requests += _group(loose, gap, min(profile.max_read_registers, MAX_READ_REGISTERS))

@@ -73,9 +73,7 @@ class ChargePointPoller:
     def __init__(self, config: ChargePointConfig, publish: Publish) -> None:
         self.config = config
         self.publish = publish
-        self.connection = ChargePointConnection(
-            config.host, config.port, config.unit_id, setting("MODBUS_TIMEOUT_S")
-        )
+        self.connection = ChargePointConnection(config.host, config.port, config.unit_id, setting("MODBUS_TIMEOUT_S"))
         self.fast_plan = plan_reads(config.profile, (PollGroup.FAST,))
         self.slow_plan = plan_reads(config.profile, (PollGroup.SLOW,))
         self.seq = 0

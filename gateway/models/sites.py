@@ -40,9 +40,7 @@ class ChargePoint(models.Model):
         # chargers answer to (KEBA, Webasto, Vestel, ...), per the Modbus TCP implementation guide.
         validators=[MaxValueValidator(255, "Modbus unit id must be between 0 and 255.")],
     )
-    profile = models.ForeignKey(
-        "gateway.DeviceProfile", on_delete=models.PROTECT, related_name="charge_points"
-    )
+    profile = models.ForeignKey("gateway.DeviceProfile", on_delete=models.PROTECT, related_name="charge_points")
     poll_interval_ms = models.PositiveIntegerField(
         default=1000,
         validators=[

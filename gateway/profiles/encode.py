@@ -28,9 +28,7 @@ def raw_value(register: RegisterSpec, value: Value) -> Value:
             raw = (raw << mask_shift(register.mask)) & register.mask
         low, high = INTEGER_RANGES[register.data_type]
         if not low <= raw <= high:
-            raise WriteRangeError(
-                f"{value} {register.unit} does not fit {register.name} ({register.data_type})"
-            )
+            raise WriteRangeError(f"{value} {register.unit} does not fit {register.name} ({register.data_type})")
     return raw
 
 
@@ -39,13 +37,9 @@ def check_write_range(register: RegisterSpec, value: float) -> None:
     if not register.writable:
         raise WriteRangeError(f"{register.name} is read-only")
     if register.write_min is not None and value < register.write_min:
-        raise WriteRangeError(
-            f"{value} is below the minimum {register.write_min} {register.unit} of {register.name}"
-        )
+        raise WriteRangeError(f"{value} is below the minimum {register.write_min} {register.unit} of {register.name}")
     if register.write_max is not None and value > register.write_max:
-        raise WriteRangeError(
-            f"{value} is above the maximum {register.write_max} {register.unit} of {register.name}"
-        )
+        raise WriteRangeError(f"{value} is above the maximum {register.write_max} {register.unit} of {register.name}")
 
 
 def encode_for_write(register: RegisterSpec, value: Value) -> list[int]:

@@ -180,9 +180,7 @@ def _build(kind: type, data: Any, where: str) -> Any:
     known = {f.name for f in fields(kind)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ProfileFormatError(
-            f"unknown field(s) {', '.join(unknown)} in {where} entry {data.get('name', '')!r}"
-        )
+        raise ProfileFormatError(f"unknown field(s) {', '.join(unknown)} in {where} entry {data.get('name', '')!r}")
     try:
         return kind(**data)
     except TypeError as exc:

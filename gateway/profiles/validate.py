@@ -79,9 +79,7 @@ def status_rule_problems(spec: ProfileSpec) -> list[str]:
         if rule.register not in names:
             problems.append(f"status rule for unknown register {rule.register!r}")
         if rule.iec61851_state not in Iec61851State.values:
-            problems.append(
-                f"status rule {rule.register}={rule.code}: unknown IEC 61851 state {rule.iec61851_state!r}"
-            )
+            problems.append(f"status rule {rule.register}={rule.code}: unknown IEC 61851 state {rule.iec61851_state!r}")
         if rule.status not in OperatorStatus.values:
             problems.append(f"status rule {rule.register}={rule.code}: unknown status {rule.status!r}")
     for (register, code), count in Counter((r.register, r.code) for r in spec.status_rules).items():
@@ -93,9 +91,7 @@ def status_rule_problems(spec: ProfileSpec) -> list[str]:
 def profile_problems(spec: ProfileSpec) -> list[str]:
     """Everything wrong with a profile, as sentences; empty when it is consistent."""
     problems = [
-        f"register {reg.name!r}: {message}"
-        for reg in spec.registers
-        for message in register_problems(reg).values()
+        f"register {reg.name!r}: {message}" for reg in spec.registers for message in register_problems(reg).values()
     ]
     for name, count in Counter(reg.name for reg in spec.registers).items():
         if count > 1:
@@ -129,7 +125,5 @@ def profile_problems(spec: ProfileSpec) -> list[str]:
     if spec.fixed_read_size:
         too_big = [reg.name for reg in spec.registers if reg.readable and reg.count > spec.fixed_read_size]
         if too_big:
-            problems.append(
-                f"registers {', '.join(too_big)} do not fit the fixed read size {spec.fixed_read_size}"
-            )
+            problems.append(f"registers {', '.join(too_big)} do not fit the fixed read size {spec.fixed_read_size}")
     return problems

@@ -142,9 +142,7 @@ def defined_addresses(profile: ProfileSpec, function: str) -> set[int]:
     }
 
 
-def check_write(
-    profile: ProfileSpec, function: str, address: int, words: list[int] | list[bool]
-) -> dict[str, Value]:
+def check_write(profile: ProfileSpec, function: str, address: int, words: list[int] | list[bool]) -> dict[str, Value]:
     """Decode a write into engineering values by register name, or raise WriteRefused.
 
     A write must cover whole registers, all of access "rw", each within write_min..write_max.
@@ -153,9 +151,7 @@ def check_write(
     touched = [
         register
         for register in profile.registers
-        if register.function == function
-        and register.address < end
-        and register.address + register.count > address
+        if register.function == function and register.address < end and register.address + register.count > address
     ]
     covered = {r.address + i for r in touched for i in range(r.count)}
     if not touched or not covered.issuperset(range(address, end)):

@@ -74,9 +74,7 @@ class Command(BaseCommand):
             "",
             f"  evdash is running: {url}",
             "  user: admin",
-            f"  password: {password}"
-            if password
-            else "  password: unchanged (set EVDASH_ADMIN_PASSWORD to reset it)",
+            f"  password: {password}" if password else "  password: unchanged (set EVDASH_ADMIN_PASSWORD to reset it)",
             "  Ctrl-C stops everything.",
             "",
         ]

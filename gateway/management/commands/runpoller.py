@@ -14,9 +14,7 @@ class Command(BaseCommand):
     help = "Poll every enabled charge point over Modbus TCP and publish telemetry to Kafka."
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument(
-            "--site", help="Only poll the charge points of this site (slug): one poller per site."
-        )
+        parser.add_argument("--site", help="Only poll the charge points of this site (slug): one poller per site.")
         parser.add_argument(
             "--once", action="store_true", help="Poll every charge point once, print the records, exit."
         )

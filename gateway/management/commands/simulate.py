@@ -13,9 +13,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--count", type=int, default=3, help="Number of charge points.")
-        parser.add_argument(
-            "--base-port", type=int, default=15020, help="Port of the first one; the others follow."
-        )
+        parser.add_argument("--base-port", type=int, default=15020, help="Port of the first one; the others follow.")
         parser.add_argument("--host", default="127.0.0.1", help="Address to listen on.")
         parser.add_argument("--speedup", type=float, default=1.0, help="Simulated seconds per real second.")
         parser.add_argument("--seed", type=int, default=None, help="Random seed, for a reproducible fleet.")
