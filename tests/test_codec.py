@@ -98,3 +98,13 @@ def test_wrong_register_count_is_a_clear_error() -> None:
 def test_unknown_byte_order_is_rejected() -> None:
     with pytest.raises(DecodeError, match="unknown byte order"):
         decode_value(DataType.UINT32, [1, 2], "XYZW")
+
+
+def test_invalid_text_is_a_decode_error_not_garbage() -> None:
+    with pytest.raises(DecodeError, match="not valid ascii text"):
+        decode_value(DataType.STRING, [0xC3FF])
+
+
+def test_utf16_strings_one_character_per_register() -> None:
+    # Vestel: "EVC04" as UTF-16BE, zero-padded.
+    assert decode_value(DataType.STRING, [0x45, 0x56, 0x43, 0x30, 0x34, 0, 0], encoding="utf-16-be") == "EVC04"

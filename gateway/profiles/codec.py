@@ -124,7 +124,11 @@ def decode_value(
     if data_type == DataType.STRING:
         raw = registers_to_bytes([int(r) for r in registers], byte_order, words=False)
         # Decode before cutting at NUL: in UTF-16 every ASCII character carries a zero byte.
-        return raw.decode(encoding, errors="replace").split("\x00", 1)[0].strip()
+        try:
+            text = raw.decode(encoding)
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"bytes {raw.hex(' ')} are not valid {encoding} text") from exc
+        return text.split("\x00", 1)[0].strip()
     if data_type == DataType.BYTES:
         return registers_to_bytes([int(r) for r in registers], byte_order, words=False)
     raise DecodeError(f"unknown data type {data_type!r}")
