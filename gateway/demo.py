@@ -23,7 +23,17 @@ from gateway.models import ChargePoint, DeviceProfile, Site
 logger = logging.getLogger(__name__)
 
 DEMO_SITE = "demo-site"
-DEMO_PROFILE = "generic-ev-charger"
+# The demo fleet cycles through the shipped real chargers, then the generic reference map.
+DEMO_PROFILES = (
+    "alfen-eve",
+    "abb-terra-ac",
+    "keba-p30",
+    "webasto-next",
+    "vestel-evc04",
+    "schneider-evlink-pro-ac",
+    "mennekes-amtron-hcc3",
+    "generic-ev-charger",
+)
 
 
 @dataclass
@@ -37,21 +47,38 @@ class DemoOptions:
     seed: int | None
 
 
+def demo_profiles() -> list[DeviceProfile]:
+    """The profiles of the demo fleet, in the order the simulator cycles through them."""
+    by_slug = DeviceProfile.objects.in_bulk(DEMO_PROFILES, field_name="slug")
+    return [by_slug[slug] for slug in DEMO_PROFILES if slug in by_slug]
+
+
 def ensure_demo_fleet(count: int, base_port: int) -> int:
-    """Create the demo site and charge points cp-01..cp-N on consecutive loopback ports."""
-    profile = DeviceProfile.objects.get(slug=DEMO_PROFILE)
+    """Create or realign the demo charge points cp-01..cp-N with what the simulator serves.
+
+    Endpoint and profile follow the simulator (charge point i serves profile i mod n on
+    base_port + i); names, poll intervals and enabled flags edited in the admin are kept.
+    """
+    profiles = demo_profiles()
     created = 0
     with transaction.atomic():
         site, _ = Site.objects.get_or_create(slug=DEMO_SITE, defaults={"name": "Demo car park"})
         for index in range(count):
-            _cp, new = ChargePoint.objects.get_or_create(
+            profile = profiles[index % len(profiles)]
+            _cp, new = ChargePoint.objects.update_or_create(
                 slug=f"cp-{index + 1:02d}",
                 defaults={
-                    "name": f"Charge point {index + 1:02d}",
+                    "host": "127.0.0.1",
+                    "port": base_port + index,
+                    "unit_id": profile.default_unit_id,
+                    "profile": profile,
+                },
+                create_defaults={
+                    "name": f"{profile.vendor or 'Generic'} {index + 1:02d}".replace("evdash", "Generic"),
                     "site": site,
                     "host": "127.0.0.1",
                     "port": base_port + index,
-                    "unit_id": 1,
+                    "unit_id": profile.default_unit_id,
                     "profile": profile,
                 },
             )

@@ -2,7 +2,7 @@
 
 from gateway.choices import DataType, Function, PollGroup
 from gateway.modbus.planner import MAX_READ_BITS, MAX_READ_REGISTERS, plan_reads
-from gateway.profiles.spec import ProfileSpec, RegisterSpec
+from gateway.profiles.spec import ProfileSpec, ReadBlock, RegisterSpec
 from gateway.profiles.store import SHIPPED_DIR, read_spec_file
 
 
@@ -51,3 +51,44 @@ def test_poll_groups_are_planned_separately() -> None:
     spec = profile(RegisterSpec("fast", 0), RegisterSpec("slow", 1, poll_group=PollGroup.SLOW))
     assert [r.registers[0].name for r in plan_reads(spec, (PollGroup.FAST,))] == ["fast"]
     assert [r.registers[0].name for r in plan_reads(spec, (PollGroup.SLOW,))] == ["slow"]
+
+
+def test_write_only_registers_are_never_read() -> None:
+    spec = profile(RegisterSpec("state", 0), RegisterSpec("set_current", 1, access="w"))
+    assert [r.registers for r in plan_reads(spec, (PollGroup.FAST,))] == [(spec.registers[0],)]
+
+
+def test_fixed_read_size_gives_one_exact_read_per_value() -> None:
+    # KEBA: every value is a uint32 and reads must be exactly 2 registers.
+    values = [RegisterSpec(f"v{i}", 1000 + 2 * i, data_type=DataType.UINT32, length=2) for i in range(3)]
+    spec = ProfileSpec(slug="k", name="k", registers=tuple(values), fixed_read_size=2)
+    assert [(r.address, r.count) for r in plan_reads(spec, (PollGroup.FAST,))] == [(1000, 2), (1002, 2), (1004, 2)]
+
+
+def test_explicit_blocks_are_read_exactly_as_declared() -> None:
+    spec = ProfileSpec(
+        slug="b",
+        name="b",
+        registers=(RegisterSpec("a", 300), RegisterSpec("b", 340), RegisterSpec("outside", 400)),
+        read_blocks=(ReadBlock(Function.HOLDING, 300, 46),),
+        max_gap=0,
+    )
+    plan = plan_reads(spec, (PollGroup.FAST,))
+    assert [(r.address, r.count, [reg.name for reg in r.registers]) for r in plan] == [
+        (300, 46, ["a", "b"]),
+        (400, 1, ["outside"]),
+    ]
+
+
+def test_registers_of_another_unit_id_are_read_separately() -> None:
+    # Alfen: socket registers on the charge point's unit, station registers on unit 200.
+    spec = profile(RegisterSpec("socket", 100), RegisterSpec("station", 101, unit_id=200))
+    plan = plan_reads(spec, (PollGroup.FAST,))
+    assert [(r.unit_id, r.address) for r in plan] == [(None, 100), (200, 101)]
+
+
+def test_a_lower_charger_limit_than_125_is_honoured() -> None:
+    spec = ProfileSpec(
+        slug="s", name="s", registers=tuple(RegisterSpec(f"r{i}", i) for i in range(100)), max_read_registers=40
+    )
+    assert [r.count for r in plan_reads(spec, (PollGroup.FAST,))] == [40, 40, 20]

@@ -115,3 +115,24 @@ def test_schema_file_is_where_the_readme_says() -> None:
     relative = SCHEMA_PATH.relative_to(settings.BASE_DIR).as_posix()
     assert relative in (settings.BASE_DIR / "README.md").read_text()
     assert json.loads(SCHEMA_PATH.read_text())["properties"]["schema_version"] == {"const": 1}
+
+
+def test_power_is_derived_only_where_the_profile_declares_it() -> None:
+    from dataclasses import replace
+
+    from gateway.profiles.spec import RegisterSpec
+
+    registers = tuple(
+        RegisterSpec(f"{kind}_{phase}", address, scale=scale, role=f"{kind}_{phase}_{unit}")
+        for address, (kind, phase, scale, unit) in enumerate(
+            (k, p, s, u) for k, s, u in (("current", 0.1, "a"), ("voltage", 1, "v")) for p in ("l1", "l2", "l3")
+        )
+    )
+    spec = replace(GENERIC, registers=registers, status_rules=())
+    decoded = {"current_l1": 16.0, "current_l2": 16.0, "current_l3": 0.0} | {
+        f"voltage_{p}": 230 for p in ("l1", "l2", "l3")
+    }
+    assert to_telemetry_fields(spec, decoded).values["power_w"] is None
+    derived = to_telemetry_fields(replace(spec, derived=("power_w",)), decoded)
+    assert derived.values["power_w"] == 7360.0
+    assert derived.extra["derived"] == ["power_w"]

@@ -116,6 +116,7 @@ def to_telemetry_fields(profile: ProfileSpec, decoded: dict[str, Value]) -> Tele
     if Role.POWER_W in profile.derived:
         # Declared in the profile: this charger has no power register (see docs/profiles.md).
         values[Role.POWER_W] = derived_power_w(values)
+        extra["derived"] = list(profile.derived)
     return TelemetryFields(status, iec_state, values, extra, problems)
 
 

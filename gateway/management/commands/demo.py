@@ -64,8 +64,8 @@ class Command(BaseCommand):
             str(opts.modbus_base_port),
             "--speedup",
             str(opts.speedup),
-            "--profile",
-            demo.DEMO_PROFILE,
+            "--profiles",
+            ",".join(profile.slug for profile in demo.demo_profiles()),
         ] + (["--seed", str(opts.seed)] if opts.seed is not None else [])
         simulator = demo.spawn(simulate_args, env)
         poller = demo.spawn(["runpoller"], env)
