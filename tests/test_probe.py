@@ -25,7 +25,7 @@ GENERIC = read_spec_file(SHIPPED_DIR / "generic-ev-charger.json")
 
 
 @pytest.fixture
-def charger():  # noqa: ANN201
+def charger():
     """One simulated generic charger in a background thread, charging at known values."""
     with SimulatorFleet(GENERIC, 1, base_port=0, seed=21).run_in_thread() as fleet:
         sim = fleet.charge_points[0]

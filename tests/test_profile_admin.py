@@ -45,7 +45,7 @@ def empty_profile(db: None) -> DeviceProfile:
     return DeviceProfile.objects.create(slug="custom", name="Custom charger")
 
 
-def post_profile(admin_client, profile: DeviceProfile, registers: list[dict], rules: list[dict] | None = None) -> str:  # noqa: ANN001
+def post_profile(admin_client, profile: DeviceProfile, registers: list[dict], rules: list[dict] | None = None) -> str:
     url = reverse("admin:gateway_deviceprofile_change", args=[profile.pk])
     response = admin_client.post(url, profile_form(profile, registers, rules or []))
     return response.content.decode() if response.status_code == 200 else ""

@@ -35,7 +35,7 @@ PINNED = {
 }
 
 
-def pin(sim, spec: ProfileSpec, status: str) -> dict:  # noqa: ANN001
+def pin(sim, spec: ProfileSpec, status: str) -> dict:
     """Pin every role the profile has; return what a client must read back."""
     expected = {}
     for role, value in PINNED.items():

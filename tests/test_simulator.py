@@ -21,15 +21,18 @@ from gateway.profiles.codec import Value
 from gateway.profiles.decode import decode_block, to_telemetry_fields
 from gateway.profiles.spec import ProfileSpec
 from gateway.profiles.store import SHIPPED_DIR, read_spec_file
+from gateway.profiles.validate import profile_problems
 from gateway.simulator.behaviour import PHASE_STATUS, ChargePointBehaviour, Phase
 from gateway.simulator.fleet import SimulatorFleet
-from gateway.simulator.registers import WriteRefused, build_image, check_write, status_code_for
+from gateway.simulator.registers import ProfileImage, WriteRefused
 from gateway.simulator.server import SimulatedChargePoint
 from tests.conftest import wait_for
+from tests.test_impersonation import check_impersonation
 
 UNIT = 1
 PROFILE = read_spec_file(SHIPPED_DIR / "generic-ev-charger.json")
 REGISTERS = {register.name: register for register in PROFILE.registers}
+IMAGE = ProfileImage(PROFILE, UNIT)
 
 
 # --- behaviour (pure) -------------------------------------------------------------------------
@@ -101,17 +104,20 @@ def test_current_limit_caps_and_pauses_charging() -> None:
 
 
 # --- register image (pure) ----------------------------------------------------------------------
-def test_status_table_reverse_lookup() -> None:
-    assert status_code_for(PROFILE, OperatorStatus.AVAILABLE) == 0
-    assert status_code_for(PROFILE, OperatorStatus.SUSPENDED) == 3
-    assert status_code_for(PROFILE, OperatorStatus.OFFLINE) is None
+def test_status_codes_reverse_the_status_rules() -> None:
+    assert IMAGE.status.values_for(OperatorStatus.AVAILABLE, "A") == (("available", "A"), {"status": 0})
+    assert IMAGE.status.values_for(OperatorStatus.SUSPENDED, None) == (("suspended", "B"), {"status": 3})
+    # No rule for the exact pair: same status first, then same IEC state.
+    assert IMAGE.status.values_for(OperatorStatus.CHARGING, "D") == (("charging", "C"), {"status": 2})
+    assert IMAGE.status.values_for(OperatorStatus.OFFLINE, "F") == (("faulted", "F"), {"status": 5})
+    assert not IMAGE.status.can_report(OperatorStatus.OFFLINE)
 
 
 def test_image_clips_instead_of_wrapping() -> None:
-    image = build_image(PROFILE, {"current_l1": 900.0, "power": -5, "temperature": -12.3})
-    assert image[Function.HOLDING][4] == 0xFFFF
-    assert [image[Function.HOLDING][address] for address in (2, 3)] == [0, 0]
-    assert image[Function.HOLDING][14] == (-123) & 0xFFFF
+    words = IMAGE.words(UNIT, Function.HOLDING, {"current_l1": 900.0, "power": -5, "temperature": -12.3})
+    assert words[4] == 0xFFFF
+    assert [words[address] for address in (2, 3)] == [0, 0]
+    assert words[14] == (-123) & 0xFFFF
 
 
 @pytest.mark.parametrize(
@@ -126,7 +132,7 @@ def test_image_clips_instead_of_wrapping() -> None:
 )
 def test_check_write_refusals(address: int, words: list[int], code: ExcCodes) -> None:
     with pytest.raises(WriteRefused) as refused:
-        check_write(PROFILE, Function.HOLDING, address, words)
+        IMAGE.check_write(UNIT, Function.HOLDING, address, words)
     assert refused.value.code == code
 
 
@@ -341,3 +347,309 @@ def test_simulate_serves_consecutive_ports_and_stops(generic_profile: object, ca
     assert started[0].startswith(f"sim-cp-001: generic-ev-charger on 127.0.0.1:{base} ")
     assert started[1].startswith(f"sim-cp-002: generic-ev-charger on 127.0.0.1:{base + 1} ")
     assert any(r.getMessage() == "simulator stopping" for r in caplog.records)
+
+
+# --- real chargers' quirks, on small hand-made profiles -----------------------------------------
+def quirk_profile(
+    slug: str, registers: list[dict], rules: list[tuple[str, str, str, str]], **extra: object
+) -> ProfileSpec:
+    """A consistent profile from compact rows; rules are (register, code, IEC state, status)."""
+    spec = ProfileSpec.from_dict(
+        {
+            "slug": slug,
+            "name": slug,
+            "registers": registers,
+            "status_rules": [
+                {"register": r, "code": c, "iec61851_state": iec, "status": status} for r, c, iec, status in rules
+            ],
+            **extra,
+        }
+    )
+    assert profile_problems(spec) == []
+    return spec
+
+
+def reg(name: str, address: int, data_type: str = "uint16", **extra: object) -> dict:
+    return {"name": name, "address": address, "data_type": data_type, "length": extra.pop("length", 1), **extra}
+
+
+F32 = {"data_type": "float32", "length": 2}
+U32 = {"data_type": "uint32", "length": 2}
+# Alfen Eve: floats, NaN for what it lacks, text mode-3 state, station registers on unit 200.
+ALFEN_LIKE = quirk_profile(
+    "quirk-alfen",
+    [
+        reg("meter_state", 300, enum={"0x01": "initialised", "0x02": "updated"}),
+        *(reg(f"voltage_l{n}", 304 + 2 * n, **F32, role=f"voltage_l{n}_v") for n in (1, 2, 3)),
+        *(reg(f"current_l{n}", 318 + 2 * n, **F32, role=f"current_l{n}_a") for n in (1, 2, 3)),
+        reg("frequency", 336, **F32),
+        reg("active_power", 344, **F32, role="power_w"),
+        reg("energy_delivered", 374, "float64", length=4, role="energy_total_wh"),
+        reg("availability", 1200, enum={"1": "operative", "0": "inoperative"}),
+        reg("mode3_state", 1201, "string", length=5, role="iec61851_state"),
+        reg("applied_max_current", 1206, **F32, role="max_current_a"),
+        reg("max_current_setpoint", 1210, **F32, role="set_current_a", access="rw", write_min=0, write_max=32),
+        reg("station_serial", 157, "string", length=11, unit_id=200, poll_group="slow"),
+        reg("table_version", 122, "int16", unit_id=200, poll_group="slow"),
+        reg("temperature", 1102, **F32, unit_id=200, role="temperature_c"),
+    ],
+    [
+        ("availability", "0", "A", "unavailable"),
+        ("mode3_state", "A", "A", "available"),
+        ("mode3_state", "B1", "B", "preparing"),
+        ("mode3_state", "B2", "B", "suspended"),
+        ("mode3_state", "C1", "B", "suspended"),
+        ("mode3_state", "C2", "C", "charging"),
+        ("mode3_state", "D2", "D", "charging"),
+        ("mode3_state", "E", "E", "faulted"),
+        ("mode3_state", "F", "F", "faulted"),
+    ],
+    simulator={"nan_unavailable": True},
+    heartbeats=[{"register": "max_current_setpoint", "interval_s": 25, "value_from": "max_current_setpoint"}],
+)
+# ABB Terra AC: state in bits 8-14 of a uint32, lock state decides 'finished', write-only setpoint.
+ABB_LIKE = quirk_profile(
+    "quirk-abb",
+    [
+        reg("serial_number", 16384, "bytes", length=4, poll_group="slow"),
+        reg("error_code", 16392, **U32, role="error_code"),
+        reg("socket_lock_state", 16394, **U32, enum={"0x0000": "no cable", "0x0101": "locked", "0x0111": "locked"}),
+        reg("charging_state", 16396, **U32, mask=0x7F00, enum={str(n): f"state {n}" for n in range(6)}),
+        reg("charging_current_limit", 16398, **U32, scale=0.001, role="max_current_a"),
+        *(reg(f"current_l{n}", 16398 + 2 * n, **U32, scale=0.001, role=f"current_l{n}_a") for n in (1, 2, 3)),
+        *(reg(f"voltage_l{n}", 16404 + 2 * n, **U32, scale=0.1, role=f"voltage_l{n}_v") for n in (1, 2, 3)),
+        reg("active_power", 16412, **U32, role="power_w"),
+        reg("session_energy", 16414, **U32, role="session_energy_wh"),
+        reg("set_current_limit", 16640, **U32, scale=0.001, access="w", role="set_current_a", write_max=32),
+        reg("set_timeout", 16646, access="w"),
+    ],
+    [
+        ("charging_state", "0", "A", "available"),
+        ("charging_state", "1", "B", "preparing"),
+        ("charging_state", "2", "B", "preparing"),
+        ("charging_state", "3", "B", "suspended"),
+        ("charging_state", "4", "C", "charging"),
+        ("socket_lock_state", "257", "B", "finishing"),
+        ("socket_lock_state", "273", "B", "finishing"),
+        ("charging_state", "5", "A", "available"),
+    ],
+    heartbeats=[{"register": "set_timeout", "interval_s": 30, "value": 60}],
+)
+# KEBA P30: every value a uint32 read exactly 2 registers at a time; disabled through 5014.
+KEBA_LIKE = quirk_profile(
+    "quirk-keba",
+    [
+        reg("charging_state", 1000, **U32, enum={str(n): f"state {n}" for n in range(6)}),
+        reg(
+            "cable_state",
+            1004,
+            **U32,
+            enum={"0": "no cable", "1": "station", "3": "locked", "5": "ev", "7": "ev locked"},
+        ),
+        reg("error_code", 1006, **U32, role="error_code"),
+        *(reg(f"current_l{n}", 1006 + 2 * n, **U32, scale=0.001, role=f"current_l{n}_a") for n in (1, 2, 3)),
+        reg("serial_number", 1014, **U32, poll_group="slow"),
+        reg("active_power", 1020, **U32, scale=0.001, role="power_w"),
+        reg("total_energy", 1036, **U32, scale=0.1, role="energy_total_wh"),
+        reg("voltage_l1", 1040, **U32, role="voltage_l1_v"),
+        reg("max_charging_current", 1100, **U32, scale=0.001, role="max_current_a"),
+        reg("set_charging_current", 5004, scale=0.001, access="w", role="set_current_a", write_min=6, write_max=32),
+        reg("enable", 5014, access="w", enum={"0": "disabled", "1": "enabled"}),
+        reg("set_failsafe_timeout", 5018, access="w"),
+    ],
+    [
+        ("cable_state", "0", "A", "available"),
+        ("cable_state", "1", "A", "available"),
+        ("cable_state", "3", "A", "available"),
+        ("charging_state", "3", "C", "charging"),
+        ("charging_state", "4", "F", "faulted"),
+        ("charging_state", "5", "B", "suspended"),
+        ("charging_state", "2", "B", "preparing"),
+        ("charging_state", "1", "B", "preparing"),
+    ],
+    default_unit_id=255,
+    fixed_read_size=2,
+    simulator={"enable_register": "enable"},
+    heartbeats=[{"register": "set_failsafe_timeout", "interval_s": 30, "value": 60}],
+)
+# Vestel EVC04: input registers read with FC03 or FC04, UTF-16 strings, two status registers.
+VESTEL_LIKE = quirk_profile(
+    "quirk-vestel",
+    [
+        reg("serial_number", 100, "string", length=25, encoding="utf-16-be", function="input", poll_group="slow"),
+        reg("charging_state", 1001, function="input", enum={"0": "idle", "1": "charging"}),
+        reg("cable_state", 1004, function="input", enum={str(n): f"state {n}" for n in range(4)}),
+        *(reg(f"current_l{n}", 1006 + 2 * n, function="input", scale=0.001, role=f"current_l{n}_a") for n in (1, 2, 3)),
+        reg("voltage_l1", 1014, function="input", role="voltage_l1_v"),
+        reg("active_power", 1020, **U32, function="input", role="power_w"),
+        reg("total_energy", 1036, **U32, function="input", scale=100, role="energy_total_wh"),
+        reg("charging_current", 5004, access="rw", role="set_current_a", write_min=0, write_max=32),
+        reg("alive_register", 6000, access="rw"),
+    ],
+    [
+        ("cable_state", "0", "A", "available"),
+        ("cable_state", "1", "A", "available"),
+        ("charging_state", "1", "C", "charging"),
+        ("cable_state", "2", "B", "preparing"),
+        ("cable_state", "3", "B", "suspended"),
+    ],
+    default_unit_id=255,
+    simulator={"mirror_functions": True},
+    heartbeats=[{"register": "alive_register", "interval_s": 10, "value": 1}],
+)
+# Mennekes AMTRON: low word first, strings with the bytes of each register swapped, no heartbeat.
+MENNEKES_LIKE = quirk_profile(
+    "quirk-mennekes",
+    [
+        reg("temperature", 768, "int16", function="input", role="temperature_c"),
+        reg("cp_signal_state", 770, function="input", enum={str(n): f"state {n}" for n in range(1, 9)}),
+        reg("error_code", 772, function="input", role="error_code"),
+        reg("serial_number", 779, **U32, function="input", byte_order="CDAB", poll_group="slow"),
+        reg("session_energy", 781, **U32, function="input", byte_order="CDAB", role="session_energy_wh"),
+        reg("active_power", 783, **U32, function="input", byte_order="CDAB", role="power_w"),
+        reg("wallbox_name", 785, "string", length=11, function="input", byte_order="BADC", poll_group="slow"),
+        reg("current_limit", 1024, access="rw", role="set_current_a", write_min=0, write_max=32),
+    ],
+    [
+        ("cp_signal_state", "1", "A", "available"),
+        ("cp_signal_state", "2", "A", "available"),
+        ("cp_signal_state", "3", "B", "preparing"),
+        ("cp_signal_state", "4", "B", "suspended"),
+        ("cp_signal_state", "5", "C", "charging"),
+        ("cp_signal_state", "6", "C", "charging"),
+        ("cp_signal_state", "7", "E", "faulted"),
+        ("cp_signal_state", "8", "F", "faulted"),
+    ],
+    default_unit_id=255,
+)
+# Coils, discrete inputs and single bits, with a status rule on a bit.
+BITS_LIKE = quirk_profile(
+    "quirk-bits",
+    [
+        reg("state", 0, role="vendor_status", enum={"1": "ready", "2": "charging"}),
+        reg("power", 1, role="power_w"),
+        reg("relay_closed", 2, "bit", bit=3),
+        reg("charging_enabled", 0, "bool", function="coil", access="rw"),
+        reg("cable_plugged", 5, "bool", function="discrete_input"),
+    ],
+    [
+        ("cable_plugged", "0", "A", "available"),
+        ("state", "2", "C", "charging"),
+        ("state", "1", "B", "preparing"),
+    ],
+)
+QUIRKS = [ALFEN_LIKE, ABB_LIKE, KEBA_LIKE, VESTEL_LIKE, MENNEKES_LIKE, BITS_LIKE]
+
+
+@pytest.mark.parametrize("spec", QUIRKS, ids=[spec.slug for spec in QUIRKS])
+async def test_quirk_profiles_are_impersonated(spec: ProfileSpec) -> None:
+    await check_impersonation(spec)
+
+
+def test_abb_state_lives_under_its_mask() -> None:
+    image = ProfileImage(ABB_LIKE, 1)
+    (pair, codes) = image.status.values_for("charging", "C")
+    assert pair == ("charging", "C") and codes["charging_state"] == 4
+    words = image.words(1, Function.HOLDING, codes)
+    assert [words[16396], words[16397]] == [0, 4 << 8]
+    (pair, codes) = image.status.values_for("finishing", "B")
+    assert codes["socket_lock_state"] == 0x0101 and codes["charging_state"] not in (0, 1, 2, 3, 4)
+
+
+def test_keba_status_uses_both_registers() -> None:
+    status = ProfileImage(KEBA_LIKE, 255).status
+    charging = status.values_for("charging", "C")[1]
+    assert charging["charging_state"] == 3 and charging["cable_state"] in (5, 7)  # a vehicle is plugged in
+    assert status.values_for("available", "A")[1]["cable_state"] == 0
+    assert status.values_for("offline", None)[0] == ("available", "A")  # nothing else to show
+
+
+def test_alfen_serves_nan_and_strings_on_two_unit_ids() -> None:
+    image = ProfileImage(ALFEN_LIKE, 1)
+    assert image.unit_ids == (1, 200)
+    words = image.words(1, Function.HOLDING, {"mode3_state": "C2", "availability": 1})
+    assert [words[336], words[337]] == [0x7FC0, 0]  # frequency: NaN, the model has none
+    assert [words[1201], words[1202]] == [ord("C") << 8 | ord("2"), 0]
+    assert words[312] == 0xFFFF  # a gap inside the planned read
+    assert image.check_read(1, Function.HOLDING, 157, 11) == ExcCodes.ILLEGAL_ADDRESS  # station register
+    assert image.check_read(200, Function.HOLDING, 157, 11) is None
+
+
+def test_strings_follow_encoding_and_byte_order() -> None:
+    vestel = ProfileImage(VESTEL_LIKE, 255).words(255, Function.INPUT, {"serial_number": "AB"})
+    assert [vestel[100], vestel[101], vestel[102]] == [0x0041, 0x0042, 0]
+    mennekes = ProfileImage(MENNEKES_LIKE, 255).words(255, Function.INPUT, {"wallbox_name": "AB", "power": 0})
+    assert mennekes[785] == ord("B") << 8 | ord("A")
+    low_first = ProfileImage(MENNEKES_LIKE, 255).words(255, Function.INPUT, {"active_power": 0x12345})
+    assert [low_first[783], low_first[784]] == [0x2345, 0x1]
+
+
+async def test_keba_reads_must_be_two_registers_and_enable_pauses() -> None:
+    async with SimulatorFleet(KEBA_LIKE, 1, base_port=0, seed=4, speedup=300, tick_s=0.05) as fleet:
+        sim = fleet.charge_points[0]
+        sim.behaviour.mean_fault_interval_s = math.inf
+        client = AsyncModbusTcpClient("127.0.0.1", port=sim.port, timeout=2, retries=0)
+        assert await client.connect()
+        try:
+            assert not (await client.read_holding_registers(1000, count=2, device_id=255)).isError()
+            for address, count in ((1000, 4), (1000, 1), (1001, 2), (1002, 2)):
+                response = await client.read_holding_registers(address, count=count, device_id=255)
+                assert response.isError() and response.exception_code == ExcCodes.ILLEGAL_ADDRESS
+            sim.connect_vehicle(phases=3)
+            await wait_for(lambda: sim.behaviour.phase == Phase.CHARGING, what="charging")
+            assert not (await client.write_register(5004, 12_000, device_id=255)).isError()
+            assert not (await client.write_register(5014, 0, device_id=255)).isError()  # disable
+            assert sim.behaviour.status == OperatorStatus.SUSPENDED
+            assert not (await client.write_register(5004, 16_000, device_id=255)).isError()  # still disabled
+            assert sim.behaviour.status == OperatorStatus.SUSPENDED
+            assert not (await client.write_register(5014, 1, device_id=255)).isError()
+            assert sim.behaviour.status == OperatorStatus.CHARGING and sim.behaviour.max_current_a == 16.0
+        finally:
+            client.close()
+
+
+async def test_unknown_role_and_unreportable_status_are_clear_errors() -> None:
+    sim = SimulatorFleet(KEBA_LIKE, 1, base_port=0, seed=1).charge_points[0]
+    with pytest.raises(KeyError, match="quirk-keba has no role 'temperature_c'"):
+        sim.set_value("temperature_c", 20)
+    with pytest.raises(ValueError, match="cannot report unavailable"):
+        sim.set_status("unavailable")
+    sim.set_status("charging")
+    assert sim.served_status == ("charging", "C")
+
+
+@pytest.mark.django_db
+def test_simulate_profiles_cycles_and_names_unknown_slugs(
+    generic_profile: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(CommandError, match=r"'nope' \(known: .*generic-ev-charger"):
+        call_command("simulate", "--profiles", "generic-ev-charger,nope", "--run-for", "1")
+    base = free_port_run(3)
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        call_command(
+            "simulate", "--profiles", "generic-ev-charger", "--count", "3", "--base-port", str(base), "--run-for", "0.3"
+        )
+    started = [r.getMessage() for r in caplog.records if " on 127.0.0.1:" in r.getMessage()]
+    assert [line.split(",")[0] for line in started] == [
+        f"sim-cp-{n + 1:03d}: generic-ev-charger on 127.0.0.1:{base + n} unit 1" for n in range(3)
+    ]
+
+
+async def test_coils_and_discrete_inputs_read_and_write() -> None:
+    async with SimulatorFleet(BITS_LIKE, 1, base_port=0, seed=2) as fleet:
+        sim = fleet.charge_points[0]
+        sim.set_status("charging")
+        client = AsyncModbusTcpClient("127.0.0.1", port=sim.port, timeout=2, retries=0)
+        assert await client.connect()
+        try:
+            assert (await client.read_discrete_inputs(5, count=1, device_id=UNIT)).bits[0] is True
+            assert (await client.read_coils(0, count=1, device_id=UNIT)).bits[0] is False
+            assert not (await client.write_coil(0, True, device_id=UNIT)).isError()
+            assert (await client.read_coils(0, count=1, device_id=UNIT)).bits[0] is True
+            assert [(w.register, w.value) for w in sim.last_writes] == [("charging_enabled", True)]
+            refused = await client.read_discrete_inputs(9, count=1, device_id=UNIT)
+            assert refused.isError() and refused.exception_code == ExcCodes.ILLEGAL_ADDRESS
+            sim.set_status("available")
+            assert (await client.read_discrete_inputs(5, count=1, device_id=UNIT)).bits[0] is False
+        finally:
+            client.close()

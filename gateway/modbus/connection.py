@@ -86,13 +86,14 @@ class ChargePointConnection:
             raise ModbusError(f"short response: {len(registers)} of {request.count} registers")
         return registers
 
-    async def write_registers(self, address: int, values: list[int]) -> None:
+    async def write_registers(self, address: int, values: list[int], unit_id: int | None = None) -> None:
         """Write holding registers in one request (FC06 for one, FC16 for several)."""
         client = self._require_client()
+        device_id = self.unit_id if unit_id is None else unit_id
         if len(values) == 1:
-            call = client.write_register(address, values[0], device_id=self.unit_id)
+            call = client.write_register(address, values[0], device_id=device_id)
         else:
-            call = client.write_registers(address, values, device_id=self.unit_id)
+            call = client.write_registers(address, values, device_id=device_id)
         response = await self._call(call)
         if response.isError():
             raise DeviceException(None, getattr(response, "exception_code", 0), f"write to {address}")

@@ -16,7 +16,7 @@ from gateway.modbus.connection import ChargePointConnection, ConnectionFailed, M
 from gateway.modbus.planner import ReadRequest, plan_reads
 from gateway.profiles.codec import Value
 from gateway.profiles.decode import decode_block, to_telemetry_fields
-from gateway.profiles.encode import encode_for_write
+from gateway.profiles.encode import WriteRangeError, encode_for_write
 from gateway.profiles.spec import ProfileSpec
 from gateway.telemetry import Record, build_record
 
@@ -104,25 +104,38 @@ class ChargePointPoller:
         return record
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll at the configured interval until stop is set; the current poll always finishes."""
+        """Poll at the configured interval until stop is set; the current poll always finishes.
+
+        Heartbeats due between two polls are written on time, so a watchdog shorter than the
+        poll interval (Schneider: 2 s) still holds.
+        """
         interval_s = self.config.interval_ms / 1000
-        next_at = time.monotonic()
+        next_poll_at = time.monotonic()
         try:
             while not stop.is_set():
-                await self.poll_once()
-                if self.failures:
-                    delay = min(interval_s * 2**self.failures, setting("RECONNECT_BACKOFF_MAX_S"))
-                    next_at = time.monotonic() + delay
-                else:
-                    # Fixed rate; a slow poll skips missed slots instead of bunching up.
-                    next_at += interval_s
-                    now = time.monotonic()
-                    if next_at < now:
-                        next_at = now + interval_s - ((now - next_at) % interval_s)
+                if time.monotonic() >= next_poll_at:
+                    await self.poll_once()
+                    next_poll_at = self._next_poll_at(next_poll_at, interval_s)
+                elif self.connection.connected:
+                    with contextlib.suppress(ConnectionFailed):  # the next poll reports it
+                        await self._send_due_heartbeats(time.monotonic())
+                wake_at = next_poll_at
+                if self.connection.connected and self._heartbeat_due:
+                    wake_at = min(wake_at, *self._heartbeat_due.values())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), max(0.0, next_at - time.monotonic()))
+                    await asyncio.wait_for(stop.wait(), max(0.0, wake_at - time.monotonic()))
         finally:
             await self.connection.close()
+
+    def _next_poll_at(self, previous: float, interval_s: float) -> float:
+        now = time.monotonic()
+        if self.failures:
+            return now + min(interval_s * 2**self.failures, setting("RECONNECT_BACKOFF_MAX_S"))
+        # Fixed rate; a slow poll skips missed slots instead of bunching up.
+        next_at = previous + interval_s
+        if next_at < now:
+            next_at = now + interval_s - ((now - next_at) % interval_s)
+        return next_at
 
     async def _read_record(self, started: float) -> Record:
         decoded: dict[str, Value] = {}
@@ -162,6 +175,7 @@ class ChargePointPoller:
         for heartbeat in self.config.profile.heartbeats:
             if now < self._heartbeat_due.get(heartbeat.register, 0.0):
                 continue
+            self._heartbeat_due[heartbeat.register] = now + heartbeat.interval_s
             value = heartbeat.value
             if heartbeat.value_from is not None:
                 value = self._last_values.get(heartbeat.value_from)
@@ -169,14 +183,15 @@ class ChargePointPoller:
                     continue  # nothing read yet to write back
             register = self.config.profile.register(heartbeat.register)
             try:
-                await self.connection.write_registers(register.address, encode_for_write(register, value))
+                await self.connection.write_registers(
+                    register.address, encode_for_write(register, value), register.unit_id
+                )
             except ConnectionFailed:
                 raise
-            except ModbusError as exc:
-                logger.warning("%s heartbeat %s refused: %s", self.config.slug, register.name, exc)
+            except (ModbusError, WriteRangeError) as exc:
+                logger.warning("%s heartbeat %s failed: %s", self.config.slug, register.name, exc)
             else:
                 self.heartbeats_sent += 1
-            self._heartbeat_due[heartbeat.register] = now + heartbeat.interval_s
 
     def _record(self, fields, *, error: str | None, poll_ms: float | None = None) -> Record:
         self.seq += 1

@@ -5,11 +5,12 @@ import contextlib
 import logging
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from gateway.profiles.spec import ProfileSpec
 from gateway.simulator.behaviour import ChargePointBehaviour
-from gateway.simulator.registers import identity_values
+from gateway.simulator.registers import ProfileImage, identity_values
 from gateway.simulator.server import SimulatedChargePoint
 
 logger = logging.getLogger(__name__)
@@ -18,48 +19,72 @@ MAX_PORT = 65535
 
 
 class SimulatorFleet:
-    """`count` simulated charge points serving one profile, from base_port upwards.
+    """`count` simulated charge points from base_port upwards, serving one profile or cycling over several.
 
-    base_port=0 lets the OS pick a free port for each (tests); read them from `charge_points`.
+    Charge point i serves profiles[i % len(profiles)] with that profile's default unit id, unless
+    `unit_id` overrides it for all. base_port=0 lets the OS pick a free port for each (tests);
+    read them from `charge_points`.
     """
 
     def __init__(
         self,
-        profile: ProfileSpec,
+        profile: ProfileSpec | Sequence[ProfileSpec],
         count: int,
         host: str = "127.0.0.1",
         base_port: int = 15020,
         speedup: float = 1.0,
         seed: int | None = None,
-        unit_id: int = 1,
+        unit_id: int | None = None,
         tick_s: float = 0.2,
     ) -> None:
+        profiles = (profile,) if isinstance(profile, ProfileSpec) else tuple(profile)
+        if not profiles:
+            raise ValueError("a fleet needs at least one profile")
         if count < 1:
             raise ValueError("a fleet needs at least one charge point")
         if base_port and not 1 <= base_port <= MAX_PORT - count + 1:
             raise ValueError(f"ports {base_port}..{base_port + count - 1} are not all valid")
         if speedup <= 0 or tick_s <= 0:
             raise ValueError("speedup and tick_s must be positive")
-        self.profile = profile
+        self.profiles = profiles
         self.host = host
         self.tick_s = tick_s
         master = random.Random(seed)  # noqa: S311 - simulation, not security
+        # One image per profile and unit id: the status code search runs once, not per charge point.
+        images: dict[tuple[int, int], ProfileImage] = {}
         self.charge_points: list[SimulatedChargePoint] = []
         for index in range(count):
+            spec = profiles[index % len(profiles)]
+            unit = spec.default_unit_id if unit_id is None else unit_id
+            image = images.get((id(spec), unit))
+            if image is None:
+                image = images[(id(spec), unit)] = ProfileImage(spec, unit)
             rng = random.Random(master.getrandbits(64))  # noqa: S311
+            name = f"sim-cp-{index + 1:03d}"
             self.charge_points.append(
                 SimulatedChargePoint(
-                    f"sim-cp-{index + 1:03d}",
-                    profile,
+                    name,
+                    spec,
                     ChargePointBehaviour(rng, speedup=speedup),
                     host=host,
                     port=base_port + index if base_port else 0,
-                    unit_id=unit_id,
-                    identity=identity_values(profile, rng),
+                    unit_id=unit,
+                    identity=identity_values(spec, rng, name),
+                    image=image,
                 )
             )
         self._ticker: asyncio.Task[None] | None = None
         self._thread_stop: asyncio.Event | None = None
+
+    @classmethod
+    def mixed(cls, profiles: Sequence[ProfileSpec], count: int, **options: Any) -> "SimulatorFleet":
+        """A fleet cycling over several profiles (charge point i serves profiles[i % len(profiles)])."""
+        return cls(list(profiles), count, **options)
+
+    @property
+    def profile(self) -> ProfileSpec:
+        """The first profile (the only one of a single-profile fleet)."""
+        return self.profiles[0]
 
     @property
     def started(self) -> bool:
@@ -72,13 +97,15 @@ class SimulatorFleet:
         try:
             for charge_point in self.charge_points:
                 await charge_point.start()
+                others = [str(unit) for unit in charge_point.unit_ids if unit != charge_point.unit_id]
                 logger.info(
-                    "%s: %s on %s:%s unit %s, %s",
+                    "%s: %s on %s:%s unit %s%s, %s",
                     charge_point.name,
-                    self.profile.slug,
+                    charge_point.profile.slug,
                     self.host,
                     charge_point.port,
                     charge_point.unit_id,
+                    f" (also unit {', '.join(others)})" if others else "",
                     charge_point.behaviour.status,
                 )
         except BaseException:

@@ -1,17 +1,40 @@
-"""A simulated charger's register image: engineering values in, Modbus words out, writes checked.
+"""What a simulated charger of one profile answers: its address spaces, words and write checks.
 
-Pure (no I/O): the server asks for the image on every read and for a checked write on every write.
+Pure (no I/O). A ProfileImage is built once per (profile, unit id) and shared by every charge
+point serving that profile; the server asks it for the words of each read and to check each write.
+
+What is answered, per unit id and object type:
+- reads of readable registers, and of every address inside a read the poller plans for the
+  profile (fast, slow, and both together), gaps included (served as 0, or 0xFFFF with the
+  nan_unavailable hint), so that a planned read never fails;
+- everything else, write-only registers included, is ILLEGAL DATA ADDRESS on read;
+- a profile with a fixed read size (KEBA: exactly 2 registers) refuses reads of any other size,
+  or not starting at a register, with ILLEGAL DATA ADDRESS: the Modbus spec's exception 02 is for
+  an address + quantity combination the device does not serve (03 is for a quantity outside
+  1..125, which pymodbus already checks);
+- writes must cover whole writable registers: a read-only register, an undefined address or
+  part of a multi-register value (Alfen: a float32 in one FC16 request) is ILLEGAL DATA ADDRESS;
+  a value outside write_min..write_max is ILLEGAL DATA VALUE.
 """
 
-import math
 import random
+from dataclasses import dataclass, field
 
 from pymodbus.constants import ExcCodes
 
-from gateway.choices import DataType, Function, Iec61851State, Role
-from gateway.profiles.codec import INTEGER_RANGES, DecodeError, Value, decode_value, encode_value
+from gateway.choices import DataType, Function, PollGroup
+from gateway.modbus.planner import plan_reads
+from gateway.profiles.codec import DecodeError, Value, decode_value
 from gateway.profiles.decode import scaled
+from gateway.profiles.encode import WriteRangeError, check_write_range
 from gateway.profiles.spec import ProfileSpec, RegisterSpec
+from gateway.simulator.encoding import (
+    NOT_AVAILABLE_WORD,
+    TEXT_TYPES,
+    SimulatorHints,
+    encode_register,
+)
+from gateway.simulator.status import StatusCodes
 
 # Modbus function code → the object type it reads or writes.
 FUNCTION_BY_CODE: dict[int, str] = {
@@ -27,9 +50,8 @@ FUNCTION_BY_CODE: dict[int, str] = {
     4: Function.INPUT,
 }
 BIT_FUNCTIONS = (Function.COIL, Function.DISCRETE_INPUT)
-_FLOAT_TYPES = (DataType.FLOAT32, DataType.FLOAT64)
-_TEXT_TYPES = (DataType.STRING, DataType.BYTES)
-Image = dict[str, dict[int, int | bool]]
+_MIRRORED = {Function.HOLDING: Function.INPUT, Function.INPUT: Function.HOLDING}
+_NUMERIC_SERIAL_MAX = 10**9
 
 
 class WriteRefused(Exception):
@@ -40,147 +62,189 @@ class WriteRefused(Exception):
         self.code = code
 
 
-def status_code_for(profile: ProfileSpec, status: str) -> int | None:
-    """The vendor code a charger reports for an operator status: the first code that maps to it."""
-    for rule in profile.status_rules:
-        if rule.status == status:
-            return int(rule.code)
-    return None
+@dataclass
+class AddressSpace:
+    """One unit id's registers of one object type."""
+
+    own: list[RegisterSpec] = field(default_factory=list)  # declared here: the ones that take writes
+    served: list[RegisterSpec] = field(default_factory=list)  # read here: own, plus mirrored ones
+    readable: set[int] = field(default_factory=set)
+    read_starts: set[int] = field(default_factory=set)
+
+    @property
+    def valid(self) -> set[int]:
+        """Addresses pymodbus must let through to the action (which then decides)."""
+        return self.readable | {register.address + i for register in self.own for i in range(register.count)}
 
 
-def iec_state_for(profile: ProfileSpec, status: str, default: str) -> str:
-    """The pilot state the profile's status table gives a status, else the behaviour's own."""
-    for rule in profile.status_rules:
-        if rule.status == status:
-            return rule.iec61851_state
-    return default
+class ProfileImage:
+    """How a charger of `profile` with unit id `unit_id` answers reads and writes."""
 
+    def __init__(self, profile: ProfileSpec, unit_id: int) -> None:
+        self.profile = profile
+        self.unit_id = unit_id
+        self.hints = SimulatorHints.from_profile(profile)
+        self.status = StatusCodes(profile, self.hints)
+        self.spaces: dict[tuple[int, str], AddressSpace] = {}
+        for register in profile.registers:
+            space = self._space(self.unit_of(register.unit_id), register.function)
+            space.own.append(register)
+            space.served.append(register)
+            if register.readable:
+                space.readable.update(register.address + i for i in range(register.count))
+                space.read_starts.add(register.address)
+        for groups in ((PollGroup.FAST,), (PollGroup.SLOW,), (PollGroup.FAST, PollGroup.SLOW)):
+            for request in plan_reads(profile, groups):
+                space = self._space(self.unit_of(request.unit_id), request.function)
+                space.readable.update(range(request.address, request.address + request.count))
+                space.read_starts.add(request.address)
+        if self.hints.mirror_functions:
+            self._mirror()
 
-def identity_values(profile: ProfileSpec, rng: random.Random) -> dict[str, str]:
-    """Plausible texts for the identity registers (serial number, firmware, ...) of a profile."""
-    serial = f"EVD{rng.randrange(10**8):08d}"
-    firmware = f"{rng.choice((1, 2))}.{rng.randrange(10)}.{rng.randrange(20)}"
-    values = {}
-    for register in profile.registers:
-        if register.role or register.data_type not in _TEXT_TYPES:
-            continue
-        name = register.name.lower()
-        if "serial" in name:
-            text = serial
-        elif "firmware" in name or "version" in name or name.startswith("fw"):
-            text = firmware
-        elif "model" in name or "product" in name:
-            text = profile.model or profile.name
-        elif "vendor" in name or "manufacturer" in name:
-            text = profile.vendor or "evdash"
-        else:
-            continue
-        values[register.name] = text[: 2 * register.length]
-    return values
+    @property
+    def unit_ids(self) -> tuple[int, ...]:
+        """Every unit id the charger answers on (Alfen: the socket's and the station's 200)."""
+        return tuple(sorted({unit for unit, _ in self.spaces}))
 
+    def unit_of(self, unit_id: int | None) -> int:
+        """A register's or read's unit id; None means the charge point's own."""
+        return self.unit_id if unit_id is None else unit_id
 
-def role_value(profile: ProfileSpec, register: RegisterSpec, status: str, iec_state: str) -> Value:
-    """The value of a status or pilot-state register for the given operator status."""
-    if register.role == Role.VENDOR_STATUS:
-        return status_code_for(profile, status) or 0
-    if register.data_type in _TEXT_TYPES:
-        return iec_state
-    return Iec61851State.values.index(iec_state)
+    def space(self, unit_id: int, function: str) -> AddressSpace | None:
+        return self.spaces.get((unit_id, function))
 
+    # --- reads ------------------------------------------------------------------------------
+    def check_read(self, unit_id: int, function: str, address: int, count: int) -> ExcCodes | None:
+        """None if the charger answers this read, else the exception code it answers with.
 
-def encode_register(register: RegisterSpec, value: Value, current: int = 0) -> list[int]:
-    """Registers (or bits, as 0/1) for one engineering value: raw = (value - offset) / scale."""
-    data_type = register.data_type
-    raw: Value = value
-    if data_type in INTEGER_RANGES or data_type in _FLOAT_TYPES:
-        if value is None or isinstance(value, str | bytes):
-            raw = None
-        else:
-            raw = (float(value) - register.offset) / register.scale
-        if data_type in INTEGER_RANGES:
-            low, high = INTEGER_RANGES[data_type]
-            # A charger clips at its register range rather than wrapping round.
-            raw = 0 if raw is None or math.isnan(raw) else min(max(round(raw), low), high)
-    elif data_type in _TEXT_TYPES:
-        raw = value if isinstance(value, bytes) else ("" if value is None else str(value))
-        if isinstance(raw, str):
-            raw = raw.encode("ascii", errors="replace")
-        raw = raw[: 2 * register.length]
-    return encode_value(
-        data_type,
-        raw,
-        register.byte_order,
-        length=register.length,
-        bit=register.bit,
-        current=current,
-    )
+        For bit reads pymodbus passes the count in 16-bit words, so only the start is checked.
+        """
+        space = self.space(unit_id, function)
+        if space is None or address not in space.readable:
+            return ExcCodes.ILLEGAL_ADDRESS
+        if function in BIT_FUNCTIONS:
+            return None
+        fixed = self.profile.fixed_read_size
+        if fixed and (count != fixed or address not in space.read_starts):
+            return ExcCodes.ILLEGAL_ADDRESS
+        if any(a not in space.readable for a in range(address, address + count)):
+            return ExcCodes.ILLEGAL_ADDRESS
+        return None
 
+    def words(
+        self, unit_id: int, function: str, values: dict[str, Value], span: range | None = None
+    ) -> dict[int, int | bool]:
+        """Readable words (or bits) of one space, all or those in `span`, for values keyed by register name."""
+        space = self.space(unit_id, function)
+        if space is None:
+            return {}
+        bits = function in BIT_FUNCTIONS
+        gap: int | bool = False if bits else (NOT_AVAILABLE_WORD if self.hints.nan_unavailable else 0)
+        addresses = space.readable if span is None else space.readable.intersection(span)
+        words: dict[int, int | bool] = dict.fromkeys(addresses, gap)
+        placed: set[int] = set()
+        for register in space.served:
+            if not register.readable:
+                continue
+            if span is not None and (register.address >= span.stop or register.address + register.count <= span.start):
+                continue
+            # 'bit' values share their word with others: start from what is already placed there.
+            current = int(words[register.address]) if register.address in placed else 0
+            encoded = encode_register(register, values.get(register.name), self.hints, current)
+            for index, word in enumerate(encoded):
+                words[register.address + index] = word
+                placed.add(register.address + index)
+        return words
 
-def build_image(profile: ProfileSpec, values: dict[str, Value]) -> Image:
-    """Words (or bits) by function and address for engineering values keyed by register name."""
-    image: Image = {function: {} for function in Function.values}
-    for register in profile.registers:
-        block = image[register.function]
-        value = values.get(register.name)
-        if register.is_bit_function:
-            block[register.address] = bool(value)
-            continue
-        current = int(block.get(register.address, 0))
-        words = encode_register(register, value, current)
-        for index, word in enumerate(words):
-            block[register.address + index] = word
-    return image
+    # --- writes -----------------------------------------------------------------------------
+    def check_write(self, unit_id: int, function: str, address: int, words: list[int] | list[bool]) -> dict[str, Value]:
+        """Decode a write into engineering values by register name, or raise WriteRefused."""
+        space = self.space(unit_id, function)
+        end = address + len(words)
+        touched = [r for r in (space.own if space else []) if r.address < end and r.address + r.count > address]
+        covered = {r.address + i for r in touched for i in range(r.count)}
+        if not touched or not covered.issuperset(range(address, end)):
+            raise WriteRefused(ExcCodes.ILLEGAL_ADDRESS, "write to an undefined address")
+        accepted: dict[str, Value] = {}
+        for register in touched:
+            if not register.writable:
+                raise WriteRefused(ExcCodes.ILLEGAL_ADDRESS, f"{register.name} is read-only")
+            if register.address < address or register.address + register.count > end:
+                raise WriteRefused(
+                    ExcCodes.ILLEGAL_ADDRESS, f"partial write to {register.name}: write all its registers at once"
+                )
+            first = register.address - address
+            chunk = [int(w) for w in words[first : first + register.count]]
+            try:
+                raw = decode_value(
+                    register.data_type, chunk, register.byte_order, bit=register.bit, encoding=register.encoding
+                )
+            except DecodeError as exc:
+                raise WriteRefused(ExcCodes.ILLEGAL_VALUE, str(exc)) from exc
+            value = scaled(register, raw)
+            _check_range(register, value)
+            accepted[register.name] = value
+        return accepted
 
+    # --- building -------------------------------------------------------------------------------
+    def _space(self, unit_id: int, function: str) -> AddressSpace:
+        return self.spaces.setdefault((unit_id, function), AddressSpace())
 
-def defined_addresses(profile: ProfileSpec, function: str) -> set[int]:
-    """Every address (or bit) the profile defines for one object type."""
-    return {
-        register.address + index
-        for register in profile.registers
-        if register.function == function
-        for index in range(register.count)
-    }
-
-
-def check_write(profile: ProfileSpec, function: str, address: int, words: list[int] | list[bool]) -> dict[str, Value]:
-    """Decode a write into engineering values by register name, or raise WriteRefused.
-
-    A write must cover whole registers, all of access "rw", each within write_min..write_max.
-    """
-    end = address + len(words)
-    touched = [
-        register
-        for register in profile.registers
-        if register.function == function and register.address < end and register.address + register.count > address
-    ]
-    covered = {r.address + i for r in touched for i in range(r.count)}
-    if not touched or not covered.issuperset(range(address, end)):
-        raise WriteRefused(ExcCodes.ILLEGAL_ADDRESS, "write to an undefined address")
-    accepted: dict[str, Value] = {}
-    for register in touched:
-        if not register.writable:
-            raise WriteRefused(ExcCodes.ILLEGAL_ADDRESS, f"{register.name} is read-only")
-        if register.address < address or register.address + register.count > end:
-            raise WriteRefused(ExcCodes.ILLEGAL_ADDRESS, f"partial write to {register.name}")
-        first = register.address - address
-        chunk = [int(w) for w in words[first : first + register.count]]
-        try:
-            raw = decode_value(register.data_type, chunk, register.byte_order, bit=register.bit)
-        except DecodeError as exc:
-            raise WriteRefused(ExcCodes.ILLEGAL_VALUE, str(exc)) from exc
-        value = scaled(register, raw)
-        _check_range(register, value)
-        accepted[register.name] = value
-    return accepted
+    def _mirror(self) -> None:
+        """Serve holding registers on FC04 and input registers on FC03 too (where free)."""
+        units = {unit for unit, _ in self.spaces}
+        originals = {
+            key: (list(space.served), set(space.readable), set(space.read_starts)) for key, space in self.spaces.items()
+        }
+        for unit in units:
+            for function, other in _MIRRORED.items():
+                if (unit, other) not in originals:
+                    continue
+                served, readable, starts = originals[(unit, other)]
+                space = self._space(unit, function)
+                taken = {r.address + i for r in space.served for i in range(r.count)}
+                space.served += [r for r in served if not taken & {r.address + i for i in range(r.count)}]
+                space.readable |= readable
+                space.read_starts |= starts
 
 
 def _check_range(register: RegisterSpec, value: Value) -> None:
     bounded = register.write_min is not None or register.write_max is not None
     if not bounded:
         return
-    if not isinstance(value, int | float) or math.isnan(value):
+    if not isinstance(value, int | float):
         raise WriteRefused(ExcCodes.ILLEGAL_VALUE, f"{register.name}: {value!r} is not a number")
-    if register.write_min is not None and value < register.write_min:
-        raise WriteRefused(ExcCodes.ILLEGAL_VALUE, f"{register.name}: {value} < minimum")
-    if register.write_max is not None and value > register.write_max:
-        raise WriteRefused(ExcCodes.ILLEGAL_VALUE, f"{register.name}: {value} > maximum")
+    try:
+        check_write_range(register, float(value))
+    except WriteRangeError as exc:
+        raise WriteRefused(ExcCodes.ILLEGAL_VALUE, str(exc)) from exc
+
+
+def identity_values(profile: ProfileSpec, rng: random.Random, name: str = "") -> dict[str, Value]:
+    """Plausible identity values (serial number, firmware, ...) for the registers without a role."""
+    serial = f"EVD{rng.randrange(10**8):08d}"
+    firmware = f"{rng.choice((1, 2))}.{rng.randrange(10)}.{rng.randrange(20)}"
+    values: dict[str, Value] = {}
+    for register in profile.registers:
+        if register.role or register.enum:
+            continue
+        key = register.name.lower()
+        if register.data_type not in TEXT_TYPES:
+            # Numeric serial numbers (KEBA, Mennekes): a number that fits the register.
+            if "serial" in key and register.data_type in (DataType.UINT32, DataType.UINT64, DataType.INT32):
+                values[register.name] = rng.randrange(10**7, _NUMERIC_SERIAL_MAX)
+            continue
+        if "serial" in key:
+            text = serial
+        elif "firmware" in key or "version" in key or key.startswith("fw"):
+            text = firmware
+        elif "model" in key or "product" in key or "platform" in key:
+            text = profile.model or profile.name
+        elif "vendor" in key or "manufacturer" in key or "brand" in key:
+            text = profile.vendor or "evdash"
+        elif name and ("name" in key or "chargepoint_id" in key):
+            text = name
+        else:
+            continue
+        values[register.name] = text
+    return values

@@ -1,10 +1,13 @@
 """One simulated charge point served over Modbus TCP with pymodbus' SimDevice datastore.
 
-The SimDevice `action` hook is the whole bridge: on a read it copies the behaviour's register
-image into pymodbus' registers, on a write it checks the profile and applies the new setpoint.
+One SimDevice per unit id the profile uses (Alfen: the socket's own and the station's 200), all on
+one TCP server. The SimDevice `action` hook is the whole bridge: on a read it checks the request
+against the profile's image and copies the behaviour's words into pymodbus' registers; on a write
+it checks the profile and applies the new setpoint.
 """
 
 import asyncio
+import functools
 import logging
 import threading
 from collections import deque
@@ -16,26 +19,20 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.server.base import ModbusBaseServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from gateway.choices import Function, OperatorStatus, Role
+from gateway.choices import Function, Iec61851State, OperatorStatus, Role
 from gateway.profiles.codec import Value
 from gateway.profiles.spec import ProfileSpec, RegisterSpec
 from gateway.simulator.behaviour import BehaviourEvent, ChargePointBehaviour
-from gateway.simulator.registers import (
-    BIT_FUNCTIONS,
-    FUNCTION_BY_CODE,
-    WriteRefused,
-    build_image,
-    check_write,
-    defined_addresses,
-    iec_state_for,
-    role_value,
-)
+from gateway.simulator.encoding import plausible_value
+from gateway.simulator.registers import BIT_FUNCTIONS, FUNCTION_BY_CODE, ProfileImage, WriteRefused
+from gateway.simulator.status import StatusPair, iec_state_code
 
 logger = logging.getLogger(__name__)
 
 # pymodbus' non-shared layout: one address space per object type, in this order.
 _LAYOUT = (Function.COIL, Function.DISCRETE_INPUT, Function.HOLDING, Function.INPUT)
-_STATE_ROLES = (Role.VENDOR_STATUS, Role.IEC61851_STATE)
+_LIMIT_ROLES = (Role.SET_CURRENT_A, Role.MAX_CURRENT_A)
+_WRITE_SINGLE_REGISTER = 6
 
 
 @dataclass(frozen=True)
@@ -61,36 +58,60 @@ class SimulatedChargePoint:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        unit_id: int = 1,
-        identity: dict[str, str] | None = None,
+        unit_id: int | None = None,
+        identity: dict[str, Value] | None = None,
+        image: ProfileImage | None = None,
     ) -> None:
         self.name = name
         self.profile = profile
         self.behaviour = behaviour
         self.host = host
         self.port = port
-        self.unit_id = unit_id
+        self.unit_id = profile.default_unit_id if unit_id is None else unit_id
+        if image is None or image.profile is not profile or image.unit_id != self.unit_id:
+            image = ProfileImage(profile, self.unit_id)
+        self.image = image
         self._identity = dict(identity or {})
+        self._plausible = {register.name: plausible_value(register, image.hints) for register in profile.registers}
+        self._behaviour_roles = frozenset(behaviour.values())
+        self._heartbeat_targets = frozenset(heartbeat.register for heartbeat in profile.heartbeats)
         self._written: dict[str, Value] = {}
         self._overrides: dict[str, Value] = {}
-        self._status_override: str | None = None
+        self._status_override: tuple[str, str | None] | None = None
         self._writes: deque[AcceptedWrite] = deque(maxlen=100)
+        self._heartbeats: dict[str, int] = {}
+        self._heartbeat_at: dict[str, datetime] = {}
+        self._limit_a = behaviour.max_current_a
+        self._enabled = True
         self._lock = threading.Lock()
         self._server: ModbusTcpServer | None = None
-        self._defined = {function: defined_addresses(profile, function) for function in _LAYOUT}
+
+    @property
+    def unit_ids(self) -> tuple[int, ...]:
+        """Every unit id this charge point answers on."""
+        return self.image.unit_ids
 
     # --- overrides for tests and demos ---------------------------------------------------
     def set_value(self, name: str, value: Value) -> None:
-        """Pin what clients read for a register (by name or telemetry role) until cleared."""
+        """Pin the engineering value clients read for a register (by name or role) until cleared."""
         register = self._register(name)
         with self._lock:
             self._overrides[register.name] = value
 
-    def set_status(self, status: str) -> None:
-        """Pin the operator status (mapped through the profile's status table) until cleared."""
+    def set_status(self, status: str, iec61851_state: str | None = None) -> None:
+        """Pin the operator status (and IEC state) until cleared; ValueError if the profile cannot show it."""
         status = OperatorStatus(status).value
+        if iec61851_state is not None:
+            iec61851_state = Iec61851State(iec61851_state).value
+        if not self.image.status.can_report(status, iec61851_state):
+            shown = ", ".join(f"{s}/{iec}" for s, iec in self.image.status.pairs) or "nothing"
+            raise ValueError(
+                f"profile {self.profile.slug} cannot report {status}"
+                + (f" in state {iec61851_state}" if iec61851_state else "")
+                + f" (it reports: {shown})"
+            )
         with self._lock:
-            self._status_override = status
+            self._status_override = (status, iec61851_state)
 
     def clear_overrides(self) -> None:
         """Serve the behaviour model's own values again."""
@@ -109,8 +130,26 @@ class SimulatedChargePoint:
         with self._lock:
             return list(self._writes)
 
+    @property
+    def heartbeats_received(self) -> dict[str, int]:
+        """Accepted writes to each of the profile's heartbeat registers."""
+        with self._lock:
+            return dict(self._heartbeats)
+
+    @property
+    def last_heartbeat_at(self) -> dict[str, datetime]:
+        """When each heartbeat register was last written."""
+        with self._lock:
+            return dict(self._heartbeat_at)
+
+    @property
+    def served_status(self) -> StatusPair:
+        """The (operator status, IEC 61851 state) the status registers show now."""
+        with self._lock:
+            return self._status()[0]
+
     def register_values(self) -> dict[str, Value]:
-        """The engineering value of every register, as a client decoding them would read it."""
+        """The engineering value served for every register (before encoding)."""
         with self._lock:
             return self._register_values()
 
@@ -126,8 +165,11 @@ class SimulatedChargePoint:
     # --- the server ---------------------------------------------------------------------
     async def start(self) -> None:
         """Listen on host:port (port 0: any free port, then `self.port` says which)."""
-        device = SimDevice(id=self.unit_id, simdata=self._simdata(), action=self._action)
-        server = ModbusTcpServer(device, address=(self.host, self.port))
+        devices = [
+            SimDevice(id=unit_id, simdata=self._simdata(unit_id), action=functools.partial(self._action, unit_id))
+            for unit_id in self.unit_ids or (self.unit_id,)
+        ]
+        server = ModbusTcpServer(devices, address=(self.host, self.port))
         try:
             await server.serve_forever(background=True)
         except RuntimeError as exc:
@@ -151,13 +193,13 @@ class SimulatedChargePoint:
             ModbusBaseServer.active_server = None
         await asyncio.sleep(0)  # let the closed transports run their connection_lost callbacks
 
-    def _simdata(self) -> tuple[list[SimData], list[SimData], list[SimData], list[SimData]]:
-        """One SimData per contiguous run of defined addresses, per object type."""
+    def _simdata(self, unit_id: int) -> tuple[list[SimData], list[SimData], list[SimData], list[SimData]]:
+        """One SimData per contiguous run of addresses the action may answer, per object type."""
         blocks: list[list[SimData]] = []
         for function in _LAYOUT:
-            is_bits = function in BIT_FUNCTIONS
-            runs = _runs(sorted(self._defined[function]))
-            if is_bits:
+            space = self.image.space(unit_id, function)
+            runs = _runs(sorted(space.valid)) if space else []
+            if function in BIT_FUNCTIONS:
                 block = [SimData(a, values=[False] * n, datatype=DataType.BITS) for a, n in runs]
                 # pymodbus needs a block per type; the action refuses bits the profile lacks.
                 blocks.append(block or [SimData(0, values=[False] * 16, datatype=DataType.BITS)])
@@ -168,6 +210,7 @@ class SimulatedChargePoint:
 
     async def _action(
         self,
+        unit_id: int,
         function_code: int,
         start_address: int,
         address: int,
@@ -180,13 +223,20 @@ class SimulatedChargePoint:
         if function is None:
             return ExcCodes.ILLEGAL_FUNCTION
         if set_values is not None:
-            return self._write(function, address, set_values)
-        # For bit requests pymodbus passes the count in 16-bit words, so only the start is exact.
-        if function in BIT_FUNCTIONS and address not in self._defined[function]:
-            return ExcCodes.ILLEGAL_ADDRESS
+            return self._write(unit_id, function, address, set_values)
+        if function_code == _WRITE_SINGLE_REGISTER:
+            # pymodbus reads an accepted FC06 write back for its echo: answer with what was written
+            # (write-only registers included, which a real read would refuse).
+            return None
+        refused = self.image.check_read(unit_id, function, address, count)
+        if refused is not None:
+            return refused
         with self._lock:
-            image = build_image(self.profile, self._register_values())[function]
-        for addr, word in image.items():
+            values = self._register_values()
+        # Bit requests come with the count in words: encode the whole (small) bit space instead.
+        span = None if function in BIT_FUNCTIONS else range(address, address + count)
+        words = self.image.words(unit_id, function, values, span)
+        for addr, word in words.items():
             if function in BIT_FUNCTIONS:
                 index, bit = addr // 16 - start_address, addr % 16
                 if 0 <= index < len(current_registers):
@@ -197,42 +247,58 @@ class SimulatedChargePoint:
                 current_registers[addr - start_address] = int(word)
         return None
 
-    def _write(self, function: str, address: int, values: list[int] | list[bool]) -> ExcCodes | None:
+    def _write(self, unit_id: int, function: str, address: int, values: list[int] | list[bool]) -> ExcCodes | None:
         try:
-            accepted = check_write(self.profile, function, address, list(values))
+            accepted = self.image.check_write(unit_id, function, address, list(values))
         except WriteRefused as exc:
-            logger.info("%s: write refused at %s %s: %s", self.name, function, address, exc)
+            logger.info("%s: write refused at unit %s %s %s: %s", self.name, unit_id, function, address, exc)
             return exc.code
         with self._lock:
             for name, value in accepted.items():
-                self._writes.append(AcceptedWrite(name, value))
-                role = self._register(name).role
-                if role == Role.MAX_CURRENT_A and isinstance(value, int | float):
-                    self._log(self.behaviour.set_max_current(value))
-                elif not role:
-                    self._written[name] = value
-                logger.info("%s: %s set to %s", self.name, name, value)
+                self._apply_write(self.profile.register(name), value)
         return None
 
-    # --- helpers (callers hold the lock where noted) -------------------------------------
+    def _apply_write(self, register: RegisterSpec, value: Value) -> None:
+        """Take one accepted write; the caller holds the lock."""
+        self._writes.append(AcceptedWrite(register.name, value))
+        self._written[register.name] = value
+        if register.name in self._heartbeat_targets:
+            self._heartbeats[register.name] = self._heartbeats.get(register.name, 0) + 1
+            self._heartbeat_at[register.name] = datetime.now(UTC)
+        if register.role in _LIMIT_ROLES and isinstance(value, int | float):
+            self._limit_a = float(value)
+            self._log(self.behaviour.set_max_current(self._limit_a if self._enabled else 0.0))
+        elif register.name == self.image.hints.enable_register:
+            self._enabled = bool(value)
+            self._log(self.behaviour.set_max_current(self._limit_a if self._enabled else 0.0))
+        logger.info("%s: %s set to %s", self.name, register.name, value)
+
+    # --- helpers (callers hold the lock) ---------------------------------------------------
+    def _status(self) -> tuple[StatusPair, dict[str, Value]]:
+        if self._status_override is not None:
+            return self.image.status.values_for(*self._status_override)
+        return self.image.status.values_for(self.behaviour.status, self.behaviour.iec61851_state)
+
     def _register_values(self) -> dict[str, Value]:
-        """Engineering values by register name; the caller holds the lock."""
-        behaviour = self.behaviour
-        status = self._status_override or behaviour.status
-        iec_state = behaviour.iec61851_state
-        if self._status_override:
-            iec_state = iec_state_for(self.profile, status, iec_state)
-        by_role = behaviour.values()
+        """Engineering values by register name, in order of precedence."""
+        by_role: dict[str, Value] = dict(self.behaviour.values())
+        by_role[Role.SET_CURRENT_A.value] = self.behaviour.max_current_a
+        (_, iec_state), status_values = self._status()
         values: dict[str, Value] = {}
         for register in self.profile.registers:
-            if register.role in _STATE_ROLES:
-                values[register.name] = role_value(self.profile, register, status, iec_state)
-            elif register.role:
-                values[register.name] = by_role.get(register.role)
-            elif register.name in self._written:
-                values[register.name] = self._written[register.name]
+            name, role = register.name, register.role
+            if name in status_values:
+                values[name] = status_values[name]
+            elif role == Role.IEC61851_STATE:
+                values[name] = iec_state_code(register, iec_state)
+            elif name in self._written and role not in self._behaviour_roles:
+                values[name] = self._written[name]
+            elif role in by_role:
+                values[name] = by_role[role]
+            elif name in self._identity:
+                values[name] = self._identity[name]
             else:
-                values[register.name] = self._identity.get(register.name)
+                values[name] = self._plausible[name]
         values.update(self._overrides)
         return values
 
@@ -242,7 +308,8 @@ class SimulatedChargePoint:
                 return register
         register = self.profile.register_for(name) if name else None
         if register is None:
-            raise KeyError(f"profile {self.profile.slug} has no register or role {name!r}")
+            what = "role" if name in Role.values else "register or role"
+            raise KeyError(f"profile {self.profile.slug} has no {what} {name!r}")
         return register
 
     def _log(self, event: BehaviourEvent | None) -> None:
