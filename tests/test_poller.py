@@ -141,3 +141,48 @@ def test_runpoller_once_prints_one_record_per_charge_point(site, generic_profile
     records = [json.loads(line) for line in out.getvalue().splitlines()]
     assert sorted(r["charge_point"] for r in records) == ["cp-0", "cp-1"]
     assert all(r["quality"] == "good" for r in records)
+
+
+async def test_heartbeats_keep_their_own_cadence_between_polls(site) -> None:
+    from tests.conftest import shipped_profile
+
+    # Schneider's lifebit must be written every 2 s, however slowly the charge point is polled.
+    profile = await sync_to_async(shipped_profile)("schneider-evlink-pro-ac")
+    spec = read_spec_file(SHIPPED_DIR / "schneider-evlink-pro-ac.json")
+    [lifebit] = spec.heartbeats
+    async with SimulatorFleet(spec, 1, base_port=0, seed=6) as fleet:
+        sim = fleet.charge_points[0]
+        await sync_to_async(make_charge_point)(
+            site, profile, "schneider", sim.port, unit_id=spec.default_unit_id, poll_interval_ms=60_000
+        )
+        [config] = await sync_to_async(load_configs)()
+        collected = Collected()
+        poller, stop = ChargePointPoller(config, collected), asyncio.Event()
+        task = asyncio.create_task(poller.run(stop))
+        try:
+            await wait_for(
+                lambda: sim.heartbeats_received.get(lifebit.register, 0) >= 3, timeout_s=3 * lifebit.interval_s + 2,
+                what="three lifebit writes",
+            )
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+    assert len(collected.records) == 1  # one poll in all that time: the heartbeats ran on their own timer
+    assert poller.heartbeats_sent >= 3
+
+
+async def test_heartbeat_writes_back_the_value_it_read(site) -> None:
+    from tests.conftest import shipped_profile
+
+    # Alfen: the max-current setpoint is only valid for a while: the poller rewrites what it reads.
+    profile = await sync_to_async(shipped_profile)("alfen-eve")
+    spec = read_spec_file(SHIPPED_DIR / "alfen-eve.json")
+    [setpoint] = spec.heartbeats
+    async with SimulatorFleet(spec, 1, base_port=0, seed=6) as fleet:
+        sim = fleet.charge_points[0]
+        sim.set_value(setpoint.value_from, 13.5)
+        await sync_to_async(make_charge_point)(site, profile, "alfen", sim.port, unit_id=spec.default_unit_id)
+        [config] = await sync_to_async(load_configs)()
+        await ChargePointPoller(config, Collected()).poll_once()
+        writes = [w for w in sim.last_writes if w.register == setpoint.register]
+    assert writes and writes[-1].value == 13.5
