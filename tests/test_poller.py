@@ -161,7 +161,8 @@ async def test_heartbeats_keep_their_own_cadence_between_polls(site) -> None:
         task = asyncio.create_task(poller.run(stop))
         try:
             await wait_for(
-                lambda: sim.heartbeats_received.get(lifebit.register, 0) >= 3, timeout_s=3 * lifebit.interval_s + 2,
+                lambda: sim.heartbeats_received.get(lifebit.register, 0) >= 3,
+                timeout_s=3 * lifebit.interval_s + 2,
                 what="three lifebit writes",
             )
         finally:
