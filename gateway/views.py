@@ -175,6 +175,12 @@ def format_extra(value: Any) -> str:
     return str(value)
 
 
+def with_meaning(text: str, enum: dict[str, str] | None) -> str:
+    """Append an enum code's meaning: the same rule as withMeaning() in charge_point.js."""
+    meaning = (enum or {}).get(text)
+    return f"{text} ({meaning})" if meaning else text
+
+
 def read_charge_point(charge_point: ChargePoint, now: datetime) -> Reading:
     """The reading of a charge point fetched with its latest telemetry (select_related)."""
     latest: LatestTelemetry | None = getattr(charge_point, "latest", None)
@@ -235,8 +241,11 @@ def charge_point(request: HttpRequest, slug: str) -> HttpResponse:
     now = timezone.now()
     cp = get_object_or_404(ChargePoint.objects.select_related("site", "profile", "latest"), slug=slug)
     reading = read_charge_point(cp, now)
+    # Enum tables of the profile, so a status code reads "4 (State C2: charging)".
+    enums = {name: enum for name, enum in cp.profile.registers.values_list("name", "enum") if enum}
     config = page_config(now, f"/ws/chargepoints/{cp.slug}/") | {
         "charge_point": reading.as_json(),
+        "enums": enums,
     }
     return render(
         request,
@@ -244,7 +253,9 @@ def charge_point(request: HttpRequest, slug: str) -> HttpResponse:
         {
             "cp": cp,
             "reading": reading,
-            "extra": [(key, format_extra(value)) for key, value in sorted(reading.extra.items())],
+            "extra": [
+                (key, with_meaning(format_extra(value), enums.get(key))) for key, value in sorted(reading.extra.items())
+            ],
             "config": config,
         },
     )

@@ -353,3 +353,20 @@ def test_charge_point_page_goes_live(open_page: OpenPage, site: Site, generic_pr
     assert currents == [[1, 2, 3], [2, 2, 2], [3, 3, 3]]
     assert page.locator(".badge-status").text_content() == "Charging"
     assert "SN-9" in (page.locator(".identity-table").text_content() or "")
+
+
+@pytest.mark.django_db
+def test_register_codes_show_their_meaning(admin_client, site, generic_profile) -> None:
+    from gateway.models import Register
+
+    cp = make_charge_point(site, generic_profile, "cp-enum", 1502)
+    Register.objects.create(
+        profile=generic_profile, name="cable_state", address=200, enum={"3": "cable at station, locked"}
+    )
+    record = build_record(
+        charge_point="cp-enum", site=site.slug, profile=generic_profile.slug, seq=1,
+        fields=TelemetryFields("available", "A", {}, extra={"cable_state": 3}),
+    )  # fmt: skip
+    LatestTelemetry.objects.create(charge_point=cp, record=record, source_ts=parse_ts(record["ts"]))
+    page = admin_client.get(reverse("gateway:charge_point", args=["cp-enum"])).content.decode()
+    assert "3 (cable at station, locked)" in page

@@ -97,6 +97,12 @@
     return String(value);
   }
 
+  /** The same rule as with_meaning() in views.py: "4" → "4 (State C2: charging)". */
+  function withMeaning(key, text) {
+    const meaning = (config.enums[key] || {})[text];
+    return meaning ? `${text} (${meaning})` : text;
+  }
+
   function renderExtra(extra) {
     const json = JSON.stringify(extra);
     if (json === extraShown) return;
@@ -109,7 +115,7 @@
         th.scope = "row";
         th.textContent = key;
         const td = document.createElement("td");
-        td.textContent = formatExtra(extra[key]);
+        td.textContent = withMeaning(key, formatExtra(extra[key]));
         row.append(th, td);
         return row;
       });
