@@ -62,6 +62,7 @@ def main() -> None:
         process, url = start_demo(options.charge_points, var_dir)
         ready_s = time.monotonic() - started
         latencies_ms: list[float] = []
+        slow: list[tuple] = []
         try:
             with sync_playwright() as playwright:
                 browser = launch_chromium(playwright)
@@ -72,7 +73,16 @@ def main() -> None:
                     message = json.loads(payload)
                     if message.get("type") == "telemetry" and message["record"]["status"] != "offline":
                         ts = datetime.fromisoformat(message["record"]["ts"].replace("Z", "+00:00"))
-                        latencies_ms.append((received - ts).total_seconds() * 1000)
+                        latency_ms = (received - ts).total_seconds() * 1000
+                        latencies_ms.append(latency_ms)
+                        if latency_ms > 200:
+                            slow.append(
+                                (
+                                    round(time.monotonic() - started, 1),
+                                    round(latency_ms),
+                                    message["record"]["charge_point"],
+                                )
+                            )
 
                 page.on("websocket", lambda ws: ws.on("framereceived", on_frame))
                 page.goto(url + "/")
@@ -108,6 +118,7 @@ def main() -> None:
         f"latency poll→browser ms: p50 {quantiles[49]:.1f}  p95 {quantiles[94]:.1f}  "
         f"p99 {quantiles[98]:.1f}  max {latencies_ms[-1]:.1f}"
     )
+    print(f"frames over 200 ms (s since start, ms, charge point): {slow}")
     print(f"JS heap used: {heap_start:.1f} MB at start, {heap_end:.1f} MB after {options.seconds:.0f} s")
 
 
