@@ -19,6 +19,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from gateway.models import ChargePoint, DeviceProfile, Site
+from gateway.runtime import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,9 @@ def child_environment(options: DemoOptions) -> dict[str, str]:
 def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     """Start `manage.py ARGS` in its own session, so that we decide the order of shutdown."""
     manage = Path(settings.BASE_DIR) / "manage.py"
-    return subprocess.Popen([sys.executable, str(manage), *args], env=env, start_new_session=True)  # noqa: S603
+    return subprocess.Popen(  # noqa: S603
+        [sys.executable, str(manage), *args], env=env, start_new_session=True, preexec_fn=die_with_parent()
+    )
 
 
 def stop_child(process: subprocess.Popen, name: str, timeout_s: float = 15.0) -> None:

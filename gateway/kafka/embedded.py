@@ -6,6 +6,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from gateway.runtime import die_with_parent
+
 logger = logging.getLogger(__name__)
 
 
@@ -43,6 +45,7 @@ def start_broker(
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,  # Ctrl-C reaches us; we stop the broker last, after the flush.
+        preexec_fn=die_with_parent(),
     )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -271,7 +271,9 @@ class SimulatedChargePoint:
         elif register.name == self.image.hints.enable_register:
             self._enabled = bool(value)
             self._log(self.behaviour.set_max_current(self._limit_a if self._enabled else 0.0))
-        logger.info("%s: %s set to %s", self.name, register.name, value)
+        # Watchdog writes arrive every few seconds: only operator-visible writes go to INFO.
+        level = logging.DEBUG if register.name in self._heartbeat_targets else logging.INFO
+        logger.log(level, "%s: %s set to %s", self.name, register.name, value)
 
     # --- helpers (callers hold the lock) ---------------------------------------------------
     def _status(self) -> tuple[StatusPair, dict[str, Value]]:
