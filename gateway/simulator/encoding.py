@@ -61,17 +61,26 @@ class SimulatorHints:
         )
 
 
-def enum_code(register: RegisterSpec, key: str) -> Value:
-    """An enum key as the value a client decodes ("0x01" → 1, "C2" stays text)."""
-    if register.data_type in TEXT_TYPES:
-        return key
-    try:
-        return int(key, 0)
-    except ValueError:
+def code_value(register: RegisterSpec, code: str) -> Value:
+    """A code written as text (enum key or status rule code) as the value a client decodes.
+
+    "2" and "0x01" become numbers, "C2" stays text for text registers, bytes come from hex.
+    """
+    if register.data_type == DataType.BYTES:
         try:
-            return float(key)
+            return bytes.fromhex(code)
         except ValueError:
             return None
+    if register.data_type in TEXT_TYPES:
+        return code
+    if register.data_type in (DataType.BOOL, DataType.BIT):
+        return code.strip().lower() in ("1", "true")
+    for parse in (int, lambda text: int(text, 0), float):
+        try:
+            return parse(code)
+        except ValueError:
+            continue
+    return None
 
 
 def plausible_value(register: RegisterSpec, hints: SimulatorHints) -> Value:
@@ -80,7 +89,7 @@ def plausible_value(register: RegisterSpec, hints: SimulatorHints) -> Value:
     With nan_unavailable, numbers without an enum are 'not available' (None).
     """
     if register.enum:
-        code = enum_code(register, next(iter(register.enum)))
+        code = code_value(register, next(iter(register.enum)))
         if code is not None:
             return code
     if register.data_type in TEXT_TYPES:

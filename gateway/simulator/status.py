@@ -16,7 +16,7 @@ from gateway.choices import DataType, Iec61851State
 from gateway.profiles.codec import DecodeError, Value
 from gateway.profiles.decode import decode_register, resolve_status, status_code_text
 from gateway.profiles.spec import ProfileSpec, RegisterSpec
-from gateway.simulator.encoding import TEXT_TYPES, SimulatorHints, encode_register, enum_code
+from gateway.simulator.encoding import TEXT_TYPES, SimulatorHints, code_value, encode_register
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +93,9 @@ class StatusCodes:
     def _candidates(self, register: RegisterSpec) -> list[tuple[Value, Value]]:
         """(value to serve, value a client decodes) for each distinct code the register can show."""
         wanted: list[Value] = [
-            _code_value(register, rule.code) for rule in self.profile.status_rules if rule.register == register.name
+            code_value(register, rule.code) for rule in self.profile.status_rules if rule.register == register.name
         ]
-        wanted += [enum_code(register, key) for key in register.enum]
+        wanted += [code_value(register, key) for key in register.enum]
         wanted += [False, True] if register.data_type in (DataType.BOOL, DataType.BIT) else []
         found: dict[str | None, tuple[Value, Value]] = {}
         for value in wanted:
@@ -156,31 +156,11 @@ def _iec_distance(first: str, second: str) -> int:
     return len(order)
 
 
-def _code_value(register: RegisterSpec, code: str) -> Value:
-    """A rule's code (text, as compared after decoding) as the engineering value to serve."""
-    if register.data_type == DataType.BYTES:
-        try:
-            return bytes.fromhex(code)
-        except ValueError:
-            return None
-    if register.data_type == DataType.STRING:
-        return code
-    if register.data_type in (DataType.BOOL, DataType.BIT):
-        return code.strip().lower() in ("1", "true")
-    try:
-        return int(code)
-    except ValueError:
-        try:
-            return float(code)
-        except ValueError:
-            return None
-
-
 def iec_state_code(register: RegisterSpec, iec_state: str) -> Value:
     """What an IEC 61851 state register outside the status rules shows for a state."""
     if register.data_type in TEXT_TYPES:
         return iec_state
     for key, meaning in register.enum.items():
         if str(meaning).strip().upper().startswith(iec_state):
-            return enum_code(register, key)
+            return code_value(register, key)
     return Iec61851State.values.index(iec_state)
