@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,50 @@ def install_stop_signals(stop: asyncio.Event) -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, request_stop, signum)
+
+
+async def wait_unless_stopped(stop: asyncio.Event, timeout_s: float) -> bool:
+    """Sleep up to timeout_s, waking at once when stop is set; returns whether stop is set.
+
+    The one wait idiom of every loop: retries, backoffs and poll intervals all honour shutdown.
+    """
+    if stop.is_set():
+        return True
+    try:
+        await asyncio.wait_for(stop.wait(), max(0.0, timeout_s))
+    except TimeoutError:
+        return False
+    return True
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff: first_s, doubling up to max_s; reset() after a success.
+
+    One mechanism for every retry loop (Kafka producer and consumer, reconnects to chargers).
+    """
+
+    first_s: float = 0.5
+    max_s: float = 30.0
+    factor: float = 2.0
+    failures: int = field(default=0, init=False)
+
+    def next_delay_s(self) -> float:
+        """Delay before the next attempt; each call counts one more failure."""
+        delay = min(self.first_s * self.factor**self.failures, self.max_s)
+        self.failures += 1
+        return delay
+
+    def peek_s(self) -> float:
+        """The delay the next failure will give, without counting it."""
+        return min(self.first_s * self.factor**self.failures, self.max_s)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+    async def wait(self, stop: asyncio.Event) -> bool:
+        """Wait out the next delay unless stopped; returns whether stop is set."""
+        return await wait_unless_stopped(stop, self.next_delay_s())
 
 
 def run_until_stopped(service: Callable[[asyncio.Event], Awaitable[None]]) -> None:
