@@ -1,4 +1,5 @@
 # evdash: two commands. `make demo` runs the whole product embedded; `make test` runs every test.
+# Both set up what they need first (scripts/prerequisites: system packages, services, the venv).
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,24 +10,31 @@ STAMP := $(VENV)/.installed
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: demo test lint check clean
+.PHONY: install demo test lint check clean
 
 $(STAMP): requirements.txt requirements-dev.txt
+	@PYTHON=$(PYTHON) scripts/prerequisites python
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
+# The venv and the embedded database: then `.venv/bin/python manage.py <command>` works as is.
+install: $(STAMP)
+	$(PY) manage.py migrate --verbosity 0
+	@echo "Installed, embedded mode (README, Modes): .venv/bin/python manage.py help"
+
 demo: $(STAMP)
-	DJANGO_DEBUG=1 $(PY) manage.py demo
+	$(PY) manage.py demo
 
 test: $(STAMP)
+	@PYTHON=$(PYTHON) scripts/prerequisites test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	DJANGO_DEBUG=1 $(PY) manage.py check
-	DJANGO_DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
-	DJANGO_DEBUG=1 $(PY) -m pytest -m "not production"
-	DJANGO_DEBUG=0 DJANGO_SECRET_KEY=test-only-not-secret-$$(date +%s)-0123456789abcdefghijklmnopqrstuvwxyz \
+	EVDASH_MODE=embedded $(PY) manage.py check
+	EVDASH_MODE=embedded $(PY) manage.py makemigrations --check --dry-run
+	EVDASH_MODE=embedded $(PY) -m pytest -m "not production"
+	EVDASH_MODE=production DJANGO_SECRET_KEY=test-only-not-secret-$$(date +%s)-0123456789abcdefghijklmnopqrstuvwxyz \
 	  DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	  $(PY) -m pytest -m production
 

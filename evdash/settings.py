@@ -1,19 +1,38 @@
 """evdash settings: every knob comes from the environment, with safe defaults for the embedded mode.
 
-Embedded mode (no DATABASE_URL / REDIS_URL): SQLite in ./var, the in-memory channel layer and a
-Kafka-compatible broker on 127.0.0.1:9092. Production mode: set the variables documented in
-README.md (PostgreSQL, Redis, Kafka with SASL_SSL, a secret key).
+Two modes, chosen by EVDASH_MODE (README, "Modes"):
+- embedded (the default): everything on one machine with no variables to set. SQLite and a
+  generated secret key in ./var (both 0600), the in-memory channel layer, the Kafka-compatible
+  broker on 127.0.0.1:9092. `make demo`, `probe` from a laptop and the tests run this way.
+- production: asked for explicitly. PostgreSQL, Redis and a secret key are required, HTTPS
+  settings are on, and a missing variable stops every entry point with one line on stderr.
 """
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
-from django.core.exceptions import ImproperlyConfigured
+from csp.constants import NONE, SELF, UNSAFE_INLINE
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("EVDASH_VAR_DIR", BASE_DIR / "var"))
+
+EMBEDDED = "embedded"
+PRODUCTION = "production"
+# What production cannot run without: each is a secret or an address only the operator knows.
+PRODUCTION_REQUIRED = ("DJANGO_SECRET_KEY", "DATABASE_URL", "REDIS_URL")
+
+
+def refuse_to_start(message: str) -> None:
+    """Stop this process with one line on stderr and exit status 1.
+
+    SystemExit rather than ImproperlyConfigured: settings load inside manage.py, daphne, uvicorn
+    and pytest alike, and each of them would print an exception as a traceback. A missing
+    variable is the operator's to fix, not a bug to debug.
+    """
+    raise SystemExit(f"evdash: {message}")
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -29,26 +48,48 @@ def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
-DEBUG = env_bool("DJANGO_DEBUG", False)
+def private_file(path: Path) -> Path:
+    """Create `path` (and its folder) readable by this user only, or tighten it if it exists."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+    return path
 
 
-def _secret_key() -> str:
-    key = os.environ.get("DJANGO_SECRET_KEY", "")
-    if key:
-        return key
-    if not DEBUG:
-        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off (production mode).")
-    # Embedded mode: one random key per installation, kept beside the SQLite database so that
-    # sessions survive restarts and every process of the demo agrees on it.
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
+def embedded_secret_key() -> str:
+    """One random key per installation, kept in var/ so sessions survive restarts.
+
+    Every process of the demo reads the same file; the first to start creates it atomically
+    (write a private temporary file, then link it into place) so no process reads half a key.
+    """
     key_file = VAR_DIR / "secret_key"
     if not key_file.exists():
-        key_file.write_text(secrets.token_urlsafe(50))
-        key_file.chmod(0o600)
-    return key_file.read_text().strip()
+        temporary = private_file(VAR_DIR / f".secret_key.{os.getpid()}")
+        temporary.write_text(secrets.token_urlsafe(50))
+        try:
+            os.link(temporary, key_file)
+        except FileExistsError:
+            pass  # another process of the demo won the race: use its key
+        finally:
+            temporary.unlink()
+    return private_file(key_file).read_text().strip()
 
 
-SECRET_KEY = _secret_key()
+MODE = os.environ.get("EVDASH_MODE", "").strip().lower() or EMBEDDED
+if MODE not in (EMBEDDED, PRODUCTION):
+    refuse_to_start(f"EVDASH_MODE={MODE!r} is not a mode: use 'embedded' (the default) or 'production'.")
+if MODE == PRODUCTION and (missing := [name for name in PRODUCTION_REQUIRED if not os.environ.get(name)]):
+    refuse_to_start(
+        f"production mode (EVDASH_MODE=production) needs {', '.join(missing)}: set "
+        f'{"it" if len(missing) == 1 else "them"} (README, "Production deployment"), '
+        "or unset EVDASH_MODE to run embedded."
+    )
+
+# Off by default in both modes: a traceback page shows code and settings to whoever gets one.
+# DJANGO_DEBUG=1 is for development on a workstation.
+DEBUG = env_bool("DJANGO_DEBUG", False)
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "") or embedded_secret_key()
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 
@@ -62,18 +103,28 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "channels",
+    "csp",
+    "axes",
     "gateway",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its 429 response.
+    "axes.middleware.AxesMiddleware",
+]
+# django-axes first: it refuses a locked-out login before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "evdash.urls"
@@ -97,11 +148,12 @@ DATABASE_URL = os.environ.get("DATABASE_URL", "")
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
 else:
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": VAR_DIR / "db.sqlite3",
+            # Created 0600 before SQLite opens it: it holds password hashes and sessions.
+            # SQLite gives its journal and WAL files the database file's permissions.
+            "NAME": private_file(VAR_DIR / "db.sqlite3"),
             # The demo writes from several processes: wait for the lock instead of failing.
             "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
         }
@@ -147,8 +199,9 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
+        # Production serves what collectstatic wrote (README); embedded serves the sources.
         "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
-        if not DEBUG
+        if MODE == PRODUCTION
         else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
@@ -161,7 +214,7 @@ STATICFILES_FINDERS = [
 WHITENOISE_USE_FINDERS = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-if not DEBUG:
+if MODE == PRODUCTION:
     # Production sits behind a TLS-terminating proxy; these keep `check --deploy` clean.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
@@ -171,6 +224,47 @@ if not DEBUG:
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
     SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+
+# Mail: only for password reset. Without EMAIL_HOST the reset pages and links do not exist,
+# rather than promising a mail that never leaves the machine.
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "")
+EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "587"))
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", not EMAIL_USE_SSL)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "evdash@localhost")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+PASSWORD_RESET_ENABLED = bool(EMAIL_HOST)
+
+# Failed logins (dashboard and admin alike go through django.contrib.auth): after
+# EVDASH_LOGIN_FAILURE_LIMIT failures for one user name from one address, that pair is refused
+# for EVDASH_LOGIN_COOLOFF_MIN minutes. Locking the pair, not the name alone, keeps an attacker
+# from locking the operator out; behind a proxy the address is the proxy's (README).
+AXES_FAILURE_LIMIT = int(os.environ.get("EVDASH_LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("EVDASH_LOGIN_COOLOFF_MIN", "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/lockout.html"
+
+# Content-Security-Policy (django-csp): scripts only from our own static files, nothing from
+# elsewhere. Plotly.js writes style attributes and <style> rules as it draws, hence inline styles
+# (which cannot run code); the favicon is a data: URL and Plotly's "download plot" uses blob:.
+# connect-src 'self' covers the page's own ws:// or wss:// origin (CSP level 3).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF, UNSAFE_INLINE],
+        "img-src": [SELF, "data:", "blob:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
 
 LOG_LEVEL = os.environ.get("EVDASH_LOG_LEVEL", "INFO")
 LOGGING = {
@@ -202,9 +296,16 @@ EVDASH = {
     "KAFKA_ENABLE_IDEMPOTENCE": env_bool("KAFKA_ENABLE_IDEMPOTENCE", True),
     "KAFKA_CLIENT_ID": os.environ.get("KAFKA_CLIENT_ID", "evdash"),
     "TELEMETRY_TOPIC": os.environ.get("EVDASH_TELEMETRY_TOPIC", "evdash.telemetry"),
+    # Records the consumer could not decode or handle (with the reason in a header); empty means
+    # the telemetry topic + ".dlq", i.e. evdash.telemetry.dlq.
+    "DEAD_LETTER_TOPIC": os.environ.get("EVDASH_DEAD_LETTER_TOPIC", ""),
     "TOPIC_PARTITIONS": int(os.environ.get("EVDASH_TOPIC_PARTITIONS", "3")),
     "CONSUMER_GROUP": os.environ.get("EVDASH_CONSUMER_GROUP", "evdash-consumer"),
     "RELOAD_INTERVAL_S": float(os.environ.get("EVDASH_RELOAD_INTERVAL_S", "5")),
     "MODBUS_TIMEOUT_S": float(os.environ.get("EVDASH_MODBUS_TIMEOUT_S", "2")),
     "RECONNECT_BACKOFF_MAX_S": float(os.environ.get("EVDASH_RECONNECT_BACKOFF_MAX_S", "30")),
+    # Largest profile document an import reads (admin upload, `profiles import`); shipped ones are < 20 KB.
+    "PROFILE_MAX_BYTES": int(os.environ.get("EVDASH_PROFILE_MAX_BYTES", str(1024 * 1024))),
+    # Open live-dashboard WebSockets per user and web process; more are closed with code 4429.
+    "WEBSOCKETS_PER_USER": int(os.environ.get("EVDASH_WEBSOCKETS_PER_USER", "20")),
 }

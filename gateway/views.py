@@ -10,6 +10,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
+from django.views.decorators.http import require_safe
 
 from gateway.choices import Iec61851State, OperatorStatus
 from gateway.models import ChargePoint, LatestTelemetry, Site
@@ -205,6 +206,9 @@ def page_config(now: datetime, ws_path: str) -> dict[str, Any]:
     }
 
 
+# require_safe (GET and HEAD only) sits outside login_required: any other method is a 405 for
+# everyone, before the login redirect; the pages change nothing and take no input but ?site=.
+@require_safe
 @login_required
 def fleet(request: HttpRequest) -> HttpResponse:
     """Every enabled charge point as a tile, a fleet summary and the fleet power chart."""
@@ -235,6 +239,7 @@ def fleet(request: HttpRequest) -> HttpResponse:
     )
 
 
+@require_safe
 @login_required
 def charge_point(request: HttpRequest, slug: str) -> HttpResponse:
     """One charge point: its identity, status, values and live charts."""
