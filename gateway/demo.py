@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import secrets
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.management.base import CommandError
 from django.db import transaction
 
 from gateway.models import ChargePoint, DeviceProfile, Site
@@ -102,9 +104,15 @@ def ensure_admin(password: str | None) -> tuple[str | None, bool]:
     return password, False
 
 
+# Read by this process only (ensure_admin): a child's environment is readable in /proc by its
+# user and ends up in crash reports, and no child needs the password.
+PRIVATE_VARIABLES = ("EVDASH_ADMIN_PASSWORD",)
+
+
 def child_environment(options: DemoOptions) -> dict[str, str]:
     """Environment of the demo's child processes: the embedded broker, no idempotence (Tansu)."""
-    return os.environ | {
+    inherited = {name: value for name, value in os.environ.items() if name not in PRIVATE_VARIABLES}
+    return inherited | {
         "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{options.kafka_port}",
         "KAFKA_ENABLE_IDEMPOTENCE": "0",
         "PYTHONUNBUFFERED": "1",
@@ -119,32 +127,98 @@ def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     )
 
 
-def stop_child(process: subprocess.Popen, name: str, timeout_s: float = 15.0) -> None:
-    """SIGTERM, wait for the graceful shutdown, kill if it hangs."""
-    if process.poll() is None:
-        process.terminate()
+@dataclass(frozen=True)
+class ChildExit:
+    """How one child process of the demo ended: cleanly means exit status 0 after our SIGTERM."""
+
+    name: str
+    returncode: int
+    early: bool = False  # it had ended before the demo asked it to stop
+    killed_after_s: float | None = None  # it ignored SIGTERM for this long and was killed
+
+    @property
+    def clean(self) -> bool:
+        return self.returncode == 0 and not self.early and self.killed_after_s is None
+
+    def describe(self) -> str:
+        """One line for the operator: what happened to this child."""
+        if self.killed_after_s is not None:
+            return f"{self.name} did not stop within {self.killed_after_s:g} s of SIGTERM and was killed"
+        status = describe_returncode(self.returncode)
+        if self.early:
+            return f"{self.name} had ended by itself before the demo stopped ({status})"
+        return f"{self.name} stopped with {status}" if not self.clean else f"{self.name} stopped cleanly"
+
+
+def describe_returncode(returncode: int) -> str:
+    """'exit status 1' or 'signal SIGKILL' (Popen reports a signal as a negative return code)."""
+    if returncode < 0:
         try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            logger.warning("%s did not stop in %.0f s; killing it", name, timeout_s)
-            process.kill()
-            process.wait()
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit status {returncode}"
 
 
-def serve_web_with_consumer(host: str, port: int) -> None:
-    """Run daphne in this process with the Kafka consumer as a task on its event loop."""
+def stop_child(process: subprocess.Popen, name: str, timeout_s: float = 15.0) -> ChildExit:
+    """SIGTERM, wait for the graceful shutdown, kill if it hangs; say how it ended."""
+    if (returncode := process.poll()) is not None:
+        return ChildExit(name, returncode, early=True)
+    process.terminate()
+    try:
+        return ChildExit(name, process.wait(timeout_s))
+    except subprocess.TimeoutExpired:
+        logger.warning("%s did not stop in %g s; killing it", name, timeout_s)
+        process.kill()
+        return ChildExit(name, process.wait(), killed_after_s=timeout_s)
+
+
+def report_child_deaths(children: dict[str, subprocess.Popen], reported: set[str]) -> None:
+    """Log, once each, the children that ended while the demo runs: the dashboard alone would
+    only show chargers going offline (poller) or unreachable (simulator), not why."""
+    for name, process in children.items():
+        if name not in reported and (returncode := process.poll()) is not None:
+            reported.add(name)
+            logger.error(
+                "%s ended by itself (%s); the demo keeps serving, Ctrl-C stops it",
+                name,
+                describe_returncode(returncode),
+            )
+
+
+class ConsumerFailed(CommandError):
+    """The demo's in-process Kafka consumer died; the demo stops and exits non-zero."""
+
+
+def serve_web_with_consumer(host: str, port: int, children: dict[str, subprocess.Popen] | None = None) -> None:
+    """Run daphne in this process with the Kafka consumer as a task on its event loop.
+
+    `children` (name -> process) are watched once a second; one that ends is logged at once.
+    """
     from daphne.endpoints import build_endpoint_description_strings
     from daphne.server import Server
-    from twisted.internet import defer, reactor
+    from twisted.internet import defer, reactor, task
 
     from evdash.asgi import application
     from gateway import services
 
     stop = asyncio.Event()
     consumer_task: list[asyncio.Task] = []
+    consumer_failure: list[BaseException] = []
 
     def start_consumer() -> None:
-        consumer_task.append(asyncio.get_event_loop().create_task(services.run_consumer(stop)))
+        consumer = asyncio.get_event_loop().create_task(services.run_consumer(stop))
+        consumer.add_done_callback(stop_if_consumer_failed)
+        consumer_task.append(consumer)
+
+    def stop_if_consumer_failed(finished: asyncio.Task) -> None:
+        # Without the consumer the dashboard silently shows no data: stop the demo and say why.
+        if finished.cancelled() or finished.exception() is None:
+            return
+        consumer_failure.append(finished.exception())
+        logger.error("the live consumer failed (run_consumer logged why); stopping the demo")
+        if not stop.is_set():
+            reactor.stop()
 
     def stop_consumer() -> defer.Deferred | None:
         stop.set()
@@ -153,9 +227,16 @@ def serve_web_with_consumer(host: str, port: int) -> None:
         return None
 
     reactor.addSystemEventTrigger("before", "shutdown", stop_consumer)
+    if children:
+        watcher = task.LoopingCall(report_child_deaths, children, set())
+        watcher.start(1.0, now=False)
+        reactor.addSystemEventTrigger("before", "shutdown", lambda: watcher.running and watcher.stop())
     Server(
         application=application,
         endpoints=build_endpoint_description_strings(host=host, port=port),
         ready_callable=start_consumer,
         verbosity=0,
     ).run()
+    if consumer_failure:
+        failure = consumer_failure[0]
+        raise ConsumerFailed(f"the live consumer failed: {type(failure).__name__}: {failure}")

@@ -80,10 +80,19 @@ class Command(BaseCommand):
         ]
         self.stdout.write("\n".join(banner))
         try:
-            demo.serve_web_with_consumer(opts.http_host, opts.http_port)
+            demo.serve_web_with_consumer(opts.http_host, opts.http_port, {"runpoller": poller, "simulate": simulator})
         finally:
             self.stdout.write("Stopping: poller (flushing), simulator, broker ...")
-            demo.stop_child(poller, "runpoller")
-            demo.stop_child(simulator, "simulate")
+            exits = [demo.stop_child(poller, "runpoller"), demo.stop_child(simulator, "simulate")]
             stop_broker(broker)
-            self.stdout.write("Stopped.")
+        self.report_shutdown(exits)
+
+    def report_shutdown(self, exits: list[demo.ChildExit]) -> None:
+        """'Stopped.' only when every child stopped cleanly; otherwise say which did not, and fail."""
+        failed = [child for child in exits if not child.clean]
+        for child in failed:
+            self.stderr.write(child.describe())
+        if failed:
+            names = ", ".join(child.name for child in failed)
+            raise CommandError(f"Stopped, but not cleanly: {names} (above).")
+        self.stdout.write("Stopped.")
