@@ -1,10 +1,11 @@
 """Admin: manage sites, charge points and device profiles (with their registers inline)."""
 
 import json
+import re
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
 from django.forms.models import BaseInlineFormSet
@@ -12,13 +13,34 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path
+from django.utils.http import content_disposition_header
 
-from gateway.choices import PollGroup
+from gateway.choices import Access, PollGroup
+from gateway.modbus.pacing import SLOW_GROUP_INTERVAL_S, Pacing, poll_time
 from gateway.modbus.planner import plan_reads
 from gateway.models import ChargePoint, DeviceProfile, LatestTelemetry, Register, Site, StatusRule
-from gateway.profiles.spec import ProfileFormatError
-from gateway.profiles.store import export_profile_json, load_spec, parse_profile_json, save_spec
-from gateway.profiles.validate import overlapping
+from gateway.profiles.spec import Heartbeat, ProfileFormatError, entries_from_json
+from gateway.profiles.store import export_profile_json, import_profile, load_spec, read_profile_bytes
+from gateway.profiles.validate import heartbeat_register_problems, overlapping
+
+
+def pacing_warnings(charge_point: ChargePoint) -> list[str]:
+    """What the admin warns about (but saves): a disabled charge point whose poll cannot fit its
+    interval (enabling it will be refused), and a slow-group poll that overruns the interval."""
+    problem = charge_point.pacing_problem()
+    if problem:
+        return [f"{charge_point.slug} is disabled; enabling it will be refused until this is fixed. {problem}"]
+    needed = charge_point.poll_time()
+    if needed is None or not needed.slow_reads:
+        return []
+    with_slow_ms = needed.ms + needed.slow_ms
+    if with_slow_ms <= charge_point.poll_interval_ms:
+        return []
+    return [
+        f"{charge_point.slug}: every {SLOW_GROUP_INTERVAL_S / 60:.0f} min the slow group makes one poll take "
+        f"{with_slow_ms / 1000:.1f} s, longer than the {charge_point.poll_interval_ms / 1000:g} s poll interval, "
+        "so the poll after it is skipped. Lengthen the interval or relax the pacing if that matters."
+    ]
 
 
 @admin.register(Site)
@@ -39,6 +61,7 @@ class ChargePointAdmin(admin.ModelAdmin):
         "unit_id",
         "profile",
         "poll_interval_ms",
+        "poll_at_pace",
         "enabled",
     ]
     list_filter = ["enabled", "site", "profile"]
@@ -46,7 +69,28 @@ class ChargePointAdmin(admin.ModelAdmin):
     search_fields = ["name", "slug", "host"]
     prepopulated_fields = {"slug": ["name"]}
     list_select_related = ["site", "profile"]
+    readonly_fields = ["poll_at_pace"]
     actions = ["enable", "disable"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).prefetch_related("profile__registers", "profile__status_rules")
+
+    @admin.display(description="one poll at its pacing")
+    def poll_at_pace(self, charge_point: ChargePoint) -> str:
+        """How long one poll takes at the pacing this charge point is polled with."""
+        needed = charge_point.poll_time()
+        if needed is None:
+            return "-"
+        overridden = charge_point.request_gap_ms is not None or charge_point.write_gap_ms is not None
+        text = needed.describe() + (" (pacing set on this charge point)" if overridden else "")
+        if needed.ms > charge_point.poll_interval_ms:
+            text += f"; does not fit the {charge_point.poll_interval_ms / 1000:g} s poll interval"
+        return text
+
+    def save_model(self, request: HttpRequest, obj: ChargePoint, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        for warning in pacing_warnings(obj):
+            self.message_user(request, warning, messages.WARNING)
 
     @admin.action(description="Enable polling of the selected charge points")
     def enable(self, request, queryset) -> None:
@@ -82,7 +126,7 @@ class RegisterInline(admin.TabularInline):
     extra = 0
     fields = [
         "name", "function", "address", "data_type", "length", "bit", "mask", "byte_order", "encoding",
-        "scale", "offset", "unit", "role", "access", "write_min", "write_max", "poll_group",
+        "scale", "offset", "unit", "role", "access", "write_min", "write_max", "write_values", "poll_group",
         "unavailable", "unit_id",
     ]  # fmt: skip
 
@@ -107,20 +151,46 @@ class StatusRuleFormSet(BaseInlineFormSet):
 
 def _posted_register_names(data: Any) -> set[str]:
     """Register names in the registers inline of the same POST, minus the ones being deleted."""
-    names = set()
+    return set(_posted_registers(data))
+
+
+def _posted_registers(data: Any) -> dict[str, str]:
+    """Register name → access, from the registers inline of the same POST, minus deleted ones."""
+    registers = {}
     for key, value in data.items():
         if key.startswith("registers-") and key.endswith("-name") and value:
             prefix = key.removesuffix("-name")
             if not data.get(f"{prefix}-DELETE"):
-                names.add(value)
-    return names
+                registers[value] = data.get(f"{prefix}-access", "")
+    return registers
+
+
+class DeviceProfileForm(forms.ModelForm):
+    """Heartbeats must write a writable register of the registers inline posted with them.
+
+    The model checks the heartbeats' shape (DeviceProfile.clean); which registers exist is only
+    known from the same POST, as for the status rules.
+    """
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        try:
+            heartbeats = entries_from_json(Heartbeat, cleaned.get("heartbeats"), "heartbeats")
+        except ProfileFormatError:
+            return cleaned  # DeviceProfile.clean says what is wrong with the shape
+        registers = _posted_registers(self.data)
+        writable = {name for name, access in registers.items() if access in (Access.READ_WRITE, Access.WRITE)}
+        problems = heartbeat_register_problems(heartbeats, set(registers), writable)
+        if problems:
+            self.add_error("heartbeats", "; ".join(problems) + ".")
+        return cleaned
 
 
 class StatusRuleInline(admin.TabularInline):
     model = StatusRule
     formset = StatusRuleFormSet
     extra = 0
-    fields = ["position", "register", "code", "iec61851_state", "status", "description"]
+    fields = ["position", "register", "match", "code", "iec61851_state", "status", "description"]
 
 
 class ProfileImportForm(forms.Form):
@@ -129,9 +199,11 @@ class ProfileImportForm(forms.Form):
 
 @admin.register(DeviceProfile)
 class DeviceProfileAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "vendor", "model", "register_count", "read_count"]
+    list_display = ["name", "slug", "vendor", "model", "register_count", "read_count", "poll_at_pace"]
+    readonly_fields = ["poll_at_pace"]
     search_fields = ["name", "slug", "vendor", "model"]
     list_filter = ["vendor"]
+    form = DeviceProfileForm
     inlines = [RegisterInline, StatusRuleInline]
     actions = ["export_json"]
     change_list_template = "admin/gateway/deviceprofile/change_list.html"
@@ -147,6 +219,27 @@ class DeviceProfileAdmin(admin.ModelAdmin):
     def read_count(self, profile: DeviceProfile) -> int:
         return len(plan_reads(load_spec(profile), (PollGroup.FAST,)))
 
+    @admin.display(description="one poll at the vendor's pacing")
+    def poll_at_pace(self, profile: DeviceProfile) -> str:
+        if profile.pk is None:
+            return "-"
+        try:
+            spec = load_spec(profile)
+        except ProfileFormatError:
+            return "-"  # the form refused these values and shows them again with the reason
+        return poll_time(spec, Pacing(spec.request_gap_ms, spec.write_gap_ms)).describe()
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        """Once registers and pacing are saved, warn about charge points whose poll no longer fits."""
+        super().save_related(request, form, formsets, change)
+        # Fresh from the database: the form's instance holds the registers as they were before the edit.
+        profile = DeviceProfile.objects.prefetch_related("registers", "status_rules").get(pk=form.instance.pk)
+        for charge_point in profile.charge_points.filter(enabled=True):
+            charge_point.profile = profile
+            problem = charge_point.pacing_problem()
+            if problem:
+                self.message_user(request, f"Charge point {charge_point.slug}: {problem}", messages.WARNING)
+
     def get_urls(self) -> list:
         return [
             path("import/", self.admin_site.admin_view(self.import_view), name="gateway_deviceprofile_import"),
@@ -161,12 +254,12 @@ class DeviceProfileAdmin(admin.ModelAdmin):
         if request.method == "POST" and form.is_valid():
             upload = form.cleaned_data["file"]
             try:
-                spec = parse_profile_json(upload.read(), origin=upload.name)
+                # The same checks as `profiles import` and the admin form; nothing saved unless all pass.
+                profile, _ = import_profile(read_profile_bytes(upload, upload.name), origin=upload.name)
             except ProfileFormatError as exc:
                 form.add_error("file", str(exc))
             else:
-                profile = save_spec(spec, DeviceProfile, Register, StatusRule)
-                self.message_user(request, f"Imported profile {spec.slug} ({len(spec.registers)} registers).")
+                self.message_user(request, f"Imported profile {profile.slug} ({profile.registers.count()} registers).")
                 return redirect("admin:gateway_deviceprofile_change", profile.pk)
         context = {**self.admin_site.each_context(request), "form": form, "opts": self.model._meta,
                    "title": "Import device profile"}  # fmt: skip
@@ -180,10 +273,20 @@ class DeviceProfileAdmin(admin.ModelAdmin):
             if len(specs) == 1
             else json.dumps([spec.to_dict() for spec in specs], indent=2, ensure_ascii=False)
         )
-        name = f"{specs[0].slug}.json" if len(specs) == 1 else "profiles.json"
+        name = export_filename(specs[0].slug) if len(specs) == 1 else "profiles.json"
         response = HttpResponse(body, content_type="application/json")
-        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        response["Content-Disposition"] = content_disposition_header(as_attachment=True, filename=name)
         return response
+
+
+def export_filename(slug: str) -> str:
+    """A download name that is only letters, digits, '-', '_' and '.', whatever a stored slug holds.
+
+    Slugs are validated on the way in, but a row written before that (or by the ORM) must still not
+    put quotes, line breaks or a path into the Content-Disposition header.
+    """
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", slug).strip("_")[:80]
+    return f"{stem or 'profile'}.json"
 
 
 @admin.register(LatestTelemetry)

@@ -60,7 +60,8 @@ def ensure_demo_fleet(count: int, base_port: int) -> int:
     """Create or realign the demo charge points cp-01..cp-N with what the simulator serves.
 
     Endpoint and profile follow the simulator (charge point i serves profile i mod n on
-    base_port + i); names, poll intervals and enabled flags edited in the admin are kept.
+    base_port + i); names, poll intervals and enabled flags edited in the admin are kept, except
+    a poll interval too short for the charger's pacing (KEBA), which is lengthened to fit.
     """
     profiles = demo_profiles()
     created = 0
@@ -68,7 +69,7 @@ def ensure_demo_fleet(count: int, base_port: int) -> int:
         site, _ = Site.objects.get_or_create(slug=DEMO_SITE, defaults={"name": "Demo car park"})
         for index in range(count):
             profile = profiles[index % len(profiles)]
-            _cp, new = ChargePoint.objects.update_or_create(
+            cp, new = ChargePoint.objects.update_or_create(
                 slug=f"cp-{index + 1:02d}",
                 defaults={
                     "host": "127.0.0.1",
@@ -86,6 +87,10 @@ def ensure_demo_fleet(count: int, base_port: int) -> int:
                 },
             )
             created += new
+            fitting = cp.fitting_poll_interval_ms()
+            if fitting != cp.poll_interval_ms:  # a paced charger (KEBA: 0.5 s a read) cannot be polled every second
+                cp.poll_interval_ms = fitting
+                cp.save(update_fields=["poll_interval_ms"])
     return created
 
 

@@ -1,16 +1,23 @@
-"""One persistent Modbus TCP connection to a charge point: reads, writes, typed errors."""
+"""One persistent Modbus TCP connection to a charge point: reads, writes, typed errors, pacing."""
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusException
 
 from gateway.choices import Function
+from gateway.modbus.pacing import Pacing
 from gateway.modbus.planner import ReadRequest
+from gateway.runtime import wait_unless_stopped
 
 logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+Wait = Callable[[asyncio.Event, float], Awaitable[bool]]
 
 
 class ModbusError(Exception):
@@ -39,12 +46,40 @@ class DeviceException(ModbusError):
         super().__init__(f"{self.code_name} for {where}")
 
 
-class ChargePointConnection:
-    """A persistent client for one endpoint; call `ensure_connected()` before using it."""
+class PaceInterrupted(Exception):
+    """`stop` was set while a request waited for its turn; the request was not sent."""
 
-    def __init__(self, host: str, port: int, unit_id: int, timeout_s: float) -> None:
+
+class ChargePointConnection:
+    """A persistent client for one endpoint; call `ensure_connected()` before using it.
+
+    Every request waits for the charger's pacing first: at least `pacing.request_gap_ms` after the
+    previous request's answer (or failure), and a write at least `pacing.write_gap_ms` after the
+    previous write's. The times live in this object, so a reconnect does not reset them, and only
+    this charger's requests wait. Setting `stop` ends a pending wait at once (PaceInterrupted).
+    `clock` and `wait` are injectable for tests (defaults: time.monotonic, wait_unless_stopped).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        unit_id: int,
+        timeout_s: float,
+        *,
+        pacing: Pacing = Pacing(),  # noqa: B008 (frozen, immutable)
+        stop: asyncio.Event | None = None,
+        clock: Clock = time.monotonic,
+        wait: Wait = wait_unless_stopped,
+    ) -> None:
         self.host, self.port, self.unit_id, self.timeout_s = host, port, unit_id, timeout_s
+        self.pacing = pacing
+        self.stop = stop
+        self._clock, self._wait = clock, wait
         self._client: AsyncModbusTcpClient | None = None
+        self._last_request_done: float | None = None
+        self._last_write_done: float | None = None
+        self.paced_s = 0.0  # total time requests waited for their turn (shown by probe)
 
     @property
     def connected(self) -> bool:
@@ -68,7 +103,9 @@ class ChargePointConnection:
 
     async def read(self, request: ReadRequest) -> list[int] | list[bool]:
         """Execute one planned read; returns exactly request.count registers or bits."""
-        client = self._require_client()
+        self._require_client()
+        await self._pace(write=False)
+        client = self._require_client()  # the wait may have outlasted the connection
         call = {
             Function.HOLDING: client.read_holding_registers,
             Function.INPUT: client.read_input_registers,
@@ -88,13 +125,18 @@ class ChargePointConnection:
 
     async def write_registers(self, address: int, values: list[int], unit_id: int | None = None) -> None:
         """Write holding registers in one request (FC06 for one, FC16 for several)."""
-        client = self._require_client()
+        self._require_client()
         device_id = self.unit_id if unit_id is None else unit_id
+        await self._pace(write=True)
+        client = self._require_client()  # the wait may have outlasted the connection
         if len(values) == 1:
             call = client.write_register(address, values[0], device_id=device_id)
         else:
             call = client.write_registers(address, values, device_id=device_id)
-        response = await self._call(call)
+        try:
+            response = await self._call(call)
+        finally:
+            self._last_write_done = self._clock()
         if response.isError():
             raise DeviceException(None, getattr(response, "exception_code", 0), f"write to {address}")
 
@@ -108,6 +150,26 @@ class ChargePointConnection:
             raise ConnectionFailed(f"not connected to {self.host}:{self.port}")
         return self._client
 
+    async def _pace(self, *, write: bool) -> None:
+        """Wait until the charger's pacing allows the next request (no busy waiting)."""
+        stop = self.stop or asyncio.Event()
+        while True:
+            due = self._due_at(write=write)
+            delay = due - self._clock()
+            if delay <= 0:
+                return
+            if await self._wait(stop, delay):
+                raise PaceInterrupted(f"{self.host}:{self.port}: stopped while waiting to pace a request")
+            self.paced_s += delay
+
+    def _due_at(self, *, write: bool) -> float:
+        due = float("-inf")
+        if self._last_request_done is not None:
+            due = self._last_request_done + self.pacing.request_gap_ms / 1000
+        if write and self._last_write_done is not None:
+            due = max(due, self._last_write_done + self.pacing.write_gap_ms / 1000)
+        return due
+
     async def _call(self, awaitable):
         try:
             return await asyncio.wait_for(awaitable, self.timeout_s + 1)
@@ -115,3 +177,6 @@ class ChargePointConnection:
             # A timed-out transaction leaves the stream in an unknown state: drop the connection.
             await self.close()
             raise ConnectionFailed(f"{self.host}:{self.port}: {exc or type(exc).__name__}") from exc
+        finally:
+            # Pacing counts from the answer (or failure): the charger has finished with this one.
+            self._last_request_done = self._clock()

@@ -5,25 +5,29 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections
 
 from gateway.choices import PollGroup
 from gateway.conf import setting
-from gateway.modbus.connection import ChargePointConnection, ConnectionFailed, ModbusError
+from gateway.modbus.connection import ChargePointConnection, ConnectionFailed, ModbusError, PaceInterrupted
+from gateway.modbus.pacing import SLOW_GROUP_INTERVAL_S, Pacing, effective_pacing
 from gateway.modbus.planner import ReadRequest, plan_reads
 from gateway.profiles.codec import Value
 from gateway.profiles.decode import decode_block, to_telemetry_fields
 from gateway.profiles.encode import WriteRangeError, encode_for_write
 from gateway.profiles.spec import ProfileSpec
+from gateway.runtime import Backoff, wait_unless_stopped
 from gateway.telemetry import Record, build_record
 
 logger = logging.getLogger(__name__)
 
-SLOW_GROUP_INTERVAL_S = 300.0
+# A charge point loop that crashed is restarted after this, doubling up to RECONNECT_BACKOFF_MAX_S.
+CRASH_RESTART_FIRST_S = 1.0
 Publish = Callable[[Record], None]
+Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
@@ -37,23 +41,62 @@ class ChargePointConfig:
     unit_id: int
     interval_ms: int
     profile: ProfileSpec
+    pacing: Pacing = field(default_factory=Pacing)  # the profile's vendor pacing unless the charge point overrides it
 
 
-def load_configs(site: str | None = None) -> list[ChargePointConfig]:
-    """Read enabled charge points (optionally of one site) from the database."""
-    from gateway.models import ChargePoint
+@dataclass(frozen=True)
+class UnloadableChargePoint:
+    """An enabled charge point whose profile cannot be loaded: reported, not polled."""
+
+    slug: str
+    site: str
+    profile: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """What one reload found: the charge points to poll and those whose profile is broken."""
+
+    configs: list[ChargePointConfig] = field(default_factory=list)
+    unloadable: list[UnloadableChargePoint] = field(default_factory=list)
+
+
+def load_profile_for_polling(profile: object) -> ProfileSpec:
+    """A DeviceProfile as a spec the poller can plan reads for; raises whatever is wrong with it."""
     from gateway.profiles.store import load_spec
+
+    spec = load_spec(profile)
+    plan_reads(spec, (PollGroup.FAST,))
+    plan_reads(spec, (PollGroup.SLOW,))
+    return spec
+
+
+def load_fleet(site: str | None = None) -> FleetConfig:
+    """Read enabled charge points (optionally of one site) from the database.
+
+    A profile that cannot be loaded takes out only its own charge points (reported in
+    `unloadable`), so one bad edit never freezes reloads for the whole fleet.
+    """
+    from gateway.models import ChargePoint
 
     close_old_connections()
     queryset = ChargePoint.objects.filter(enabled=True).select_related("site", "profile")
     if site:
         queryset = queryset.filter(site__slug=site)
-    specs: dict[int, ProfileSpec] = {}
-    configs = []
+    specs: dict[int, ProfileSpec | str] = {}
+    fleet = FleetConfig()
     for cp in queryset.prefetch_related("profile__registers", "profile__status_rules"):
         if cp.profile_id not in specs:
-            specs[cp.profile_id] = load_spec(cp.profile)
-        configs.append(
+            try:
+                specs[cp.profile_id] = load_profile_for_polling(cp.profile)
+            except Exception as exc:  # any defect of the stored profile is that profile's problem
+                specs[cp.profile_id] = f"profile {cp.profile.slug} cannot be loaded: {type(exc).__name__}: {exc}"
+        spec = specs[cp.profile_id]
+        if isinstance(spec, str):
+            fleet.unloadable.append(UnloadableChargePoint(cp.slug, cp.site.slug, cp.profile.slug, spec))
+            continue
+        fleet.configs.append(
             ChargePointConfig(
                 slug=cp.slug,
                 site=cp.site.slug,
@@ -61,23 +104,45 @@ def load_configs(site: str | None = None) -> list[ChargePointConfig]:
                 port=cp.port,
                 unit_id=cp.unit_id,
                 interval_ms=cp.poll_interval_ms,
-                profile=specs[cp.profile_id],
+                profile=spec,
+                pacing=effective_pacing(spec, cp.request_gap_ms, cp.write_gap_ms),
             )
         )
-    return configs
+    return fleet
+
+
+def load_configs(site: str | None = None) -> list[ChargePointConfig]:
+    """The charge points to poll (those whose profile cannot be loaded are left out: see load_fleet)."""
+    return load_fleet(site).configs
+
+
+def error_record(*, charge_point: str, site: str, profile: str, seq: int, error: str) -> Record:
+    """An offline, bad-quality record whose error tells the operator why nothing was read."""
+    return build_record(charge_point=charge_point, site=site, profile=profile, seq=seq, fields=None, error=error)
 
 
 class ChargePointPoller:
-    """Polls one charge point over its own persistent connection, with backoff when it is down."""
+    """Polls one charge point over its own persistent connection, with backoff when it is down.
 
-    def __init__(self, config: ChargePointConfig, publish: Publish) -> None:
+    `clock` (monotonic seconds) schedules polls, heartbeats and the slow group; tests inject one.
+    `seq` continues a sequence a crashed predecessor left off.
+    """
+
+    def __init__(
+        self, config: ChargePointConfig, publish: Publish, *, clock: Clock = time.monotonic, seq: int = 0
+    ) -> None:
         self.config = config
         self.publish = publish
-        self.connection = ChargePointConnection(config.host, config.port, config.unit_id, setting("MODBUS_TIMEOUT_S"))
+        self.clock = clock
+        self.connection = ChargePointConnection(
+            config.host, config.port, config.unit_id, setting("MODBUS_TIMEOUT_S"), pacing=config.pacing
+        )
         self.fast_plan = plan_reads(config.profile, (PollGroup.FAST,))
         self.slow_plan = plan_reads(config.profile, (PollGroup.SLOW,))
-        self.seq = 0
+        self.seq = seq
         self.failures = 0
+        # Reconnects: twice the poll interval after the first failure, doubling up to the maximum.
+        self.backoff = Backoff(first_s=2 * config.interval_ms / 1000, max_s=setting("RECONNECT_BACKOFF_MAX_S"))
         self.heartbeats_sent = 0
         self._slow_values: dict[str, Value] = {}
         self._last_values: dict[str, Value] = {}
@@ -86,7 +151,7 @@ class ChargePointPoller:
 
     async def poll_once(self) -> Record:
         """Connect if needed, read, decode, publish one record (offline if unreachable)."""
-        started = time.monotonic()
+        started = self.clock()
         try:
             await self.connection.ensure_connected()
             record = await self._read_record(started)
@@ -100,37 +165,44 @@ class ChargePointPoller:
             if self.failures:
                 logger.info("%s back online after %d failed polls", self.config.slug, self.failures)
             self.failures = 0
+            self.backoff.reset()
         self.publish(record)
         return record
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll at the configured interval until stop is set; the current poll always finishes.
+        """Poll at the configured interval until stop is set; the current poll finishes unless it
+        is waiting to pace a request (a paced KEBA poll takes seconds): then it is abandoned.
 
         Heartbeats due between two polls are written on time, so a watchdog shorter than the
         poll interval (Schneider: 2 s) still holds.
         """
         interval_s = self.config.interval_ms / 1000
-        next_poll_at = time.monotonic()
+        next_poll_at = self.clock()
+        self.connection.stop = stop
         try:
             while not stop.is_set():
-                if time.monotonic() >= next_poll_at:
+                if self.clock() >= next_poll_at:
                     await self.poll_once()
                     next_poll_at = self._next_poll_at(next_poll_at, interval_s)
                 elif self.connection.connected:
                     with contextlib.suppress(ConnectionFailed):  # the next poll reports it
-                        await self._send_due_heartbeats(time.monotonic())
-                wake_at = next_poll_at
-                if self.connection.connected and self._heartbeat_due:
-                    wake_at = min(wake_at, *self._heartbeat_due.values())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), max(0.0, wake_at - time.monotonic()))
+                        await self._send_due_heartbeats(self.clock())
+                await wait_unless_stopped(stop, self._wake_at(next_poll_at) - self.clock())
+        except PaceInterrupted:
+            logger.debug("%s: stopped while pacing; the poll in progress is abandoned", self.config.slug)
         finally:
             await self.connection.close()
 
+    def _wake_at(self, next_poll_at: float) -> float:
+        """The next poll, or an earlier heartbeat while connected."""
+        if self.connection.connected and self._heartbeat_due:
+            return min(next_poll_at, *self._heartbeat_due.values())
+        return next_poll_at
+
     def _next_poll_at(self, previous: float, interval_s: float) -> float:
-        now = time.monotonic()
+        now = self.clock()
         if self.failures:
-            return now + min(interval_s * 2**self.failures, setting("RECONNECT_BACKOFF_MAX_S"))
+            return now + self.backoff.next_delay_s()
         # Fixed rate; a slow poll skips missed slots instead of bunching up.
         next_at = previous + interval_s
         if next_at < now:
@@ -167,7 +239,7 @@ class ChargePointPoller:
         decoded = self._slow_values | decoded
         self._last_values = decoded
         fields = to_telemetry_fields(self.config.profile, decoded)
-        poll_ms = (time.monotonic() - started) * 1000
+        poll_ms = (self.clock() - started) * 1000
         return self._record(fields, error="; ".join(problems) or None, poll_ms=poll_ms)
 
     async def _send_due_heartbeats(self, now: float) -> None:
@@ -207,22 +279,32 @@ class ChargePointPoller:
 
 
 class Poller:
-    """Keeps one ChargePointPoller task per enabled charge point, following the database."""
+    """Keeps one ChargePointPoller task per enabled charge point, following the database.
 
-    def __init__(self, publish: Publish, *, site: str | None = None) -> None:
+    Timing an operator can rely on: an edit, a newly enabled or a disabled charge point takes
+    effect within RELOAD_INTERVAL_S plus the poll in progress (at most MODBUS_TIMEOUT_S + 1 s).
+    A restarted charge point connects only once its previous loop has closed its connection.
+    """
+
+    def __init__(self, publish: Publish, *, site: str | None = None, clock: Clock = time.monotonic) -> None:
         self.publish = publish
         self.site = site
+        self.clock = clock
         self.tasks: dict[str, tuple[ChargePointConfig, asyncio.Task, asyncio.Event]] = {}
+        self.unloadable: dict[str, UnloadableChargePoint] = {}
         self._retiring: set[asyncio.Task] = set()
+        self._seq: dict[str, int] = {}
+        self.reloads = 0  # successful reads of the charge points from the database
 
     async def poll_all_once(self) -> list[Record]:
         """Poll every enabled charge point once, concurrently (manage.py runpoller --once)."""
-        configs = await sync_to_async(load_configs)(self.site)
-        pollers = [ChargePointPoller(config, self.publish) for config in configs]
+        fleet = await sync_to_async(load_fleet)(self.site)
+        pollers = [ChargePointPoller(config, self.publish, clock=self.clock) for config in fleet.configs]
         try:
-            return list(await asyncio.gather(*(p.poll_once() for p in pollers)))
+            records = list(await asyncio.gather(*(p.poll_once() for p in pollers)))
         finally:
             await asyncio.gather(*(p.connection.close() for p in pollers))
+        return records + self.report_unloadable(fleet.unloadable)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Reload definitions every RELOAD_INTERVAL_S and reconcile the running loops."""
@@ -230,44 +312,111 @@ class Poller:
         try:
             while not stop.is_set():
                 try:
-                    configs = await sync_to_async(load_configs)(self.site)
+                    fleet = await sync_to_async(load_fleet)(self.site)
                 except Exception:
                     # The database being briefly unavailable must not stop polling.
                     logger.exception("could not reload charge points; keeping the current set")
                 else:
-                    self.reconcile(configs)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), reload_s)
+                    self.reloads += 1
+                    self.reconcile(fleet.configs)
+                    self.report_unloadable(fleet.unloadable)
+                await wait_unless_stopped(stop, reload_s)
         finally:
             await self.stop_all()
 
     def reconcile(self, configs: list[ChargePointConfig]) -> None:
         """Start new charge points, stop removed or disabled ones, restart changed ones."""
         wanted = {config.slug: config for config in configs}
+        previous: dict[str, asyncio.Task] = {}
         for slug in list(self.tasks):
             config, task, task_stop = self.tasks[slug]
             if wanted.get(slug) != config:
-                logger.info("stopping %s (%s)", slug, "changed" if slug in wanted else "removed or disabled")
+                logger.info("stopping %s (%s)", slug, "changed" if slug in wanted else "removed, disabled or broken")
                 task_stop.set()
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
+                previous[slug] = task
                 del self.tasks[slug]
         for slug, config in wanted.items():
             if slug not in self.tasks:
                 task_stop = asyncio.Event()
-                poller = ChargePointPoller(config, self.publish)
-                task = asyncio.create_task(poller.run(task_stop), name=f"poll:{slug}")
+                task = asyncio.create_task(self._supervise(config, task_stop, previous.get(slug)), name=f"poll:{slug}")
+                task.add_done_callback(self._task_done)
                 self.tasks[slug] = (config, task, task_stop)
                 logger.info(
-                    "polling %s at %s:%d unit %d every %d ms (%s, %d reads)",
+                    "polling %s at %s:%d unit %d every %d ms (%s)",
                     slug,
                     config.host,
                     config.port,
                     config.unit_id,
                     config.interval_ms,
                     config.profile.slug,
-                    len(poller.fast_plan),
                 )
+
+    def report_unloadable(self, unloadable: list[UnloadableChargePoint]) -> list[Record]:
+        """Log and publish (once per new reason) why a charge point is not polled; returns the records."""
+        records = []
+        current = {item.slug: item for item in unloadable}
+        for slug, item in current.items():
+            if self.unloadable.get(slug) == item:
+                continue
+            logger.error("not polling %s: %s", slug, item.reason)
+            record = error_record(
+                charge_point=slug, site=item.site, profile=item.profile, seq=self._next_seq(slug), error=item.reason
+            )
+            self.publish(record)
+            records.append(record)
+        for slug in self.unloadable.keys() - current.keys():
+            logger.info("%s: its profile loads again (or it was disabled)", slug)
+        self.unloadable = current
+        return records
+
+    async def _supervise(self, config: ChargePointConfig, stop: asyncio.Event, previous: asyncio.Task | None) -> None:
+        """One charge point's loop: after its predecessor let go of the charger, restarted if it crashes."""
+        if previous is not None:
+            # A charger allows few connections (Alfen: two in total): the old loop finishes its
+            # poll and closes its connection before this one opens another.
+            await asyncio.wait({previous})
+        restart = Backoff(first_s=CRASH_RESTART_FIRST_S, max_s=setting("RECONNECT_BACKOFF_MAX_S"))
+        while not stop.is_set():
+            seq_at_start = self._seq.get(config.slug, 0)
+            try:
+                poller = ChargePointPoller(config, self._counting(config.slug), clock=self.clock, seq=seq_at_start)
+                await poller.run(stop)
+                return
+            except Exception as exc:
+                if self._seq.get(config.slug, 0) > seq_at_start:
+                    restart.reset()  # it polled before crashing: not a crash loop
+                delay_s = restart.peek_s()
+                logger.exception("%s: poll loop crashed; restarting in %.1f s", config.slug, delay_s)
+                self.publish(
+                    error_record(
+                        charge_point=config.slug,
+                        site=config.site,
+                        profile=config.profile.slug,
+                        seq=self._next_seq(config.slug),
+                        error=f"poller crashed ({type(exc).__name__}: {exc}); restarting in {delay_s:.1f} s",
+                    )
+                )
+                await restart.wait(stop)
+
+    def _counting(self, slug: str) -> Publish:
+        """Publish, remembering the charge point's last seq so a restarted loop continues it."""
+
+        def publish(record: Record) -> None:
+            self._seq[slug] = record["seq"]
+            self.publish(record)
+
+        return publish
+
+    def _next_seq(self, slug: str) -> int:
+        self._seq[slug] = self._seq.get(slug, 0) + 1
+        return self._seq[slug]
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        """Say at once when a charge point's supervisor itself died (its loop's crashes are handled inside)."""
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("%s died", task.get_name(), exc_info=task.exception())
 
     async def stop_all(self) -> None:
         for _config, _task, task_stop in self.tasks.values():

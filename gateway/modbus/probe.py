@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from gateway.choices import PollGroup
 from gateway.modbus.connection import ChargePointConnection, DeviceException, ModbusError
+from gateway.modbus.pacing import Pacing
 from gateway.modbus.planner import ReadRequest, plan_reads
 from gateway.profiles.codec import DecodeError, Value
 from gateway.profiles.decode import decode_register, to_telemetry_fields
@@ -32,12 +33,21 @@ class ProbeResult:
     record: Record | None = None
     reads: int = 0
     elapsed_ms: float = 0.0
+    pacing: Pacing = field(default_factory=Pacing)
+    paced_ms: float = 0.0  # of elapsed_ms, the time spent waiting for the charger's pacing
 
 
-async def probe(host: str, port: int, unit_id: int, profile: ProfileSpec, *, timeout_s: float = 3.0) -> ProbeResult:
-    """Connect, run every planned read (fast and slow groups), decode; raises ConnectionFailed."""
-    result = ProbeResult()
-    connection = ChargePointConnection(host, port, unit_id, timeout_s)
+async def probe(
+    host: str, port: int, unit_id: int, profile: ProfileSpec, *, timeout_s: float = 3.0, pacing: Pacing | None = None
+) -> ProbeResult:
+    """Connect, run every planned read (fast and slow groups), decode; raises ConnectionFailed.
+
+    Requests are paced as the profile's vendor asks (KEBA: 0.5 s apart) unless `pacing` says otherwise.
+    """
+    if pacing is None:
+        pacing = Pacing(profile.request_gap_ms, profile.write_gap_ms)
+    result = ProbeResult(pacing=pacing)
+    connection = ChargePointConnection(host, port, unit_id, timeout_s, pacing=pacing)
     started = time.monotonic()
     try:
         await connection.ensure_connected()
@@ -46,6 +56,7 @@ async def probe(host: str, port: int, unit_id: int, profile: ProfileSpec, *, tim
     finally:
         await connection.close()
     result.elapsed_ms = (time.monotonic() - started) * 1000
+    result.paced_ms = connection.paced_s * 1000
     decoded = {probed.register.name: probed.value for probed in result.values if probed.error is None}
     fields = to_telemetry_fields(profile, decoded)
     result.record = build_record(

@@ -7,7 +7,6 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from gateway.choices import (
-    DERIVABLE_ROLES,
     Access,
     ByteOrder,
     DataType,
@@ -16,11 +15,12 @@ from gateway.choices import (
     OperatorStatus,
     PollGroup,
     Role,
+    StatusMatch,
     StringEncoding,
 )
 from gateway.profiles.codec import register_count
-from gateway.profiles.spec import RegisterSpec
-from gateway.profiles.validate import register_problems
+from gateway.profiles.spec import MAX_PACING_GAP_MS, RegisterSpec
+from gateway.profiles.validate import json_field_problems, register_problems
 
 
 class DeviceProfile(models.Model):
@@ -64,6 +64,22 @@ class DeviceProfile(models.Model):
         help_text='Watchdog writes, e.g. [{"register": "life_bit", "value": 1, "interval_s": 10}].',
     )
     simulator = models.JSONField(default=dict, blank=True, help_text="Hints for manage.py simulate.")
+    request_gap_ms = models.PositiveIntegerField(
+        "gap between requests (ms)",
+        default=0,
+        validators=[MaxValueValidator(MAX_PACING_GAP_MS, f"At most {MAX_PACING_GAP_MS} ms.")],
+        help_text="The vendor's least time from one answer to the next request (KEBA: 500). "
+        "0: back to back. Charge points can relax it.",
+    )
+    write_gap_ms = models.PositiveIntegerField(
+        "gap between writes (ms)",
+        default=0,
+        validators=[MaxValueValidator(MAX_PACING_GAP_MS, f"At most {MAX_PACING_GAP_MS} ms.")],
+        help_text="The vendor's least time between two writes (KEBA: 5000). 0: no extra gap.",
+    )
+    pacing_source = models.TextField(
+        blank=True, help_text="Where the vendor asks for this pacing (cite it; required when pacing is set)."
+    )
 
     class Meta:
         ordering = ["vendor", "name"]
@@ -73,23 +89,23 @@ class DeviceProfile(models.Model):
 
     def clean(self) -> None:
         super().clean()
-        errors: dict[str, str] = {}
-        if not isinstance(self.derived, list) or set(self.derived) - set(DERIVABLE_ROLES):
-            errors["derived"] = f"Only these values can be derived: {', '.join(DERIVABLE_ROLES)}."
-        if not _is_list_of_dicts(self.read_blocks, ("function", "address", "count")):
-            errors["read_blocks"] = "Each read block needs function, address and count."
-        elif any(b["function"] not in Function.values for b in self.read_blocks):
-            errors["read_blocks"] = f"Read block function must be one of {', '.join(Function.values)}."
-        if not _is_list_of_dicts(self.heartbeats, ("register", "interval_s")):
-            errors["heartbeats"] = "Each heartbeat needs register and interval_s."
-        elif any(("value" in hb) == ("value_from" in hb) for hb in self.heartbeats):
-            errors["heartbeats"] = "Each heartbeat writes either a fixed value or value_from a register."
+        # The same shape checks and rules as a profile import: unknown keys, wrong types, reads the
+        # protocol does not allow and roles that cannot be derived never reach the poller. Whether a
+        # heartbeat names a writable register needs the registers inline (admin.DeviceProfileForm).
+        errors: dict[str, str] = json_field_problems(self.read_blocks, self.heartbeats, self.derived)
+        if (
+            "heartbeats" not in errors
+            and self.write_gap_ms
+            and any(
+                isinstance(hb["interval_s"], int | float) and hb["interval_s"] * 1000 < self.write_gap_ms
+                for hb in self.heartbeats
+            )
+        ):
+            errors["write_gap_ms"] = "A heartbeat is written more often than this gap allows."
+        if (self.request_gap_ms or self.write_gap_ms) and not self.pacing_source.strip():
+            errors["pacing_source"] = "Cite where the vendor asks for this pacing."
         if errors:
             raise ValidationError(errors)
-
-
-def _is_list_of_dicts(value: object, keys: tuple[str, ...]) -> bool:
-    return isinstance(value, list) and all(isinstance(v, dict) and set(keys) <= set(v) for v in value)
 
 
 class Register(models.Model):
@@ -125,6 +141,12 @@ class Register(models.Model):
     access = models.CharField(max_length=2, choices=Access, default=Access.READ)
     write_min = models.FloatField(null=True, blank=True)
     write_max = models.FloatField(null=True, blank=True)
+    write_values = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Single values allowed besides the range, e.g. [0] (0 A pauses); without a range, "
+        "the only values allowed, e.g. [0, 1].",
+    )
     poll_group = models.CharField(max_length=8, choices=PollGroup, default=PollGroup.FAST)
     unavailable = models.BigIntegerField(
         null=True, blank=True, help_text="Raw value meaning 'not available' (e.g. 65535)."
@@ -176,7 +198,8 @@ class Register(models.Model):
 class StatusRule(models.Model):
     """Maps one code of a status register to the IEC 61851 state and the operator status.
 
-    Rules are tried in `position` order; the first whose register holds its code wins.
+    Rules are tried in `position` order; the first whose register holds its code (or, with match
+    "is_not", any other value) wins: faults first, then unavailable, then connector states.
     """
 
     profile = models.ForeignKey(DeviceProfile, on_delete=models.CASCADE, related_name="status_rules")
@@ -186,16 +209,23 @@ class StatusRule(models.Model):
     iec61851_state = models.CharField(max_length=1, choices=Iec61851State)
     status = models.CharField(max_length=16, choices=OperatorStatus)
     description = models.CharField(max_length=200, blank=True)
+    match = models.CharField(
+        max_length=8,
+        choices=StatusMatch,
+        default=StatusMatch.IS,
+        help_text="'is not': the rule applies to every value but the code (an error code other than 0).",
+    )
 
     class Meta:
         ordering = ["profile", "position"]
         constraints = [
             models.UniqueConstraint(
-                fields=["profile", "register", "code"],
+                fields=["profile", "register", "code", "match"],
                 name="unique_status_code",
                 violation_error_message="This status code is already mapped in this profile.",
             )
         ]
 
     def __str__(self) -> str:
-        return f"{self.register}={self.code} → {self.iec61851_state}/{self.status}"
+        sign = "≠" if self.match == StatusMatch.IS_NOT else "="
+        return f"{self.register}{sign}{self.code} → {self.iec61851_state}/{self.status}"

@@ -4,6 +4,18 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from gateway.modbus.pacing import (
+    Pacing,
+    PollTime,
+    effective_pacing,
+    fitting_interval_ms,
+    interval_problem,
+    poll_time,
+    write_gap_problem,
+)
+from gateway.profiles.spec import MAX_PACING_GAP_MS, ProfileSpec
+from gateway.profiles.store import load_spec
+
 
 class Site(models.Model):
     """A place with charge points: a car park, a depot, a street."""
@@ -48,6 +60,21 @@ class ChargePoint(models.Model):
             MaxValueValidator(3_600_000, "Poll interval must be at most one hour."),
         ],
     )
+    request_gap_ms = models.PositiveIntegerField(
+        "gap between requests (ms)",
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(MAX_PACING_GAP_MS, f"At most {MAX_PACING_GAP_MS} ms.")],
+        help_text="Blank: the profile's vendor pacing (KEBA asks for 500 ms). Relax it only for a box you "
+        "know copes: 0 sends requests back to back, as evcc reads a KEBA.",
+    )
+    write_gap_ms = models.PositiveIntegerField(
+        "gap between writes (ms)",
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(MAX_PACING_GAP_MS, f"At most {MAX_PACING_GAP_MS} ms.")],
+        help_text="Blank: the profile's vendor pacing (KEBA asks for 5000 ms). 0: writes back to back.",
+    )
     enabled = models.BooleanField(default=True, help_text="Disabled charge points are not polled.")
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -68,6 +95,45 @@ class ChargePoint(models.Model):
         super().clean()
         if self.host and any(ch.isspace() for ch in self.host):
             raise ValidationError({"host": "Host must not contain spaces."})
+        spec = self.profile_spec()
+        if spec is not None:
+            problem = write_gap_problem(spec, self.effective_pacing(spec))
+            if problem:
+                raise ValidationError({"write_gap_ms": f"The profile's {problem}."})
+        problem = self.pacing_problem()
+        if problem and self.enabled:  # a disabled charge point is not polled: it can always be saved
+            raise ValidationError({"poll_interval_ms": problem})
+
+    def pacing_problem(self) -> str | None:
+        """Why the poll interval cannot fit one poll at this charge point's pacing (None if it fits)."""
+        spec = self.profile_spec()
+        if spec is None or self.poll_interval_ms is None:
+            return None
+        return interval_problem(spec, self.effective_pacing(spec), self.poll_interval_ms)
+
+    def poll_time(self) -> PollTime | None:
+        """How long one poll takes at this charge point's pacing (None while no profile is chosen)."""
+        spec = self.profile_spec()
+        if spec is None:
+            return None
+        return poll_time(spec, self.effective_pacing(spec), self.poll_interval_ms)
+
+    def fitting_poll_interval_ms(self) -> int:
+        """The poll interval, lengthened if a poll at this pacing cannot fit it (the demo's KEBA)."""
+        spec = self.profile_spec()
+        if spec is None:
+            return self.poll_interval_ms
+        return fitting_interval_ms(spec, self.effective_pacing(spec), self.poll_interval_ms)
+
+    def effective_pacing(self, spec: ProfileSpec) -> Pacing:
+        """The pacing the poller uses: the profile's, with this charge point's overrides."""
+        return effective_pacing(spec, self.request_gap_ms, self.write_gap_ms)
+
+    def profile_spec(self) -> ProfileSpec | None:
+        """The profile as the poller sees it, or None while no profile is chosen."""
+        if self.profile_id is None:
+            return None
+        return load_spec(self.profile)
 
     @property
     def endpoint(self) -> str:

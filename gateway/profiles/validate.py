@@ -1,7 +1,10 @@
 """Consistency rules of a profile: shared by the admin, `profiles import` and the shipped files."""
 
 import itertools
+import math
 from collections import Counter
+from collections.abc import Iterable
+from typing import Any
 
 from gateway.choices import (
     DERIVABLE_ROLES,
@@ -13,12 +16,26 @@ from gateway.choices import (
     OperatorStatus,
     PollGroup,
     Role,
+    StatusMatch,
     StringEncoding,
 )
+from gateway.modbus.pacing import pacing_problems
+from gateway.modbus.planner import MAX_READ_BITS, MAX_READ_REGISTERS
 from gateway.profiles.codec import FIXED_LENGTHS, INTEGER_RANGES
-from gateway.profiles.spec import ProfileSpec, RegisterSpec
+from gateway.profiles.spec import (
+    Heartbeat,
+    ProfileFormatError,
+    ProfileSpec,
+    ReadBlock,
+    RegisterSpec,
+    derived_from_json,
+    entries_from_json,
+)
 
 BIT_FUNCTIONS = (Function.COIL, Function.DISCRETE_INPUT)
+MAX_ADDRESS = 65535
+MAX_UNIT_ID = 255
+MAX_HEARTBEAT_INTERVAL_S = 3600  # watchdogs time out in seconds or minutes; more is a typo
 _CHOICES = {
     "function": Function,
     "data_type": DataType,
@@ -56,6 +73,12 @@ def register_problems(reg: RegisterSpec) -> dict[str, str]:
         errors["access"] = "A read-only register cannot have a write range."
     if reg.write_min is not None and reg.write_max is not None and reg.write_min > reg.write_max:
         errors["write_max"] = "Write maximum is below the write minimum."
+    if not isinstance(reg.write_values, tuple | list) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in reg.write_values
+    ):
+        errors["write_values"] = "Write values must be a list of numbers, e.g. [0] or [0, 1]."
+    elif reg.write_values and reg.access == Access.READ:
+        errors["access"] = "A read-only register cannot have write values."
     if not isinstance(reg.enum, dict):
         errors["enum"] = "Enum must be a JSON object of raw code → meaning."
     return errors
@@ -82,9 +105,15 @@ def status_rule_problems(spec: ProfileSpec) -> list[str]:
             problems.append(f"status rule {rule.register}={rule.code}: unknown IEC 61851 state {rule.iec61851_state!r}")
         if rule.status not in OperatorStatus.values:
             problems.append(f"status rule {rule.register}={rule.code}: unknown status {rule.status!r}")
-    for (register, code), count in Counter((r.register, r.code) for r in spec.status_rules).items():
+        if rule.match not in StatusMatch.values:
+            problems.append(
+                f"status rule {rule.register}={rule.code}: match must be one of {', '.join(StatusMatch.values)}, "
+                f"not {rule.match!r}"
+            )
+    for (register, code, match), count in Counter((r.register, r.code, r.match) for r in spec.status_rules).items():
         if count > 1:
-            problems.append(f"status code {register}={code} is mapped {count} times")
+            sign = "!=" if match == StatusMatch.IS_NOT else "="
+            problems.append(f"status code {register}{sign}{code} is mapped {count} times")
     return problems
 
 
@@ -105,25 +134,102 @@ def profile_problems(spec: ProfileSpec) -> list[str]:
         for a, b in overlapping(list(spec.registers))
     ]
     problems += status_rule_problems(spec)
-    by_name = {reg.name: reg for reg in spec.registers}
-    for hb in spec.heartbeats:
-        target = by_name.get(hb.register)
-        if target is None or not target.writable:
-            problems.append(f"heartbeat register {hb.register!r} is not a writable register of this profile")
-        if hb.value_from is not None and hb.value_from not in by_name:
-            problems.append(f"heartbeat value_from {hb.value_from!r} is not a register of this profile")
-        if (hb.value is None) == (hb.value_from is None):
-            problems.append(f"heartbeat {hb.register!r} needs either value or value_from")
-        if hb.interval_s <= 0:
-            problems.append(f"heartbeat {hb.register!r} needs a positive interval_s")
-    for block in spec.read_blocks:
-        limit = 2000 if block.function in BIT_FUNCTIONS else 125
-        if block.function not in Function.values or not 1 <= block.count <= limit:
-            problems.append(f"read block {block.function} {block.address}+{block.count} is not a valid read")
-    if set(spec.derived) - set(DERIVABLE_ROLES):
-        problems.append(f"only {', '.join(DERIVABLE_ROLES)} can be derived")
+    problems += [problem for hb in spec.heartbeats for problem in heartbeat_problems(hb)]
+    problems += heartbeat_register_problems(
+        spec.heartbeats, {reg.name for reg in spec.registers}, {reg.name for reg in spec.registers if reg.writable}
+    )
+    problems += [problem for block in spec.read_blocks for problem in read_block_problems(block)]
+    problems += derived_problems(spec.derived)
+    problems += pacing_problems(spec)
     if spec.fixed_read_size:
         too_big = [reg.name for reg in spec.registers if reg.readable and reg.count > spec.fixed_read_size]
         if too_big:
             problems.append(f"registers {', '.join(too_big)} do not fit the fixed read size {spec.fixed_read_size}")
     return problems
+
+
+def read_block_problems(block: ReadBlock) -> list[str]:
+    """Why an explicit read block is not a read the protocol allows (empty when it is)."""
+    where = f"read block {block.function} {block.address}+{block.count}"
+    if block.function not in Function.values:
+        return [f"{where}: function must be one of {', '.join(Function.values)}"]
+    problems = []
+    limit = MAX_READ_BITS if block.function in BIT_FUNCTIONS else MAX_READ_REGISTERS
+    if not 1 <= block.count <= limit:
+        problems.append(f"{where}: count must be between 1 and {limit}")
+    if not 0 <= block.address <= MAX_ADDRESS:
+        problems.append(f"{where}: address must be between 0 and {MAX_ADDRESS}")
+    elif block.address + block.count > MAX_ADDRESS + 1:
+        problems.append(f"{where}: runs past address {MAX_ADDRESS}")
+    if block.unit_id is not None and not 0 <= block.unit_id <= MAX_UNIT_ID:
+        problems.append(f"{where}: unit_id must be between 0 and {MAX_UNIT_ID}")
+    return problems
+
+
+def heartbeat_problems(hb: Heartbeat) -> list[str]:
+    """What is wrong with one heartbeat on its own (the registers it names are checked separately)."""
+    problems = []
+    if (hb.value is None) == (hb.value_from is None):
+        problems.append(f"heartbeat {hb.register!r} needs either value or value_from")
+    if not 0 < hb.interval_s <= MAX_HEARTBEAT_INTERVAL_S:
+        problems.append(f"heartbeat {hb.register!r}: interval_s must be above 0 and at most {MAX_HEARTBEAT_INTERVAL_S}")
+    return problems
+
+
+def heartbeat_register_problems(heartbeats: Iterable[Heartbeat], names: set[str], writable: set[str]) -> list[str]:
+    """Heartbeats must write a writable register of the profile, and copy from one of its registers.
+
+    Takes names rather than a spec so the admin can check the registers of the same form post.
+    """
+    problems = []
+    for hb in heartbeats:
+        if hb.register not in writable:
+            problems.append(f"heartbeat register {hb.register!r} is not a writable register of this profile")
+        if hb.value_from is not None and hb.value_from not in names:
+            problems.append(f"heartbeat value_from {hb.value_from!r} is not a register of this profile")
+    return problems
+
+
+def derived_problems(derived: Iterable[str]) -> list[str]:
+    """The roles a profile computes from others must be derivable, each once."""
+    derived = list(derived)
+    problems = []
+    unknown = sorted(set(derived) - set(DERIVABLE_ROLES))
+    if unknown:
+        problems.append(f"only {', '.join(DERIVABLE_ROLES)} can be derived, not {', '.join(map(repr, unknown))}")
+    if len(set(derived)) != len(derived):
+        problems.append("a role is derived more than once")
+    return problems
+
+
+def json_field_problems(read_blocks: Any, heartbeats: Any, derived: Any) -> dict[str, str]:
+    """Problems of a profile's JSON fields as the admin form holds them, by field name.
+
+    The same shape checks (spec.py) and rules (above) as a profile import, so the form refuses
+    whatever the poller could not use: unknown keys, wrong types, out-of-range reads, unknown roles.
+    """
+    errors: dict[str, str] = {}
+    try:
+        blocks = entries_from_json(ReadBlock, read_blocks, "read_blocks")
+        problems = [problem for block in blocks for problem in read_block_problems(block)]
+    except ProfileFormatError as exc:
+        problems = [str(exc)]
+    if problems:
+        errors["read_blocks"] = "; ".join(problems) + "."
+    try:
+        problems = [
+            problem
+            for hb in entries_from_json(Heartbeat, heartbeats, "heartbeats")
+            for problem in heartbeat_problems(hb)
+        ]
+    except ProfileFormatError as exc:
+        problems = [str(exc)]
+    if problems:
+        errors["heartbeats"] = "; ".join(problems) + "."
+    try:
+        problems = derived_problems(derived_from_json(derived))
+    except ProfileFormatError as exc:
+        problems = [str(exc)]
+    if problems:
+        errors["derived"] = "; ".join(problems) + "."
+    return errors

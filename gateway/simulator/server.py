@@ -10,6 +10,7 @@ import asyncio
 import functools
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +43,17 @@ class AcceptedWrite:
     register: str
     value: Value
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass(frozen=True)
+class ArrivedRequest:
+    """One request as the simulated charger received it: when (time.monotonic()) and what."""
+
+    at: float
+    function_code: int
+    address: int
+    count: int
+    write: bool
 
 
 class SimulatedChargePoint:
@@ -79,6 +91,7 @@ class SimulatedChargePoint:
         self._overrides: dict[str, Value] = {}
         self._status_override: tuple[str, str | None] | None = None
         self._writes: deque[AcceptedWrite] = deque(maxlen=100)
+        self._requests: deque[ArrivedRequest] = deque(maxlen=1000)
         self._heartbeats: dict[str, int] = {}
         self._heartbeat_at: dict[str, datetime] = {}
         self._limit_a = behaviour.max_current_a
@@ -129,6 +142,12 @@ class SimulatedChargePoint:
         """The latest accepted writes, oldest first."""
         with self._lock:
             return list(self._writes)
+
+    @property
+    def requests_received(self) -> list[ArrivedRequest]:
+        """The latest requests as they arrived, oldest first (to check a client's pacing)."""
+        with self._lock:
+            return list(self._requests)
 
     @property
     def heartbeats_received(self) -> dict[str, int]:
@@ -219,6 +238,11 @@ class SimulatedChargePoint:
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
         """pymodbus hook, called for every request after its own address check."""
+        if set_values is not None or function_code != _WRITE_SINGLE_REGISTER:  # not an FC06 echo
+            with self._lock:
+                self._requests.append(
+                    ArrivedRequest(time.monotonic(), function_code, address, count, set_values is not None)
+                )
         function = FUNCTION_BY_CODE.get(function_code)
         if function is None:
             return ExcCodes.ILLEGAL_FUNCTION
