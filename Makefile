@@ -38,6 +38,13 @@ test: $(STAMP)
 	  DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	  $(PY) -m pytest -m production
 
+# Refresh the README's pictures (docs/dashboard-*.png) from the browser tests against `manage.py demo`.
+# Tests alone never write tracked files: they save screenshots under test-results/ (ignored).
+.PHONY: screenshots
+screenshots: $(STAMP)
+	EVDASH_SCREENSHOT_DIR=$(CURDIR)/docs EVDASH_MODE=embedded DJANGO_DEBUG=1 $(PY) -m pytest tests/test_browser.py \
+	  -k "test_fleet_goes_live or test_charge_point_page_draws_live_charts" -p no:cacheprovider -q
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .

@@ -1,14 +1,26 @@
-"""WebSockets: login required, origin checked, snapshot then telemetry events of a declared shape."""
+"""WebSockets: login required, same origin only, snapshot then telemetry events of a declared shape,
+client frames ignored, unknown paths refused quietly, logout closes sockets, sockets per user capped."""
+
+import logging
 
 import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.test import Client
 
 from evdash.asgi import application
-from gateway.live.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
-from gateway.live.push import TELEMETRY_EVENT, push_telemetry
+from gateway.live.consumers import (
+    CLIENT_FRAMES_IGNORED,
+    CLOSE_NOT_FOUND,
+    CLOSE_TOO_MANY_SOCKETS,
+    CLOSE_UNAUTHENTICATED,
+)
+from gateway.live.groups import session_group
+from gateway.live.limits import open_sockets
+from gateway.live.push import LOGOUT_EVENT, TELEMETRY_EVENT, close_session_sockets, push_telemetry
 from gateway.models import LatestTelemetry
 from gateway.storage import save_latest
 from gateway.telemetry import build_record, decode_record, encode_record
@@ -16,37 +28,208 @@ from tests.conftest import make_charge_point, session_cookie_headers
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+HOST = b"127.0.0.1:8000"
+SITE = b"http://127.0.0.1:8000"
+
 
 def offline_record(slug: str, seq: int = 1) -> dict:
     return build_record(charge_point=slug, site="test-site", profile="generic-ev-charger", seq=seq, fields=None)
 
 
-async def logged_in_headers() -> list[tuple[bytes, bytes]]:
-    user = await sync_to_async(get_user_model().objects.create_user)("operator", password="pw-1234567")
-    return await sync_to_async(session_cookie_headers)(user)
+async def make_user(name: str = "operator") -> object:
+    return await sync_to_async(get_user_model().objects.create_user)(name, password="pw-1234567")
 
 
-async def test_anonymous_websocket_is_refused() -> None:
-    communicator = WebsocketCommunicator(
-        application, "/ws/fleet/", headers=[(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1")]
-    )
-    connected, code = await communicator.connect()
-    assert not connected
-    assert code == CLOSE_UNAUTHENTICATED
+async def logged_in_headers(name: str = "operator") -> list[tuple[bytes, bytes]]:
+    return await sync_to_async(session_cookie_headers)(await make_user(name))
 
 
-async def test_foreign_origin_is_refused() -> None:
-    headers = [h for h in await logged_in_headers() if h[0] != b"origin"] + [(b"origin", b"http://evil.example")]
+def log_in(user: object) -> tuple[Client, list[tuple[bytes, bytes]]]:
+    """A browser session of `user` on http://127.0.0.1:8000: the client (to log out) and its socket headers."""
+    client = Client()
+    client.force_login(user)
+    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    return client, [(b"cookie", cookie.encode()), (b"host", HOST), (b"origin", SITE)]
+
+
+def with_headers(headers: list[tuple[bytes, bytes]], **replace: bytes | None) -> list[tuple[bytes, bytes]]:
+    """`headers` with some replaced (None: removed)."""
+    kept = [(name, value) for name, value in headers if name.decode() not in replace]
+    return kept + [(name.encode(), value) for name, value in replace.items() if value is not None]
+
+
+async def accepted(path: str, headers: list[tuple[bytes, bytes]]) -> WebsocketCommunicator:
+    """A socket that was accepted and got its snapshot."""
+    communicator = WebsocketCommunicator(application, path, headers=headers)
+    connected, _ = await communicator.connect()
+    assert connected
+    assert (await communicator.receive_json_from())["type"] == "snapshot"
+    return communicator
+
+
+async def close_code_after_accept(communicator: WebsocketCommunicator) -> int:
+    """The application close code of a socket that is accepted and closed at once (what a browser can read)."""
+    connected, _ = await communicator.connect()
+    assert connected, "refusals the page must explain are sent after the handshake"
+    message = await communicator.receive_output(timeout=5)
+    assert message["type"] == "websocket.close", message
+    return message["code"]
+
+
+async def test_logged_in_socket_is_accepted_and_anonymous_one_refused_with_4401() -> None:
+    headers = await logged_in_headers()
+    # Positive control: the same request with the session cookie is accepted and gets its snapshot.
+    fleet = WebsocketCommunicator(application, "/ws/fleet/", headers=headers)
+    assert (await fleet.connect())[0]
+    assert await fleet.receive_json_from() == {"type": "snapshot", "records": []}
+    await fleet.disconnect()
+
+    anonymous = WebsocketCommunicator(application, "/ws/fleet/", headers=with_headers(headers, cookie=None))
+    assert await close_code_after_accept(anonymous) == CLOSE_UNAUTHENTICATED
+    await anonymous.wait()
+
+
+@pytest.mark.parametrize(
+    "host, origin",
+    [
+        pytest.param(HOST, b"http://127.0.0.1:8001", id="another-port-same-host"),
+        pytest.param(HOST, b"https://127.0.0.1:8000", id="https-page-for-http-site"),
+        pytest.param(HOST, b"http://127.0.0.1", id="default-port"),
+        pytest.param(HOST, b"http://localhost:8000", id="another-allowed-host"),
+        pytest.param(HOST, b"http://evil.example", id="foreign-host"),
+        pytest.param(HOST, b"null", id="opaque-origin"),
+        pytest.param(HOST, b"http://127.0.0.1:8000/path", id="not-an-origin"),
+        pytest.param(HOST, b"http://127.0.0.1:notaport", id="malformed-port"),
+        pytest.param(HOST, None, id="no-origin"),
+        # DNS rebinding: the attacker's name resolves to us, and Host and Origin agree on it.
+        pytest.param(b"evil.example:8000", b"http://evil.example:8000", id="host-not-allowed"),
+    ],
+)
+async def test_socket_from_another_origin_is_refused(host: bytes, origin: bytes | None) -> None:
+    headers = with_headers(await logged_in_headers(), host=host, origin=origin)
     communicator = WebsocketCommunicator(application, "/ws/fleet/", headers=headers)
     connected, _ = await communicator.connect()
+    assert not connected  # refused at the handshake: daphne answers HTTP 403, nothing is streamed
+    await communicator.wait()
+
+
+async def test_same_origin_and_trusted_origins_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    headers = with_headers(await logged_in_headers(), host=HOST, origin=SITE)
+    await (await accepted("/ws/fleet/", headers)).disconnect()
+    # Without a default port in Host, the origin has none either.
+    plain = with_headers(headers, host=b"127.0.0.1", origin=b"http://127.0.0.1")
+    await (await accepted("/ws/fleet/", plain)).disconnect()
+
+    # Behind the TLS proxy: the scheme comes from the header Django trusts, so https is the site's own
+    # origin and http is not.
+    monkeypatch.setattr(settings, "SECURE_PROXY_SSL_HEADER", ("HTTP_X_FORWARDED_PROTO", "https"), raising=False)
+    proxied = with_headers(headers, origin=b"https://127.0.0.1:8000", **{"x-forwarded-proto": b"https"})
+    await (await accepted("/ws/fleet/", proxied)).disconnect()
+    downgraded = WebsocketCommunicator(application, "/ws/fleet/", headers=with_headers(proxied, origin=SITE))
+    assert not (await downgraded.connect())[0]
+
+    # A proxy that rewrites Host: the public origin is listed explicitly.
+    monkeypatch.setattr(settings, "CSRF_TRUSTED_ORIGINS", ["https://dash.example.com"])
+    public = with_headers(headers, origin=b"https://dash.example.com")
+    await (await accepted("/ws/fleet/", public)).disconnect()
+    other_port = WebsocketCommunicator(
+        application, "/ws/fleet/", headers=with_headers(headers, origin=b"https://dash.example.com:8443")
+    )
+    assert not (await other_port.connect())[0]
+
+
+async def test_client_frames_are_ignored_without_error_or_close(site, generic_profile, caplog) -> None:
+    await sync_to_async(make_charge_point)(site, generic_profile, "cp-a", 1502)
+    fleet = await accepted("/ws/fleet/", await logged_in_headers())
+    caplog.set_level(logging.DEBUG)
+
+    await fleet.send_to(text_data="{not json")
+    # The first frame is answered once, so a confused client learns why nothing happens.
+    assert await fleet.receive_json_from() == {"type": "error", "error": CLIENT_FRAMES_IGNORED}
+    await fleet.send_to(bytes_data=b"\x00\xff" * 1000)
+    await fleet.send_to(text_data='{"type": "subscribe", "charge_point": "cp-a"}')
+    await fleet.send_to(text_data="[" * 100_000)  # nesting that would overflow a recursive parser
+    await fleet.send_to(text_data="x" * 900_000)  # just under daphne's 1 MiB message limit
+    for index in range(2000):
+        await fleet.send_to(text_data=f'{{"n": {index}}}')
+    # Later frames get nothing back ...
+    assert await fleet.receive_nothing(timeout=0.5)
+    # ... and the socket still streams telemetry.
+    await push_telemetry([offline_record("cp-a", seq=7)])
+    message = await fleet.receive_json_from()
+    assert (message["type"], message["record"]["seq"]) == ("telemetry", 7)
+    await fleet.disconnect()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.parametrize("path", ["/ws/nope/", "/ws/chargepoints/a/b/", "/ws/", "/elsewhere"])
+@pytest.mark.parametrize("logged_in", [True, False], ids=["logged-in", "anonymous"])
+async def test_unknown_path_is_refused_without_a_traceback(path: str, logged_in: bool, caplog) -> None:
+    headers = await logged_in_headers()
+    if not logged_in:
+        headers = with_headers(headers, cookie=None)
+    caplog.set_level(logging.DEBUG)
+    communicator = WebsocketCommunicator(application, path, headers=headers)
+    # A routing error would raise here (and in daphne, log "Exception inside application").
+    connected, _ = await communicator.connect()
     assert not connected
+    await communicator.wait()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 async def test_unknown_charge_point_is_refused(site, generic_profile) -> None:
     communicator = WebsocketCommunicator(application, "/ws/chargepoints/nope/", headers=await logged_in_headers())
-    connected, code = await communicator.connect()
-    assert not connected
-    assert code == CLOSE_NOT_FOUND
+    assert await close_code_after_accept(communicator) == CLOSE_NOT_FOUND
+    await communicator.wait()
+
+
+async def test_logout_closes_that_sessions_sockets_only(site, generic_profile) -> None:
+    await sync_to_async(make_charge_point)(site, generic_profile, "cp-a", 1502)
+    user = await make_user()
+    leaving, leaving_headers = await sync_to_async(log_in)(user)
+    _staying, staying_headers = await sync_to_async(log_in)(user)  # the same user on another machine
+    fleet = await accepted("/ws/fleet/", leaving_headers)
+    one = await accepted("/ws/chargepoints/cp-a/", leaving_headers)
+    other = await accepted("/ws/fleet/", staying_headers)
+
+    await sync_to_async(leaving.logout)()  # Django's logout(): the user_logged_out signal
+
+    for communicator in (fleet, one):
+        message = await communicator.receive_output(timeout=5)
+        assert message == {"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED}
+    # The other session keeps streaming.
+    await push_telemetry([offline_record("cp-a", seq=3)])
+    assert (await other.receive_json_from())["record"]["seq"] == 3
+    # And the logged-out cookie cannot open a new socket.
+    again = WebsocketCommunicator(application, "/ws/fleet/", headers=leaving_headers)
+    assert await close_code_after_accept(again) == CLOSE_UNAUTHENTICATED
+    for communicator in (fleet, one, other, again):
+        await communicator.disconnect()
+    assert open_sockets.count(user.pk) == 0
+
+
+async def test_sockets_per_user_are_capped_and_counted_down_on_close(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(settings.EVDASH, "WEBSOCKETS_PER_USER", 2)
+    user = await make_user()
+    _, headers = await sync_to_async(log_in)(user)
+    first = await accepted("/ws/fleet/", headers)
+    second = await accepted("/ws/fleet/", headers)
+    assert open_sockets.count(user.pk) == 2
+
+    third = WebsocketCommunicator(application, "/ws/fleet/", headers=headers)
+    assert await close_code_after_accept(third) == CLOSE_TOO_MANY_SOCKETS
+    await third.disconnect()
+    assert open_sockets.count(user.pk) == 2  # a refused socket is not counted, nor released twice
+
+    # The cap is per user: another user is not affected.
+    await (await accepted("/ws/fleet/", await logged_in_headers("another"))).disconnect()
+
+    await first.disconnect()
+    assert open_sockets.count(user.pk) == 1
+    replacement = await accepted("/ws/fleet/", headers)
+    for communicator in (second, replacement):
+        await communicator.disconnect()
+    assert open_sockets.count(user.pk) == 0
 
 
 async def test_snapshot_then_live_records(site, generic_profile) -> None:
@@ -73,7 +256,7 @@ async def test_snapshot_then_live_records(site, generic_profile) -> None:
     await one.disconnect()
 
 
-async def test_group_event_shape() -> None:
+async def test_group_event_shapes() -> None:
     layer = get_channel_layer()
     channel = await layer.new_channel()
     await layer.group_add("fleet", channel)
@@ -81,6 +264,12 @@ async def test_group_event_shape() -> None:
     event = await layer.receive(channel)
     assert set(event) == {"type", "record"}
     assert event["type"] == TELEMETRY_EVENT
+
+    await layer.group_add(session_group("abc123"), channel)
+    await close_session_sockets("abc123")
+    assert await layer.receive(channel) == {"type": LOGOUT_EVENT}
+    # The session key never appears in a group name (they are Redis keys in production).
+    assert "abc123" not in session_group("abc123")
 
 
 def test_save_latest_keeps_the_newest_record_per_charge_point(site, generic_profile) -> None:

@@ -1,10 +1,11 @@
-"""WebSocket URL routes."""
+"""WebSocket URL routes; the last one refuses every other path without an error in the log."""
 
-from django.urls import path
+from django.urls import path, re_path
 
-from gateway.live.consumers import ChargePointConsumer, FleetConsumer
+from gateway.live.consumers import ChargePointConsumer, FleetConsumer, UnknownPathConsumer
 
 websocket_urlpatterns = [
     path("ws/fleet/", FleetConsumer.as_asgi()),
     path("ws/chargepoints/<slug:slug>/", ChargePointConsumer.as_asgi()),
+    re_path(r"", UnknownPathConsumer.as_asgi()),
 ]

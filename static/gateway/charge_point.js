@@ -131,6 +131,7 @@
     E.setText(badge.querySelector(".badge-status"), config.status_labels[status] || status);
     E.setText(badge.querySelector(".badge-iec"), (latest && config.iec61851_labels[latest.iec61851_state]) || "");
     E.setText(ageEl, E.formatAge(ageMs));
+    E.setDateTime(ageEl, latest ? latest.ts : "");
     if (!latest) return;
     const error = latest.error || "";
     E.setText(errorEl, error);

@@ -59,6 +59,7 @@
     E.setText(tile.powerEl, `${E.formatValue(values.power_w, powerFormat)} ${powerFormat.unit}`);
     E.setText(tile.energyEl, `${E.formatValue(values.session_energy_wh, energyFormat)} ${energyFormat.unit}`);
     E.setText(tile.ageEl, E.formatAge(ageMs));
+    E.setDateTime(tile.ageEl, record ? record.ts : "");
     // A stale record's status and power are no longer known: they leave the totals.
     return { bucket: stale ? "stale" : status, powerW: stale ? 0 : values.power_w || 0 };
   }

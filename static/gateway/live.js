@@ -5,6 +5,12 @@
 (function () {
   const BACKOFF_MIN_MS = 1000;
   const BACKOFF_MAX_MS = 30000;
+  // Application close codes of gateway/live/consumers.py. Retrying cannot help after the first two:
+  // the page says why and stops; too many sockets may clear when other tabs close, so it retries.
+  const CLOSE_UNAUTHENTICATED = 4401;
+  const CLOSE_NOT_FOUND = 4404;
+  const CLOSE_TOO_MANY_SOCKETS = 4429;
+  const FINAL_STATES = { [CLOSE_UNAUTHENTICATED]: "signed-out", [CLOSE_NOT_FOUND]: "not-found" };
 
   /** The page's settings, passed by the view with json_script. */
   function readConfig(id = "page-config") {
@@ -27,7 +33,14 @@
   }
 
   function setIndicator(state) {
-    const labels = { connecting: "connecting", live: "live", reconnecting: "reconnecting" };
+    const labels = {
+      connecting: "connecting",
+      live: "live",
+      reconnecting: "reconnecting",
+      "signed-out": "signed out: reload to log in",
+      "not-found": "not found",
+      "too-many": "too many open pages: retrying",
+    };
     for (const el of document.querySelectorAll("[data-live-indicator]")) {
       el.dataset.state = state;
       el.textContent = labels[state] || state;
@@ -46,6 +59,7 @@
     let attempt = 0;
     let timer = null;
     let live = false;
+    let stopped = false;
 
     function open() {
       timer = null;
@@ -68,17 +82,24 @@
         }
         onMessage(message);
       });
-      socket.addEventListener("close", () => {
+      socket.addEventListener("close", (event) => {
         live = false;
         socket = null;
-        schedule();
+        for (const el of document.querySelectorAll("[data-live-indicator]")) el.dataset.closeCode = event.code;
+        if (FINAL_STATES[event.code]) {
+          // Logged out (here or in another tab) or gone: no retry loop against a refusal.
+          stopped = true;
+          setIndicator(FINAL_STATES[event.code]);
+          return;
+        }
+        schedule(event.code === CLOSE_TOO_MANY_SOCKETS ? "too-many" : "reconnecting");
       });
       // An error is always followed by close, which does the reconnecting.
     }
 
-    function schedule() {
-      if (timer !== null) return;
-      setIndicator("reconnecting");
+    function schedule(state) {
+      if (timer !== null || stopped) return;
+      setIndicator(state);
       const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt);
       attempt += 1;
       const delay = base * (0.8 + Math.random() * 0.4);
@@ -138,6 +159,11 @@
     if (el && el.textContent !== text) el.textContent = text;
   }
 
+  /** Set a <time> element's machine-readable timestamp (the record's own `ts`) when it changes. */
+  function setDateTime(el, iso) {
+    if (el && el.getAttribute("datetime") !== iso) el.setAttribute("datetime", iso);
+  }
+
   /** Replace every `status-*` class of `el` by `status-<status>`. */
   function setStatusClass(el, status) {
     for (const cls of [...el.classList]) {
@@ -174,6 +200,7 @@
     formatValue,
     formatAge,
     setText,
+    setDateTime,
     setStatusClass,
     PLOT_CONFIG,
     plotLayout,
