@@ -316,3 +316,16 @@ def test_profile_pacing_is_validated(fields: dict, field: str, message: str) -> 
     with pytest.raises(ValidationError) as caught:
         profile.full_clean()
     assert message in caught.value.message_dict[field]
+
+
+@pytest.mark.django_db
+def test_the_demo_polls_its_keba_slowly_enough_for_its_pacing() -> None:
+    from gateway.demo import ensure_demo_fleet
+
+    for slug in ("alfen-eve", "abb-terra-ac", "keba-p30"):
+        shipped_profile(slug)
+    ensure_demo_fleet(3, 40_000)
+    keba = ChargePoint.objects.get(profile__slug="keba-p30")
+    assert keba.poll_interval_ms == 10_000  # 8 s at 0.5 s a request, with headroom
+    keba.full_clean()
+    assert ChargePoint.objects.get(profile__slug="alfen-eve").poll_interval_ms == 1000  # unpaced: unchanged
