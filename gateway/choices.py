@@ -68,6 +68,13 @@ class Iec61851State(models.TextChoices):
     F = "F", "F: charger fault"
 
 
+class StatusMatch(models.TextChoices):
+    """How a status rule compares its register's decoded value with its code."""
+
+    IS = "is", "is the code"
+    IS_NOT = "is_not", "is any value but the code (e.g. an error code other than 0)"
+
+
 class OperatorStatus(models.TextChoices):
     """One status an operator reads at a glance, whatever the vendor."""
 

@@ -6,6 +6,7 @@ its current-limit and heartbeat writes are tried.
 """
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,10 +17,11 @@ from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ModbusPDU
 
 from gateway.choices import Access, DataType, Function, OperatorStatus, PollGroup, Role
+from gateway.modbus.connection import ChargePointConnection
 from gateway.modbus.planner import ReadRequest, plan_reads
 from gateway.profiles.codec import Value
 from gateway.profiles.decode import decode_block, to_telemetry_fields
-from gateway.profiles.encode import WriteRangeError, encode_for_write
+from gateway.profiles.encode import WriteRangeError, check_write_range, encode_checked_write, encode_for_write
 from gateway.profiles.spec import ProfileSpec, RegisterSpec
 from gateway.profiles.store import read_spec_file, shipped_profile_files
 from gateway.simulator.behaviour import Phase
@@ -211,10 +213,8 @@ async def check_limit_writes(client: AsyncModbusTcpClient, sim: SimulatedChargeP
     """A limit within range is taken and honoured; outside it is refused; multi-register halves too."""
     target = spec.register_for(Role.SET_CURRENT_A)
     if target is None:
-        candidate = spec.register_for(Role.MAX_CURRENT_A)
-        target = candidate if candidate is not None and candidate.writable else None
-    if target is None:
-        return
+        target = spec.register_for(Role.MAX_CURRENT_A)
+    assert target is not None and target.writable, f"{spec.slug} has no current setpoint"
     sim.connect_vehicle(phases=3)  # no-op if it is already in a session
     await wait_for(lambda: sim.behaviour.phase == Phase.CHARGING, what=f"{spec.slug} charging")
     low = 0.0 if target.write_min is None else target.write_min
@@ -229,17 +229,11 @@ async def check_limit_writes(client: AsyncModbusTcpClient, sim: SimulatedChargeP
         currents = [fields.values[f"current_l{n}_a"] for n in (1, 2, 3)]
         assert all(current is None or current <= limit + resolution(target) for current in currents)
 
-    refused_values = []
-    if target.write_max is not None:
-        refused_values.append(target.write_max + 1)
-    if target.write_min is not None and target.write_min >= 1:
-        refused_values.append(target.write_min - 1)
+    refused_values = refused(target)
+    assert refused_values, f"{spec.slug}: {target.name} has no write range"
     for value in refused_values:
-        try:
-            words = encode_for_write(target, value)
-        except WriteRangeError:
-            continue  # not even encodable: nothing a client could send
-        response = await write(client, sim, target, words)
+        # A client that skips check_write_range: the charger itself answers ILLEGAL DATA VALUE.
+        response = await write(client, sim, target, encode_for_write(target, value))
         assert response.isError() and response.exception_code == ExcCodes.ILLEGAL_VALUE, value
     assert sim.behaviour.max_current_a == pytest.approx(limit)
 
@@ -249,12 +243,37 @@ async def check_limit_writes(client: AsyncModbusTcpClient, sim: SimulatedChargeP
         response = await client.write_register(target.address, words[0], device_id=unit_id)
         assert response.isError() and response.exception_code == ExcCodes.ILLEGAL_ADDRESS
 
-    if target.write_min is None or target.write_min <= 0:  # 0 A pauses
+    if allows(target, 0):  # 0 A pauses (all but KEBA P30, which pauses with 5014)
         response = await write(client, sim, target, encode_for_write(target, 0))
         assert not response.isError(), response
         assert sim.behaviour.status == OperatorStatus.SUSPENDED
         fields = to_telemetry_fields(spec, await read_profile(client, sim, spec))
         assert [fields.values[f"current_l{n}_a"] or 0 for n in (1, 2, 3)] == [0, 0, 0]
+
+
+def allows(register: RegisterSpec, value: float) -> bool:
+    try:
+        check_write_range(register, value)
+    except WriteRangeError:
+        return False
+    return True
+
+
+def refused(register: RegisterSpec) -> list[float]:
+    """Values just outside what the profile allows that the register's type can still carry."""
+    candidates = [register.write_min - 1 if register.write_min is not None else None]
+    candidates.append(register.write_max + 1 if register.write_max is not None else None)
+    candidates += [value + 1 for value in register.write_values] + [value - 1 for value in register.write_values]
+    values = []
+    for value in candidates:
+        if value is None or allows(register, value) or value in values:
+            continue
+        try:
+            encode_for_write(register, value)
+        except (WriteRangeError, ValueError, OverflowError):
+            continue  # the type cannot carry it (e.g. -1 in a uint16): no client could send it
+        values.append(value)
+    return values
 
 
 async def check_heartbeats(client: AsyncModbusTcpClient, sim: SimulatedChargePoint, spec: ProfileSpec) -> None:
@@ -269,3 +288,117 @@ async def check_heartbeats(client: AsyncModbusTcpClient, sim: SimulatedChargePoi
         assert not response.isError(), (heartbeat, response)
         assert sim.heartbeats_received[register.name] == before + 1
         assert register.name in sim.last_heartbeat_at
+
+
+# --- refused writes never reach the wire ---------------------------------------------------------
+
+# Writable registers per profile: the reference's read-write and write-only rows (Alfen's SCN L2/L3
+# sit beside L1 in the vendor table), and the generic map's setpoint.
+EXPECTED_WRITABLE = {
+    "alfen-eve": {
+        "max_current_setpoint",
+        "charge_phases",
+        "scn_max_current_l1",
+        "scn_max_current_l2",
+        "scn_max_current_l3",
+    },
+    "abb-terra-ac": {
+        "set_charging_current_limit",
+        "lock_unlock_socket_cable",
+        "start_stop_session",
+        "set_communication_timeout",
+        "set_fallback_limit",
+    },
+    "keba-p30": {
+        "set_charging_current",
+        "set_energy",
+        "unlock_plug",
+        "enable_charging_station",
+        "set_failsafe_current",
+        "set_failsafe_timeout",
+        "set_failsafe_persist",
+        "set_phase_switch_source",
+        "trigger_phase_switch",
+    },
+    "webasto-next": {
+        "safe_current",
+        "com_timeout",
+        "set_charge_power",
+        "set_charge_current",
+        "start_cancel_session",
+        "life_bit",
+    },
+    "vestel-evc04": {"phase_switch", "failsafe_current", "failsafe_timeout", "charging_current", "alive_register"},
+    "schneider-evlink-pro-ac": {
+        "lifebit",
+        "set_command",
+        "set_point",
+        "degraded_set_point_mono",
+        "degraded_set_point_tri",
+    },
+    "mennekes-amtron-hcc3": {"customer_current_limitation", "change_charge_state"},
+    "generic-ev-charger": {"max_current"},
+}
+# Heartbeat registers per profile (reference notes: ABB and Mennekes need none).
+EXPECTED_HEARTBEATS = {
+    "alfen-eve": ["max_current_setpoint"],
+    "abb-terra-ac": [],
+    "keba-p30": ["set_failsafe_timeout"],
+    "webasto-next": ["life_bit"],
+    "vestel-evc04": ["alive_register"],
+    "schneider-evlink-pro-ac": ["lifebit"],
+    "mennekes-amtron-hcc3": [],
+    "generic-ev-charger": [],
+}
+
+
+def test_every_shipped_profile_is_checked() -> None:
+    assert sorted(path.stem for path in SHIPPED_FILES) == sorted(EXPECTED_WRITABLE) == sorted(EXPECTED_HEARTBEATS)
+    assert len(SHIPPED_FILES) == 8
+
+
+@pytest.mark.parametrize("path", SHIPPED_FILES, ids=[path.stem for path in SHIPPED_FILES])
+def test_heartbeats_are_the_documented_ones(path: Path) -> None:
+    spec = read_spec_file(path)
+    assert [heartbeat.register for heartbeat in spec.heartbeats] == EXPECTED_HEARTBEATS[spec.slug]
+
+
+def permissive_twin(spec: ProfileSpec) -> ProfileSpec:
+    """The same charger with every register writable and no write range: it takes whatever reaches it,
+    so a refused write that got onto the wire would show in its last_writes."""
+    registers = tuple(
+        dataclasses.replace(reg, access=Access.READ_WRITE, write_min=None, write_max=None, write_values=())
+        for reg in spec.registers
+    )
+    return dataclasses.replace(spec, registers=registers, heartbeats=())
+
+
+@pytest.mark.parametrize("path", SHIPPED_FILES, ids=[path.stem for path in SHIPPED_FILES])
+async def test_refused_writes_never_reach_the_wire(path: Path) -> None:
+    """Out-of-range and read-only writes through the product's write path: the charger receives nothing."""
+    spec = read_spec_file(path)
+    writable = [reg for reg in spec.registers if reg.writable]
+    read_only = [reg for reg in spec.registers if not reg.writable]
+    assert {reg.name for reg in writable} == EXPECTED_WRITABLE[spec.slug]
+    assert read_only, spec.slug
+    attempts = [(reg, value) for reg in writable for value in [*refused(reg), math.nan]]
+    attempts += [(reg, 1) for reg in read_only]
+    assert {reg.name for reg, _ in attempts} == {reg.name for reg in spec.registers}
+
+    async with SimulatorFleet(permissive_twin(spec), 1, base_port=0, seed=4) as fleet:
+        sim = fleet.charge_points[0]
+        connection = ChargePointConnection("127.0.0.1", sim.port, sim.unit_id, timeout_s=2)
+        await connection.ensure_connected()
+        try:
+            for register, value in attempts:
+                with pytest.raises(WriteRangeError):
+                    await connection.write_registers(
+                        register.address, encode_checked_write(register, value), register.unit_id
+                    )
+            assert sim.last_writes == [], sim.last_writes
+            # Positive control: an allowed value on the same path does arrive.
+            target = spec.register_for(Role.SET_CURRENT_A) or spec.register_for(Role.MAX_CURRENT_A)
+            await connection.write_registers(target.address, encode_checked_write(target, 10), target.unit_id)
+            assert [(write.register, write.value) for write in sim.last_writes] == [(target.name, pytest.approx(10))]
+        finally:
+            await connection.close()

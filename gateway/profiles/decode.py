@@ -2,9 +2,9 @@
 
 from dataclasses import dataclass, field
 
-from gateway.choices import TELEMETRY_VALUE_ROLES, DataType, OperatorStatus, Role
+from gateway.choices import TELEMETRY_VALUE_ROLES, DataType, OperatorStatus, Role, StatusMatch
 from gateway.profiles.codec import DecodeError, Value, decode_value
-from gateway.profiles.spec import ProfileSpec, RegisterSpec
+from gateway.profiles.spec import ProfileSpec, RegisterSpec, StatusRule
 
 NUMERIC_TYPES = frozenset(
     {
@@ -75,10 +75,18 @@ def status_code_text(value: Value) -> str | None:
     return str(value).strip()
 
 
+def rule_matches(rule: StatusRule, decoded: dict[str, Value]) -> bool:
+    """Whether a status rule applies to decoded values (a value not read or not available never does)."""
+    code = status_code_text(decoded.get(rule.register))
+    if code is None:
+        return False
+    return code != rule.code if rule.match == StatusMatch.IS_NOT else code == rule.code
+
+
 def resolve_status(profile: ProfileSpec, decoded: dict[str, Value]) -> tuple[str, str | None, str | None]:
     """(operator status, IEC 61851 state, problem) from the profile's ordered status rules."""
     for rule in profile.status_rules:
-        if rule.register in decoded and status_code_text(decoded[rule.register]) == rule.code:
+        if rule_matches(rule, decoded):
             return rule.status, rule.iec61851_state, None
     seen = ", ".join(f"{name}={decoded.get(name)!r}" for name in profile.status_registers)
     if not profile.status_rules:

@@ -1,5 +1,7 @@
 """Engineering value → the registers a write puts on the wire (the inverse of decode.scaled)."""
 
+import math
+
 from gateway.choices import DataType
 from gateway.profiles.codec import INTEGER_RANGES, Value, encode_value
 from gateway.profiles.decode import mask_shift
@@ -33,13 +35,42 @@ def raw_value(register: RegisterSpec, value: Value) -> Value:
 
 
 def check_write_range(register: RegisterSpec, value: float) -> None:
-    """Refuse writes to read-only registers and values outside the profile's write range."""
+    """Refuse writes to read-only registers and values the profile does not allow.
+
+    The one check of every write (commands, heartbeats, the simulated charger). Allowed: a value
+    listed in `write_values`, or one within `write_min`..`write_max` when either bound is set; a
+    register with neither a bound nor values takes anything its type can hold. So "0 (pause) or
+    6-32 A" is write_values [0] with write_min 6 and write_max 32.
+    """
     if not register.writable:
         raise WriteRangeError(f"{register.name} is read-only")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise WriteRangeError(f"{value!r} is not a number {register.name} can take")
+    if value in register.write_values:
+        return
+    allowed = f" (allowed: {allowed_writes(register)})"
+    bounded = register.write_min is not None or register.write_max is not None
+    if not bounded and register.write_values:
+        raise WriteRangeError(f"{value} is not a value {register.name} takes{allowed}")
     if register.write_min is not None and value < register.write_min:
-        raise WriteRangeError(f"{value} is below the minimum {register.write_min} {register.unit} of {register.name}")
+        raise WriteRangeError(
+            f"{value} is below the minimum {register.write_min} {register.unit} of {register.name}{allowed}"
+        )
     if register.write_max is not None and value > register.write_max:
-        raise WriteRangeError(f"{value} is above the maximum {register.write_max} {register.unit} of {register.name}")
+        raise WriteRangeError(
+            f"{value} is above the maximum {register.write_max} {register.unit} of {register.name}{allowed}"
+        )
+
+
+def allowed_writes(register: RegisterSpec) -> str:
+    """The values a register takes, as an operator reads them: "0 or 6..32 A"."""
+    parts = [f"{value:g}" for value in register.write_values]
+    if register.write_min is not None or register.write_max is not None:
+        low = "" if register.write_min is None else f"{register.write_min:g}"
+        high = "" if register.write_max is None else f"{register.write_max:g}"
+        parts.append(f"{low}..{high}")
+    text = " or ".join(parts) or "any value"
+    return f"{text} {register.unit}".strip()
 
 
 def encode_for_write(register: RegisterSpec, value: Value) -> list[int]:
@@ -52,3 +83,13 @@ def encode_for_write(register: RegisterSpec, value: Value) -> list[int]:
         bit=register.bit,
         encoding=register.encoding,
     )
+
+
+def encode_checked_write(register: RegisterSpec, value: float) -> list[int]:
+    """The registers of a write the profile allows: check_write_range, then encode_for_write.
+
+    Raises WriteRangeError before anything is encoded, so a refused value never reaches the wire;
+    every write path (commands, heartbeats) should take its words from here.
+    """
+    check_write_range(register, value)
+    return encode_for_write(register, value)

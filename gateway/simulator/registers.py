@@ -14,7 +14,7 @@ What is answered, per unit id and object type:
   1..125, which pymodbus already checks);
 - writes must cover whole writable registers: a read-only register, an undefined address or
   part of a multi-register value (Alfen: a float32 in one FC16 request) is ILLEGAL DATA ADDRESS;
-  a value outside write_min..write_max is ILLEGAL DATA VALUE.
+  a value check_write_range refuses (write_min..write_max, write_values) is ILLEGAL DATA VALUE.
 """
 
 import random
@@ -209,7 +209,7 @@ class ProfileImage:
 
 
 def _check_range(register: RegisterSpec, value: Value) -> None:
-    bounded = register.write_min is not None or register.write_max is not None
+    bounded = register.write_min is not None or register.write_max is not None or bool(register.write_values)
     if not bounded:
         return
     if not isinstance(value, int | float):

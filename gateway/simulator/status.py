@@ -1,7 +1,8 @@
 """Which codes a simulated charger serves in its status registers, found with the client's own decoder.
 
 A profile's status rules map register codes to (operator status, IEC 61851 state), first match
-wins, and may combine several registers (KEBA: cable state, then charging state). Going the other
+wins, and may combine several registers (KEBA: error state and error code, then cable state, then
+charging state); a rule matches as the poller's decode.rule_matches says ("is" or "is_not" a code). Going the other
 way, the simulator tries every combination of candidate codes (the rules' codes, the registers'
 enum codes and one code no rule uses), encodes each as the charger would, decodes it as the
 poller would, and keeps for each (status, state) the combination that resolve_status maps to it,
@@ -14,7 +15,7 @@ import logging
 
 from gateway.choices import DataType, Iec61851State
 from gateway.profiles.codec import DecodeError, Value
-from gateway.profiles.decode import decode_register, resolve_status, status_code_text
+from gateway.profiles.decode import decode_register, resolve_status, rule_matches, status_code_text
 from gateway.profiles.spec import ProfileSpec, RegisterSpec
 from gateway.simulator.encoding import TEXT_TYPES, SimulatorHints, code_value, encode_register
 
@@ -110,7 +111,8 @@ class StatusCodes:
         return list(found.values())
 
     def _neutral(self, register: RegisterSpec, used: set[str | None]) -> tuple[Value, Value] | None:
-        """A code no rule and no enum uses, so that a combination can step past every rule."""
+        """A code no rule and no enum uses, so that a combination can step past every rule
+        (and the value an "is_not" rule matches when the enum lists no other code)."""
         options: list[Value] = [""] if register.data_type in TEXT_TYPES else list(range(len(used) + 2))
         for value in options:
             decoded = self._round_trip(register, value)
@@ -135,7 +137,7 @@ class StatusCodes:
             if status_code_text(decoded.get(name)) not in documented:
                 contradiction += UNDOCUMENTED_CODE_COST
         for rule in self.profile.status_rules:
-            if status_code_text(decoded.get(rule.register)) != rule.code:
+            if not rule_matches(rule, decoded):
                 continue
             if (rule.status, rule.iec61851_state) == pair:
                 agreement += 3
