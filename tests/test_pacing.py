@@ -8,6 +8,7 @@ bounds are generous, because two cores are shared by many processes.
 
 import asyncio
 import dataclasses
+import html
 import itertools
 import json
 import statistics
@@ -24,7 +25,7 @@ from gateway.modbus.pacing import Pacing, poll_time
 from gateway.modbus.planner import plan_reads
 from gateway.modbus.poller import ChargePointConfig, ChargePointPoller, Poller, load_configs
 from gateway.modbus.probe import probe
-from gateway.models import ChargePoint
+from gateway.models import ChargePoint, DeviceProfile
 from gateway.profiles.encode import encode_for_write
 from gateway.profiles.spec import ProfileFormatError, ProfileSpec
 from gateway.profiles.store import SHIPPED_DIR, parse_profile_json, read_spec_file
@@ -329,3 +330,17 @@ def test_the_demo_polls_its_keba_slowly_enough_for_its_pacing() -> None:
     assert keba.poll_interval_ms == 10_000  # 8 s at 0.5 s a request, with headroom
     keba.full_clean()
     assert ChargePoint.objects.get(profile__slug="alfen-eve").poll_interval_ms == 1000  # unpaced: unchanged
+
+
+@pytest.mark.django_db
+def test_a_profile_edit_warns_about_charge_points_its_pacing_no_longer_fits(admin_client, site) -> None:
+    from tests.test_profile_admin import profile_form
+
+    profile = DeviceProfile.objects.create(slug="custom", name="Custom charger")
+    make_charge_point(site, profile, "cp-custom", 1502, poll_interval_ms=1000)
+    form = profile_form(profile, [{"name": "a", "address": 0}], [], request_gap_ms=2000, pacing_source="test doc")
+    response = admin_client.post(reverse("admin:gateway_deviceprofile_change", args=[profile.pk]), form, follow=True)
+    page = html.unescape(response.content.decode())
+    assert "Charge point cp-custom: At this charger's pacing one poll takes 2.0 s (1 read, 2000 ms apart)" in page
+    profile.refresh_from_db()
+    assert profile.request_gap_ms == 2000  # saved: the warning names the charge points to fix

@@ -96,11 +96,12 @@ class PollTime:
         return self.slow_reads * self.pacing.request_gap_ms
 
     def describe(self) -> str:
+        reads = f"{self.reads} read{'s' if self.reads != 1 else ''}"
         if not self.pacing.request_gap_ms:
             writes = f", writes {self.pacing.write_gap_ms} ms apart" if self.pacing.write_gap_ms else ""
-            return f"{self.reads} reads back to back{writes}"
+            return f"{reads} back to back{writes}"
         writes = f" + {self.writes} heartbeat write{'s' if self.writes != 1 else ''}" if self.writes else ""
-        text = f"{self.ms / 1000:.1f} s ({self.reads} reads{writes}, {self.pacing.request_gap_ms} ms apart)"
+        text = f"{self.ms / 1000:.1f} s ({reads}{writes}, {self.pacing.request_gap_ms} ms apart)"
         if self.slow_reads:
             text += f"; the slow group adds {self.slow_ms / 1000:.1f} s every {SLOW_GROUP_INTERVAL_S / 60:.0f} min"
         return text
