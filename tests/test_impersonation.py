@@ -73,6 +73,7 @@ async def test_mixed_fleet_serves_each_profile_on_its_own_port_and_unit() -> Non
 async def check_impersonation(spec: ProfileSpec) -> None:
     """Pinned values and every status read back, then writes and refusals, against one charger."""
     expected_pairs = {(rule.status, rule.iec61851_state) for rule in spec.status_rules}
+    assert expected_pairs, f"{spec.slug} has no status rules"
     async with SimulatorFleet(spec, 1, base_port=0, speedup=300, seed=3, tick_s=0.05) as fleet:
         sim = fleet.charge_points[0]
         sim.behaviour.mean_fault_interval_s = math.inf

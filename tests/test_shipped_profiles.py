@@ -5,6 +5,7 @@ truth: every register it lists must ship with the same address, function, type a
 for the unit conversions and byte orders documented in docs/profiles.md and listed below.
 """
 
+import dataclasses
 import json
 import math
 import re
@@ -17,14 +18,15 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from gateway.choices import Access, ByteOrder, PollGroup, Role
+from gateway.choices import Access, ByteOrder, PollGroup, Role, StatusMatch
 from gateway.modbus.planner import MAX_READ_REGISTERS, plan_reads
 from gateway.modbus.poller import ChargePointConfig, ChargePointPoller
 from gateway.models import DeviceProfile, Register, StatusRule
-from gateway.profiles.decode import decode_block, to_telemetry_fields
+from gateway.profiles.decode import decode_block, rule_matches, to_telemetry_fields
 from gateway.profiles.encode import WriteRangeError, check_write_range, encode_for_write
 from gateway.profiles.spec import ProfileSpec
-from gateway.profiles.store import read_spec_file, shipped_profile_files
+from gateway.profiles.spec import StatusRule as RuleSpec
+from gateway.profiles.store import load_spec, read_spec_file, shipped_profile_files
 from gateway.profiles.validate import profile_problems
 from gateway.simulator.fleet import SimulatorFleet
 
@@ -181,6 +183,7 @@ def test_every_readable_register_is_read_exactly_once(path: Path) -> None:
 def test_status_and_heartbeat_sources_are_polled_fast(path: Path) -> None:
     """Status needs fresh values; a heartbeat that writes a read value back must not write a stale one."""
     spec = read_spec_file(path)
+    assert spec.status_registers, spec.slug
     for name in spec.status_registers:
         assert spec.register(name).poll_group == PollGroup.FAST, name
         assert spec.register(name).readable, name
@@ -929,3 +932,38 @@ async def test_a_charger_in_error_without_a_car_is_polled_as_faulted(slug: str) 
             await poller.connection.close()
     assert records == [record]
     assert (record["status"], record["iec61851_state"], record["error"]) == ("faulted", iec_state, None), served
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", SHIPPED_FILES, ids=FILE_IDS)
+def test_the_migrations_load_the_shipped_rules_and_ranges(path: Path) -> None:
+    """What the poller loads from the database is the file: rule order, 'is_not' rules and write values."""
+    spec = read_spec_file(path)
+    stored = load_spec(DeviceProfile.objects.get(slug=spec.slug))
+    assert stored.status_rules == spec.status_rules
+    assert stored.registers == spec.registers
+    assert any(rule.match == StatusMatch.IS_NOT for rule in stored.status_rules) == (
+        spec.slug not in ("alfen-eve", "vestel-evc04", "schneider-evlink-pro-ac")
+    )
+
+
+def test_rule_matches_and_write_values_are_checked() -> None:
+    spec = shipped("generic-ev-charger")
+    unknown_match = RuleSpec("error_code", "0", "F", "faulted", match="isnt")
+    assert profile_problems(dataclasses.replace(spec, status_rules=(*spec.status_rules, unknown_match))) == [
+        "status rule error_code=0: match must be one of is, is_not, not 'isnt'"
+    ]
+    twice = spec.status_rules[1]
+    assert twice.match == StatusMatch.IS_NOT
+    assert profile_problems(dataclasses.replace(spec, status_rules=(*spec.status_rules, twice))) == [
+        "status code error_code!=0 is mapped 2 times"
+    ]
+    read_only = dataclasses.replace(spec.register("power"), write_values=(0,))
+    registers = tuple(read_only if reg.name == "power" else reg for reg in spec.registers)
+    assert profile_problems(dataclasses.replace(spec, registers=registers)) == [
+        "register 'power': A read-only register cannot have write values."
+    ]
+    # Not read, or 'not available': no rule of either kind matches, so the record says so.
+    assert rule_matches(twice, {"error_code": None}) is False
+    assert rule_matches(twice, {}) is False
+    assert rule_matches(twice, {"error_code": 3}) is True
