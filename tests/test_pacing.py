@@ -344,3 +344,22 @@ def test_a_profile_edit_warns_about_charge_points_its_pacing_no_longer_fits(admi
     assert "Charge point cp-custom: At this charger's pacing one poll takes 2.0 s (1 read, 2000 ms apart)" in page
     profile.refresh_from_db()
     assert profile.request_gap_ms == 2000  # saved: the warning names the charge points to fix
+
+
+@pytest.mark.django_db
+def test_probe_command_paces_as_asked_and_refuses_an_absurd_gap() -> None:
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    shipped_profile("keba-p30")
+    with SimulatorFleet(KEBA, 1, base_port=0, seed=17).run_in_thread() as fleet:
+        sim = fleet.charge_points[0]
+        out = StringIO()
+        call_command("probe", f"127.0.0.1:{sim.port}", "--profile", "keba-p30", "--request-gap-ms", "100", stdout=out)
+        spacing = gaps(sim.requests_received)
+        with pytest.raises(CommandError, match="--request-gap-ms must be between 0 and 60000"):
+            call_command("probe", f"127.0.0.1:{sim.port}", "--profile", "keba-p30", "--request-gap-ms", "70000")
+    assert "23 reads in" in out.getvalue() and "waiting: 100 ms between requests" in out.getvalue()
+    assert len(spacing) == 22 and min(spacing) >= 0.1 - FLOAT_SLACK_S
+    assert statistics.median(spacing) < KEBA_READ_GAP_S  # the operator's 100 ms, not the vendor's 500 ms
