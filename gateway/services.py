@@ -7,7 +7,7 @@ from aiokafka.errors import KafkaError
 
 from gateway.kafka.consumer import TelemetryConsumer
 from gateway.kafka.producer import TelemetryPublisher
-from gateway.kafka.topics import ensure_topics, telemetry_topic
+from gateway.kafka.topics import dead_letter_topic, ensure_topics, telemetry_topic
 from gateway.modbus.poller import Poller
 from gateway.telemetry import Record
 
@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 async def prepare_topics() -> None:
     """Create the topics if the broker lets us; an unreachable broker is retried by the clients."""
     try:
-        await ensure_topics([telemetry_topic()])
+        await ensure_topics([telemetry_topic(), dead_letter_topic()])
     except (KafkaError, OSError) as exc:
         logger.warning("could not check Kafka topics (%s); continuing", exc)
 
@@ -46,8 +46,22 @@ async def poll_once(*, site: str | None = None) -> list[Record]:
 
 
 async def run_consumer(stop: asyncio.Event, consumer: TelemetryConsumer | None = None) -> None:
-    """Consume telemetry into storage and the live dashboard until stop is set."""
-    await prepare_topics()
+    """Consume telemetry into storage and the live dashboard until stop is set.
+
+    A failure of the consumer (anything but a broker outage, which it rides out) is logged here
+    and raised: runconsumer exits non-zero and the demo stops, so it is never silent.
+    """
     consumer = consumer or TelemetryConsumer(telemetry_topic())
-    await consumer.run(stop)
-    logger.info("consumer stopped: %d records handled, %d malformed skipped", consumer.handled, consumer.skipped)
+    try:
+        await prepare_topics()
+        await consumer.run(stop)
+    except Exception:
+        logger.critical("the telemetry consumer failed; the dashboards get no more data", exc_info=True)
+        raise
+    finally:
+        logger.info(
+            "consumer stopped: %d records handled, %d malformed and %d failed records dead-lettered",
+            consumer.handled,
+            consumer.skipped,
+            consumer.failed,
+        )

@@ -77,14 +77,28 @@ def decode_record(payload: bytes | None) -> Record:
         raise InvalidRecord("empty message")
     try:
         record = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRecord(f"not JSON: {exc}") from exc
-    errors = sorted(schema_validator().iter_errors(record), key=lambda e: list(e.path))
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError, UnicodeDecodeError and integers beyond Python's
+        # digit limit (int_max_str_digits); RecursionError comes from deeply nested arrays.
+        raise InvalidRecord(f"not JSON: {type(exc).__name__}: {_shorten(str(exc))}") from exc
+    try:
+        errors = sorted(schema_validator().iter_errors(record), key=lambda e: list(e.path))
+    except RecursionError as exc:  # nesting deep enough for the validator, not for the parser
+        raise InvalidRecord("too deeply nested to validate") from exc
     if errors:
         first = errors[0]
         where = "/".join(str(p) for p in first.path) or "(record)"
-        raise InvalidRecord(f"{where}: {first.message}")
+        raise InvalidRecord(f"{where}: {_shorten(first.message)}")
+    try:  # the pattern admits 2026-02-30 or 25:00; storage would fail on it later
+        parse_ts(record["ts"])
+    except ValueError as exc:
+        raise InvalidRecord(f"ts: {record['ts']!r} is not a real UTC time: {exc}") from exc
     return record
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    """A reason short enough for a log line and a Kafka header."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @cache

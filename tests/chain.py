@@ -18,6 +18,7 @@ from gateway.profiles.store import SHIPPED_DIR, read_spec_file
 from gateway.simulator.fleet import SimulatorFleet
 from gateway.telemetry import decode_record, encode_record, parse_ts
 from tests.conftest import make_charge_point, session_cookie_headers, wait_for
+from tests.kafka_read import read_all
 
 GENERIC = read_spec_file(SHIPPED_DIR / "generic-ev-charger.json")
 
@@ -31,19 +32,19 @@ async def value_arrives_on_websocket(site, profile) -> dict:
         for index, sim in enumerate(fleet.charge_points):
             await sync_to_async(make_charge_point)(site, profile, f"cp-{index}", sim.port)
 
-        stop = asyncio.Event()
+        stop_poller, stop_consumer = asyncio.Event(), asyncio.Event()
         consumer = TelemetryConsumer(telemetry_topic(), auto_offset_reset="earliest")
-        consumer_task = asyncio.create_task(services.run_consumer(stop, consumer))
+        consumer_task = asyncio.create_task(services.run_consumer(stop_consumer, consumer))
         browser = WebsocketCommunicator(application, "/ws/chargepoints/cp-0/", headers=headers)
         connected, _ = await browser.connect()
-        assert connected
+        assert connected is True
         assert (await browser.receive_json_from())["type"] == "snapshot"
         await asyncio.wait_for(consumer.assigned.wait(), 30)
 
         target.set_status("charging")
         target.set_value("current_l1_a", 23.45)
         target.set_value("power_w", 16_180)
-        poller_task = asyncio.create_task(services.run_poller(stop))
+        poller_task = asyncio.create_task(services.run_poller(stop_poller))
         try:
             deadline = time.monotonic() + 30
             while True:
@@ -54,12 +55,28 @@ async def value_arrives_on_websocket(site, profile) -> dict:
                 assert record["charge_point"] == "cp-0"
                 if record["values"]["current_l1_a"] == 23.45:
                     break
-            # The consumer stored it as the latest state too.
-            await wait_for(lambda: consumer.handled > 0, what="consumer handled records")
-            latest = await LatestTelemetry.objects.aget(charge_point__slug="cp-0")
-            assert latest.record["seq"] >= 1
+            # Stop the poller (it flushes), then the consumer must handle exactly what reached Kafka
+            # and store each charge point's newest record.
+            stop_poller.set()
+            await asyncio.wait_for(poller_task, 20)
+            in_kafka = await read_all(telemetry_topic())
+            await wait_for(lambda: consumer.handled == len(in_kafka), what=f"{len(in_kafka)} records handled")
+            assert (consumer.skipped, consumer.failed, consumer.dead_lettered) == (0, 0, 0)
+            newest = {}
+            for message in in_kafka:
+                sent = decode_record(message.value)
+                if sent["seq"] > newest.get(sent["charge_point"], {"seq": -1})["seq"]:
+                    newest[sent["charge_point"]] = sent
+            assert sorted(newest) == ["cp-0", "cp-1"]
+            stored = {
+                row.charge_point.slug: row.record
+                async for row in LatestTelemetry.objects.select_related("charge_point")
+            }
+            assert stored == newest
+            assert stored["cp-0"]["values"]["current_l1_a"] == 23.45 and stored["cp-0"]["seq"] >= record["seq"]
         finally:
-            stop.set()
+            stop_poller.set()
+            stop_consumer.set()
             await asyncio.wait_for(asyncio.gather(poller_task, consumer_task), 20)
             await browser.disconnect(timeout=5)
     # Connections opened by sync_to_async's thread would block dropping the test database.

@@ -1,20 +1,29 @@
 """Kafka stage against the real (Tansu) broker: publish, consume, skip garbage, commit."""
 
 import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
+from django.conf import settings
 
 from gateway.kafka.config import client_options, producer_options
 from gateway.kafka.consumer import TelemetryConsumer
+from gateway.kafka.embedded import start_broker, stop_broker
 from gateway.kafka.producer import TelemetryPublisher
-from gateway.kafka.topics import ensure_topics
+from gateway.kafka.topics import dead_letter_topic, ensure_topics
 from gateway.live.groups import FLEET_GROUP
 from gateway.models import LatestTelemetry
+from gateway.runtime import wait_unless_stopped
 from gateway.telemetry import build_record, encode_record
-from tests.conftest import make_charge_point, wait_for, within
+from tests.conftest import free_port, make_charge_point, wait_for, within
+from tests.kafka_read import read_all, seqs_by_charge_point
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -51,7 +60,7 @@ async def test_publisher_keys_by_charge_point_and_keeps_order(kafka) -> None:
 async def test_consumer_skips_malformed_messages_and_commits(kafka, site, generic_profile) -> None:
     await sync_to_async(make_charge_point)(site, generic_profile, "cp-a", 1502)
     topic = kafka["TELEMETRY_TOPIC"]
-    await ensure_topics([topic], partitions=1)
+    await ensure_topics([topic, dead_letter_topic()], partitions=1)
     producer = AIOKafkaProducer(**producer_options())
     await producer.start()
     for payload in (b"\x00garbage", b'{"type": "telemetry"}', encode_record(record("cp-a", 42))):
@@ -69,7 +78,7 @@ async def test_consumer_skips_malformed_messages_and_commits(kafka, site, generi
         event = await within(layer.receive(browser))
         assert event["record"]["seq"] == 42
         await wait_for(lambda: consumer.handled == 1, what="the valid record handled")
-        assert consumer.skipped == 2
+        assert (consumer.skipped, consumer.dead_lettered) == (2, 2)
     finally:
         stop.set()
         await within(task)
@@ -118,3 +127,128 @@ async def test_publisher_loses_nothing_across_a_broker_outage(kafka, monkeypatch
         assert [b'"seq":1,' in v for v in got] == [True, False]
     finally:
         stop_broker(broker)
+
+
+@pytest.fixture
+async def proxied_broker(kafka, monkeypatch, tmp_path) -> AsyncIterator[TcpProxy]:
+    """A Tansu broker of this test's own that clients reach only through a TcpProxy.
+
+    The broker advertises the proxy's port in its metadata, so every connection of the clients,
+    not only the bootstrap one, goes through the proxy and breaks when it is cut.
+    """
+    broker_port, proxy_port = free_port(), free_port()
+    proxy = TcpProxy("127.0.0.1", broker_port, proxy_port)
+    await proxy.start()
+    broker = await asyncio.to_thread(
+        start_broker, port=broker_port, advertised_port=proxy_port, log_path=tmp_path / "tansu.log"
+    )
+    monkeypatch.setitem(settings.EVDASH, "KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{proxy_port}")
+    try:
+        yield proxy
+    finally:
+        await proxy.close()
+        await asyncio.to_thread(stop_broker, broker)
+
+
+async def records_in_flight(publisher: TelemetryPublisher, timeout_s: float = 15.0) -> int:
+    """Wait (on every turn of the loop, not every 50 ms) until records are sent but not acknowledged."""
+    deadline = time.monotonic() + timeout_s
+    while publisher.in_flight == 0:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no record in flight within {timeout_s} s")
+        await asyncio.sleep(0)
+    return publisher.in_flight
+
+
+@pytest.mark.parametrize(
+    "request_timeout_ms",
+    [
+        pytest.param(None, id="client-retries"),  # the default 15 s outlasts the outage: aiokafka retries
+        pytest.param(1000, id="publisher-resends"),  # sends fail during the outage: the buffer sends again
+    ],
+)
+async def test_no_record_is_lost_when_the_broker_connection_breaks_mid_stream(
+    kafka, proxied_broker, request_timeout_ms, monkeypatch, caplog
+) -> None:
+    if request_timeout_ms is not None:
+        options = producer_options() | {"request_timeout_ms": request_timeout_ms}
+        monkeypatch.setattr("gateway.kafka.producer.producer_options", lambda: options)
+    caplog.set_level(logging.WARNING, logger="gateway.kafka.producer")
+    proxy = proxied_broker
+    topic = kafka["TELEMETRY_TOPIC"]
+    await ensure_topics([topic])
+    publisher = TelemetryPublisher(topic)
+    await publisher.start()
+    slugs = [f"cp-{n}" for n in range(1, 5)]
+    last_seq = dict.fromkeys(slugs, 0)
+
+    def published() -> int:
+        return sum(last_seq.values())
+
+    async def publish_like_a_poller(stop: asyncio.Event) -> None:
+        # Four chargers, each polled every 5 ms: about 800 records a second.
+        while not await wait_unless_stopped(stop, 0.005):
+            for slug in slugs:
+                last_seq[slug] += 1
+                publisher.publish(record(slug, last_seq[slug]))
+
+    stop_publishing = asyncio.Event()
+    publishing = asyncio.create_task(publish_like_a_poller(stop_publishing))
+    try:
+        await wait_for(lambda: publisher.sent >= 400, what="records flowing before the cut")
+        in_flight_at_cut = await records_in_flight(publisher)
+        sent_before_cut, published_at_cut = publisher.sent, published()
+        connections_cut = await proxy.cut()
+        # The outage lasts while 2,000 more records are published (about 2.5 s).
+        await wait_for(lambda: published() >= published_at_cut + 2000, what="records published during the outage")
+        buffered_during_outage = len(publisher.buffer)
+        await proxy.restore()
+        await wait_for(lambda: len(publisher.buffer) < 100, timeout_s=60, what="the backlog sent after the outage")
+    finally:
+        stop_publishing.set()
+        await within(publishing)
+        await publisher.stop()
+    assert (len(publisher.buffer), publisher.dropped, publisher.sent) == (0, 0, published())
+
+    seqs = seqs_by_charge_point(await read_all(topic))
+    figures = (
+        f"{published()} records of {len(slugs)} charge points, {sent_before_cut} acknowledged before the cut, "
+        f"{in_flight_at_cut} in flight and {connections_cut} connections dropped at the cut, "
+        f"{buffered_during_outage} buffered at the end of the outage"
+    )
+    duplicates = {slug: len(seqs[slug]) - len(set(seqs[slug])) for slug in slugs}
+    print(f"broker outage ({request_timeout_ms=}): {figures}; duplicates per charge point {duplicates}")
+    for slug in slugs:
+        missing = sorted(set(range(1, last_seq[slug] + 1)) - set(seqs[slug]))
+        assert missing == [], f"{slug} lost seq {missing[:20]} ({len(missing)} in all); {figures}"
+        assert set(seqs[slug]) == set(range(1, last_seq[slug] + 1)), f"{slug}: seqs never published; {figures}"
+    resends = [r for r in caplog.records if r.getMessage().startswith("Kafka unavailable")]
+    # The variant ran the path it names (a precondition of the test, not the behaviour under test).
+    assert bool(resends) == (request_timeout_ms is not None), [r.getMessage() for r in resends]
+    # At least once: only a record in flight when the connection broke may be written twice.
+    assert sum(duplicates.values()) <= in_flight_at_cut, f"duplicates {duplicates} exceed in flight; {figures}"
+
+
+async def test_a_full_buffer_drops_the_oldest_and_delivers_the_newest_once_the_broker_is_back(
+    kafka, proxied_broker, caplog
+) -> None:
+    proxy = proxied_broker
+    topic = kafka["TELEMETRY_TOPIC"]
+    await ensure_topics([topic])
+    await proxy.cut()  # no broker from here on: connections are refused
+    publisher = TelemetryPublisher(topic, buffer_size=50)
+    await publisher.start()
+    caplog.set_level(logging.WARNING, logger="gateway.kafka.producer")
+    for seq in range(1, 131):
+        publisher.publish(record("cp-a", seq))
+    assert publisher.dropped == 80
+    assert [json.loads(value)["seq"] for _key, value in publisher.buffer] == list(range(81, 131))
+    full = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Kafka buffer full")]
+    assert full == ["Kafka buffer full (50 records): dropping the oldest telemetry; 1 dropped so far"]
+
+    await proxy.restore()
+    try:
+        await wait_for(lambda: publisher.sent == 50, timeout_s=60, what="the 50 newest records sent")
+    finally:
+        await publisher.stop()
+    assert seqs_by_charge_point(await read_all(topic)) == {"cp-a": list(range(81, 131))}

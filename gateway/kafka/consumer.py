@@ -1,23 +1,67 @@
-"""Consume telemetry from Kafka: validate, store the latest state, push to the browsers."""
+"""Consume telemetry from Kafka: validate, hand each batch to the sinks (store, push), dead-letter what fails.
+
+Delivery is at least once: a batch is committed only when each of its messages was handled by
+every sink or dead-lettered, so a crash, a rebalance or a stop replays uncommitted messages and
+never loses one. Sinks must therefore tolerate a record twice (the latest-state upsert keeps the
+newest by (ts, seq); the dashboard redraws).
+"""
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.structs import ConsumerRecord
 from asgiref.sync import sync_to_async
 
 from gateway.conf import setting
-from gateway.kafka.config import client_options
+from gateway.kafka.config import client_options, producer_options
+from gateway.kafka.topics import dead_letter_topic
 from gateway.live.push import push_telemetry
+from gateway.runtime import Backoff
 from gateway.storage import save_latest
-from gateway.telemetry import InvalidRecord, Record, decode_record
+from gateway.telemetry import Record, decode_record
 
 logger = logging.getLogger(__name__)
 
+Sink = Callable[[list[Record]], Awaitable[object]]
+
+# A dead letter keeps the original key and value; these headers say why and where it came from.
+REASON_HEADER = "evdash.reason"
+STAGE_HEADER = "evdash.stage"  # "decode": not a telemetry record; "handle": a sink kept failing
+TOPIC_HEADER = "evdash.topic"
+PARTITION_HEADER = "evdash.partition"
+OFFSET_HEADER = "evdash.offset"
+VALUE_DROPPED_HEADER = "evdash.value_dropped"  # present when the value was too large to copy
+REASON_MAX_CHARS = 500
+
+# Tries of a failing batch before its records are tried one by one (and the bad ones dead-lettered).
+HANDLE_ATTEMPTS = 4
+
+
+async def store_latest(records: list[Record]) -> None:
+    """Sink: the latest record of each charge point, in the database."""
+    await sync_to_async(save_latest)(records)
+
+
+def default_sinks() -> list[Sink]:
+    """What the consumer does with each batch: store it, then push it to the browsers."""
+    return [store_latest, push_telemetry]
+
+
+class _StopRequested(Exception):
+    """Stop was set while a batch waited to be retried: leave it uncommitted for the next run."""
+
 
 class TelemetryConsumer:
-    """One member of the consumer group; run several to share the partitions."""
+    """One member of the consumer group; run several to share the partitions.
+
+    A batch the sinks refuse is retried `attempts` times with backoff (the waits honour stop). If
+    it still fails, its records are handled one by one: those that go through are kept, each one
+    that fails (a poison record) goes to the dead-letter topic with the reason in a header, and
+    the batch is committed. A message that cannot be decoded goes there at once.
+    """
 
     def __init__(
         self,
@@ -26,29 +70,38 @@ class TelemetryConsumer:
         group_id: str | None = None,
         auto_offset_reset: str = "latest",
         max_batch: int = 500,
+        sinks: Sequence[Sink] | None = None,
+        dead_letter_to: str | None = None,
+        attempts: int = HANDLE_ATTEMPTS,
+        retry_backoff: Backoff | None = None,
     ) -> None:
         self.topic = topic
         self.group_id = group_id or setting("CONSUMER_GROUP")
         self.auto_offset_reset = auto_offset_reset
         self.max_batch = max_batch
-        self.handled = 0
-        self.skipped = 0
+        self.sinks = list(sinks) if sinks is not None else default_sinks()
+        self.dead_letter_topic = dead_letter_to or dead_letter_topic()
+        self.attempts = max(1, attempts)
+        self.handled = 0  # records every sink accepted
+        self.skipped = 0  # messages that were not telemetry records (dead-lettered, stage "decode")
+        self.failed = 0  # records a sink kept refusing (dead-lettered, stage "handle")
+        self.dead_lettered = 0
         self.assigned = asyncio.Event()
-        self._consumer: AIOKafkaConsumer | None = None
+        self._reconnect = Backoff()
+        self._retry = retry_backoff or Backoff(first_s=0.5, max_s=5.0)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until stop is set, reconnecting after broker outages."""
-        backoff_s = 0.5
+        """Consume until stop is set, reconnecting after broker outages.
+
+        Anything but a Kafka or network error is raised: the task fails loudly (run_consumer logs
+        it and the commands exit non-zero) instead of leaving the dashboard silently without data.
+        """
         while not stop.is_set():
             try:
                 await self._consume(stop)
-                backoff_s = 0.5
-            except KafkaError as exc:
-                logger.warning("Kafka consumer error (%s); retrying in %.1f s", exc, backoff_s)
-                try:
-                    await asyncio.wait_for(stop.wait(), backoff_s)
-                except TimeoutError:
-                    backoff_s = min(backoff_s * 2, 30.0)
+            except (KafkaError, OSError) as exc:
+                logger.warning("Kafka consumer error (%s); reconnecting in %.1f s", exc, self._reconnect.peek_s())
+                await self._reconnect.wait(stop)
 
     async def _consume(self, stop: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(
@@ -60,47 +113,110 @@ class TelemetryConsumer:
             fetch_max_wait_ms=100,
             **client_options(),
         )
-        await consumer.start()
-        self._consumer = consumer
-        logger.info("consuming %s as group %s", self.topic, self.group_id)
+        dead_letters = AIOKafkaProducer(**producer_options())
         try:
+            await consumer.start()
+            await dead_letters.start()
+            self._reconnect.reset()
+            logger.info("consuming %s as group %s", self.topic, self.group_id)
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=500, max_records=self.max_batch)
                 if consumer.assignment():
                     self.assigned.set()
                 if not batches:
                     continue
-                await self._handle(consumer, batches)
+                try:
+                    await self._handle(batches, dead_letters, stop)
+                except _StopRequested:
+                    logger.info("stopped while retrying a batch; it stays uncommitted and is consumed again next time")
+                    return
+                await consumer.commit()
         finally:
-            self._consumer = None
             await consumer.stop()
+            await dead_letters.stop()
 
-    async def _handle(self, consumer: AIOKafkaConsumer, batches: dict) -> None:
-        records: list[Record] = []
-        for partition, messages in batches.items():
+    async def _handle(self, batches: dict, dead_letters: AIOKafkaProducer, stop: asyncio.Event) -> None:
+        """Handle or dead-letter every message of the batch (raises _StopRequested if stopped first)."""
+        decoded: list[tuple[ConsumerRecord, Record]] = []
+        for messages in batches.values():
             for message in messages:
                 try:
-                    records.append(decode_record(message.value))
-                except InvalidRecord as exc:
+                    decoded.append((message, decode_record(message.value)))
+                except Exception as exc:  # whatever decoding raises is this message's problem
                     self.skipped += 1
-                    logger.warning(
-                        "skipped malformed message %s[%d]@%d (key %r): %s",
-                        partition.topic,
-                        partition.partition,
-                        message.offset,
-                        message.key,
-                        exc,
-                    )
-        try:
-            if records:
-                await sync_to_async(save_latest)(records)
-                await push_telemetry(records)
-        except Exception:
-            # Not handled, so not committed: rewind to the batch's first offsets and retry.
-            logger.exception("could not handle %d records; will retry", len(records))
-            for partition, messages in batches.items():
-                consumer.seek(partition, messages[0].offset)
-            await asyncio.sleep(1.0)
+                    await self._dead_letter(dead_letters, message, "decode", exc)
+        if not decoded:
             return
-        await consumer.commit()
-        self.handled += len(records)
+        records = [record for _message, record in decoded]
+        error = await self._deliver_with_retries(records, stop)
+        if error is None:
+            self.handled += len(records)
+            return
+        # Isolate the poison: one record at a time, so the rest of the batch is still handled.
+        logger.warning("a batch of %d records kept failing (%s); handling them one by one", len(records), error)
+        for message, record in decoded:
+            try:
+                await self._deliver([record])
+            except Exception as exc:  # a sink's failure on one record is that record's problem
+                self.failed += 1
+                await self._dead_letter(dead_letters, message, "handle", exc)
+            else:
+                self.handled += 1
+
+    async def _deliver(self, records: list[Record]) -> None:
+        for sink in self.sinks:
+            await sink(records)
+
+    async def _deliver_with_retries(self, records: list[Record], stop: asyncio.Event) -> Exception | None:
+        """None once every sink took the records; the last error after `attempts` failures."""
+        self._retry.reset()
+        for attempt in range(1, self.attempts + 1):
+            try:
+                await self._deliver(records)
+                return None
+            except Exception as exc:  # counted and retried; dead-lettered if it persists
+                if attempt == self.attempts:
+                    return exc
+                logger.warning(
+                    "could not handle %d records (attempt %d of %d: %s: %s); retrying in %.1f s",
+                    len(records),
+                    attempt,
+                    self.attempts,
+                    type(exc).__name__,
+                    exc,
+                    self._retry.peek_s(),
+                )
+                if await self._retry.wait(stop):
+                    raise _StopRequested from exc
+        return None  # not reached: the loop returns on the last attempt
+
+    async def _dead_letter(
+        self, producer: AIOKafkaProducer, message: ConsumerRecord, stage: str, exc: BaseException
+    ) -> None:
+        """Copy the message to the dead-letter topic, key and value as they were, with the reason."""
+        reason = f"{type(exc).__name__}: {exc}"
+        if len(reason) > REASON_MAX_CHARS:
+            reason = reason[: REASON_MAX_CHARS - 3] + "..."
+        headers = [
+            (REASON_HEADER, reason.encode()),
+            (STAGE_HEADER, stage.encode()),
+            (TOPIC_HEADER, message.topic.encode()),
+            (PARTITION_HEADER, str(message.partition).encode()),
+            (OFFSET_HEADER, str(message.offset).encode()),
+        ]
+        try:
+            await producer.send_and_wait(self.dead_letter_topic, message.value, key=message.key, headers=headers)
+        except MessageSizeTooLargeError:
+            # Keep the evidence that fits: where it was and why; the value stays in the source topic.
+            headers.append((VALUE_DROPPED_HEADER, b"1"))
+            await producer.send_and_wait(self.dead_letter_topic, None, key=message.key, headers=headers)
+        self.dead_lettered += 1
+        logger.error(
+            "dead-lettered %s[%d]@%d (key %r) to %s: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            message.key,
+            self.dead_letter_topic,
+            reason,
+        )

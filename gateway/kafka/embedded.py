@@ -22,9 +22,18 @@ def broker_binary() -> Path:
 
 
 def start_broker(
-    host: str = "127.0.0.1", port: int = 9092, *, log_path: Path | None = None, timeout_s: float = 20.0
+    host: str = "127.0.0.1",
+    port: int = 9092,
+    *,
+    advertised_port: int | None = None,
+    log_path: Path | None = None,
+    timeout_s: float = 20.0,
 ) -> subprocess.Popen:
-    """Start Tansu with in-memory storage and wait until it accepts connections."""
+    """Start Tansu with in-memory storage and wait until it accepts connections.
+
+    advertised_port: the port the broker tells clients to connect to (metadata), when they reach
+    it through something in between, such as the TCP proxy of the outage tests; default `port`.
+    """
     import tempfile
 
     log_path = log_path or Path(tempfile.gettempdir()) / f"evdash-tansu-{port}.log"
@@ -38,7 +47,7 @@ def start_broker(
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            f"tcp://{host}:{advertised_port or port}",
             "--storage-engine",
             "memory://tansu/",
         ],

@@ -2,12 +2,14 @@
 
 import asyncio
 import collections
+import itertools
 import logging
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from gateway.kafka.config import producer_options
+from gateway.runtime import Backoff
 from gateway.telemetry import Record, encode_record
 
 logger = logging.getLogger(__name__)
@@ -17,7 +19,13 @@ class TelemetryPublisher:
     """Buffers records in memory and sends them in order; `publish` never blocks the poll loop.
 
     While the broker is unreachable records wait in a bounded buffer (oldest dropped first, and
-    counted) and are sent once it is back.
+    counted) and are sent once it is back. A record leaves the buffer only when the broker has
+    acknowledged it (acks=all).
+
+    Delivery is at least once. Without the idempotent producer (KAFKA_ENABLE_IDEMPOTENCE, which
+    Tansu does not support) a record can be written twice, but only one that was in flight (handed
+    to the client, not yet acknowledged) when the connection failed: the client or this buffer
+    sends it again. Consumers tolerate that (see gateway.kafka.consumer).
     """
 
     def __init__(self, topic: str, *, buffer_size: int = 50_000) -> None:
@@ -27,16 +35,28 @@ class TelemetryPublisher:
         self.sent = 0
         self.dropped = 0
         self._wakeup = asyncio.Event()
+        self._abandon = asyncio.Event()  # set when stop() gives up flushing
+        self._backoff = Backoff()
+        self._pending: list[asyncio.Future] = []
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task | None = None
         self._closing = False
+
+    @property
+    def in_flight(self) -> int:
+        """Records handed to the Kafka client and not acknowledged yet."""
+        return sum(not future.done() for future in self._pending)
 
     def publish(self, record: Record) -> None:
         if len(self.buffer) >= self.buffer_size:
             self.buffer.popleft()
             self.dropped += 1
             if self.dropped % 1000 == 1:
-                logger.warning("Kafka buffer full: %d telemetry records dropped so far", self.dropped)
+                logger.warning(
+                    "Kafka buffer full (%d records): dropping the oldest telemetry; %d dropped so far",
+                    self.buffer_size,
+                    self.dropped,
+                )
         self.buffer.append((record["charge_point"].encode(), encode_record(record)))
         self._wakeup.set()
 
@@ -44,20 +64,22 @@ class TelemetryPublisher:
         self._task = asyncio.create_task(self._run(), name="kafka-publisher")
 
     async def stop(self, flush_timeout_s: float = 10.0) -> None:
-        """Send what is buffered (up to the timeout), then close the producer."""
+        """Send what is buffered (retrying up to the timeout), then close the producer."""
         self._closing = True
         self._wakeup.set()
         if self._task is not None:
             try:
-                await asyncio.wait_for(self._task, flush_timeout_s)
+                await asyncio.wait_for(asyncio.shield(self._task), flush_timeout_s)
             except TimeoutError:
                 logger.warning("gave up flushing %d telemetry records at shutdown", len(self.buffer))
+                self._abandon.set()
+                self._task.cancel()  # a send may be waiting on the broker
+                await asyncio.gather(self._task, return_exceptions=True)
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
 
     async def _run(self) -> None:
-        backoff_s = 0.5
         while True:
             if not self.buffer:
                 if self._closing:
@@ -68,18 +90,16 @@ class TelemetryPublisher:
             try:
                 producer = await self._connected_producer()
                 await self._send_buffered(producer)
-                backoff_s = 0.5
+                self._backoff.reset()
             except (KafkaError, OSError) as exc:
                 logger.warning(
                     "Kafka unavailable (%s); %d records buffered, retrying in %.1f s",
                     exc,
                     len(self.buffer),
-                    backoff_s,
+                    self._backoff.peek_s(),
                 )
-                if self._closing:
+                if await self._backoff.wait(self._abandon):
                     return
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 30.0)
 
     async def _connected_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
@@ -94,18 +114,20 @@ class TelemetryPublisher:
         return self._producer
 
     async def _send_buffered(self, producer: AIOKafkaProducer) -> None:
-        # Records leave the buffer only once the broker acknowledged them (acks=all).
-        batch = list(self.buffer)[:1000]
-        futures = [await producer.send(self.topic, value, key=key) for key, value in batch]
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        delivered = 0
-        for result in results:
-            if isinstance(result, BaseException):
-                break
-            delivered += 1
-        for _ in range(delivered):
-            self.buffer.popleft()
-        self.sent += delivered
-        if delivered < len(results):
-            failed = results[delivered]
+        batch = list(itertools.islice(self.buffer, 1000))
+        self._pending = []
+        for key, value in batch:
+            self._pending.append(await producer.send(self.topic, value, key=key))
+        results = await asyncio.gather(*self._pending, return_exceptions=True)
+        # Remove exactly the acknowledged entries (by identity): while the batch was in flight the
+        # buffer may have dropped its oldest entries, so "the first N" would be the wrong ones.
+        acknowledged = {
+            id(entry) for entry, result in zip(batch, results, strict=True) if not isinstance(result, BaseException)
+        }
+        if acknowledged:
+            self.buffer = collections.deque(entry for entry in self.buffer if id(entry) not in acknowledged)
+        self.sent += len(acknowledged)
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
+            failed = failures[0]
             raise failed if isinstance(failed, KafkaError) else KafkaError(str(failed))

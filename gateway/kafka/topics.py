@@ -15,6 +15,11 @@ def telemetry_topic() -> str:
     return setting("TELEMETRY_TOPIC")
 
 
+def dead_letter_topic() -> str:
+    """Where the consumer puts records it could not decode or handle: evdash.telemetry.dlq by default."""
+    return setting("DEAD_LETTER_TOPIC") or f"{telemetry_topic()}.dlq"
+
+
 async def ensure_topics(topics: list[str], partitions: int | None = None) -> None:
     """Create missing topics (keyed by charge point, so partitions give consumers parallelism).
 

@@ -18,4 +18,8 @@ class Command(BaseCommand):
                 "runconsumer on its own needs a shared channel layer (set REDIS_URL); in the "
                 "embedded mode `manage.py demo` runs the consumer inside the web server process."
             )
-        run_until_stopped(services.run_consumer)
+        try:
+            run_until_stopped(services.run_consumer)
+        except Exception as exc:
+            # run_consumer logged the traceback; the exit status and this line tell the supervisor.
+            raise CommandError(f"runconsumer failed: {type(exc).__name__}: {exc}") from exc
