@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.choices import ByteOrder, DataType
-from gateway.profiles.codec import INTEGER_RANGES, DecodeError, decode_value, encode_value
+from gateway.profiles.codec import FIXED_LENGTHS, INTEGER_RANGES, DecodeError, decode_value, encode_value
 
 ORDERS = list(ByteOrder.values)
 
@@ -20,6 +20,7 @@ def test_integers_round_trip(data: st.DataObject, data_type: str, order: str) ->
     low, high = INTEGER_RANGES[data_type]
     value = data.draw(st.integers(low, high))
     registers = encode_value(data_type, value, order)
+    assert len(registers) == FIXED_LENGTHS[data_type]
     assert all(0 <= r <= 0xFFFF for r in registers)
     assert decode_value(data_type, registers, order) == value
 

@@ -30,15 +30,17 @@ def test_gap_up_to_max_gap_is_bridged_and_larger_gap_splits() -> None:
 
 def test_functions_are_never_mixed_in_one_read() -> None:
     spec = profile(RegisterSpec("h", 0), RegisterSpec("i", 1, function=Function.INPUT))
-    assert {r.function for r in plan_reads(spec, (PollGroup.FAST,))} == {Function.HOLDING, Function.INPUT}
+    plan = plan_reads(spec, (PollGroup.FAST,))
+    assert [(r.function, r.address, r.count) for r in plan] == [(Function.HOLDING, 0, 1), (Function.INPUT, 1, 1)]
 
 
 def test_reads_stay_within_125_registers() -> None:
     spec = profile(*(RegisterSpec(f"r{i}", i * 2, data_type=DataType.UINT32, length=2) for i in range(200)))
     plan = plan_reads(spec, (PollGroup.FAST,))
-    assert all(r.count <= MAX_READ_REGISTERS for r in plan)
-    assert sum(len(r.registers) for r in plan) == 200
-    assert len(plan) == 4  # 400 registers / 124 (whole uint32 values) per read
+    # 62 whole uint32 values (124 registers) fit under 125; a value never straddles two reads.
+    assert [r.count for r in plan] == [124, 124, 124, 28]
+    assert max(r.count for r in plan) <= MAX_READ_REGISTERS
+    assert [len(r.registers) for r in plan] == [62, 62, 62, 14]
 
 
 def test_bit_reads_stay_within_2000_bits() -> None:

@@ -7,7 +7,6 @@ import pytest
 from django.conf import settings
 
 from gateway.modbus.planner import plan_reads
-from gateway.profiles.codec import encode_value
 from gateway.profiles.decode import decode_block, to_telemetry_fields
 from gateway.profiles.store import SHIPPED_DIR, read_spec_file
 from gateway.telemetry import SCHEMA_PATH, InvalidRecord, build_record, decode_record, encode_record
@@ -15,34 +14,35 @@ from gateway.telemetry import SCHEMA_PATH, InvalidRecord, build_record, decode_r
 GENERIC = read_spec_file(SHIPPED_DIR / "generic-ev-charger.json")
 
 
-def generic_registers(**raw: int) -> list[int]:
-    """A fast-group block of the generic profile with the given raw register values."""
-    block = [0] * 16
-    for register in GENERIC.registers:
-        if register.name in raw:
-            words = encode_value(register.data_type, raw[register.name], register.byte_order)
-            block[register.address : register.address + len(words)] = words
-    return block
+def decode_generic(words: dict[int, int]):
+    """Decode the generic profile's fast block (16 registers, zero unless given) into telemetry fields.
 
-
-def decode_generic(**raw: int):
+    The words are literal wire values (address -> word), not made by our encoder.
+    """
     [request] = plan_reads(GENERIC, ("fast",))
-    values, errors = decode_block(request.registers, request.address, generic_registers(**raw))
+    assert (request.address, request.count) == (0, 16)
+    block = [words.get(address, 0) for address in range(16)]
+    values, errors = decode_block(request.registers, request.address, block)
     assert errors == {}
     return to_telemetry_fields(GENERIC, values)
 
 
 def test_generic_block_decodes_scaled_values_and_status() -> None:
+    # Generic map (docs/profiles.md): big-endian, uint32 high word first, int16 two's complement.
     fields = decode_generic(
-        status=2,
-        power=11_040,
-        current_l1=1600,
-        current_l2=1601,
-        current_l3=1599,
-        voltage_l1=2301,
-        energy_total=123_456_789,
-        temperature=-55,
-        max_current=160,
+        {
+            0: 0x0002,  # status 2 = charging
+            2: 0x0000,  # power 11040 W = 0x00002B20
+            3: 0x2B20,
+            4: 0x0640,  # current L1 1600 × 0.01 A
+            5: 0x0641,  # 1601
+            6: 0x063F,  # 1599
+            7: 0x08FD,  # voltage L1 2301 × 0.1 V
+            10: 0x075B,  # energy 123456789 Wh = 0x075BCD15
+            11: 0xCD15,
+            14: 0xFFC9,  # temperature -55 × 0.1 °C (int16)
+            15: 0x00A0,  # max current 160 × 0.1 A
+        }
     )
     assert fields.status == "charging"
     assert fields.iec61851_state == "C"
@@ -57,9 +57,11 @@ def test_generic_block_decodes_scaled_values_and_status() -> None:
 
 
 def test_unknown_status_code_is_reported_not_guessed() -> None:
-    fields = decode_generic(status=99)
+    fields = decode_generic({0: 99})
     assert fields.status == "unavailable"
-    assert fields.problems == ["unknown status (status=99)"]
+    # Names what it saw: the status code first, then any other register the rules look at.
+    [problem] = fields.problems
+    assert problem.startswith("unknown status (status=99") and problem.endswith(")")
 
 
 def test_built_records_validate_and_round_trip() -> None:
@@ -68,7 +70,7 @@ def test_built_records_validate_and_round_trip() -> None:
         site="site",
         profile="generic-ev-charger",
         seq=7,
-        fields=decode_generic(status=1),
+        fields=decode_generic({0: 1}),
         poll_ms=3.21,
         moment=datetime(2026, 11, 24, 12, 0, 0, 123456, tzinfo=UTC),
     )
@@ -105,7 +107,7 @@ def test_malformed_payloads_are_rejected_with_a_reason(payload: bytes | None, re
 
 
 def test_wrong_status_value_names_the_field() -> None:
-    record = build_record(charge_point="cp", site="s", profile="p", seq=1, fields=decode_generic(status=1))
+    record = build_record(charge_point="cp", site="s", profile="p", seq=1, fields=decode_generic({0: 1}))
     record["status"] = "exploded"
     with pytest.raises(InvalidRecord, match=r"^status: "):
         decode_record(json.dumps(record).encode())
