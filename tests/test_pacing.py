@@ -131,8 +131,9 @@ async def test_paced_requests_are_spaced_and_other_chargers_are_not_slowed(site,
         f"generic while the KEBA was paced: {len(times)} records in {window[1] - window[0]:.1f} s, "
         f"median gap {statistics.median(record_gaps):.3f} s, max {max(record_gaps):.3f} s"
     )
-    assert len(times) >= (window[1] - window[0]) / 0.25 / 2
-    assert statistics.median(record_gaps) < 0.4
+    # Its 250 ms interval kept (a charger slowed by the KEBA's pacing gets ~0.5 s, half the records).
+    assert len(times) >= 0.6 * (window[1] - window[0]) / 0.25
+    assert statistics.median(record_gaps) < 1.5 * 0.25
     assert max(record_gaps) < 2.0
 
 
