@@ -55,8 +55,8 @@ TABLE = GoldenTable(
         Read("current_l1", 1008, "holding", (0x0000, 0x3E80), 16.0, "keba_guide p. 10, evcc_keba", "current_l1_a"),
         # 15500 mA = 0x00003C8C
         Read("current_l2", 1010, "holding", (0x0000, 0x3C8C), 15.5, "keba_guide p. 10, evcc_keba", "current_l2_a"),
-        # 0 mA
-        Read("current_l3", 1012, "holding", (0x0000, 0x0000), 0.0, "keba_guide p. 10, evcc_keba", "current_l3_a"),
+        # 6000 mA = 0x00001770
+        Read("current_l3", 1012, "holding", (0x0000, 0x1770), 6.0, "keba_guide p. 10, evcc_keba", "current_l3_a"),
         # 11040000 mW = 0x00A87500 -> 11040 W (evcc currentPower / 1e3)
         Read("active_power", 1020, "holding", (0x00A8, 0x7500), 11040.0, "keba_guide p. 12, evcc_keba", "power_w"),
         # 123456789 × 0.1 Wh = 0x075BCD15 -> 12345678.9 Wh (evcc / 1e4 -> kWh)

@@ -31,8 +31,8 @@ TABLE = GoldenTable(
         Read("current_l1", 1008, "input", (0x3E80,), 16.0, "evcc_vestel", "current_l1_a"),
         # 15500 mA = 0x3C8C
         Read("current_l2", 1010, "input", (0x3C8C,), 15.5, "evcc_vestel", "current_l2_a"),
-        # 0 mA
-        Read("current_l3", 1012, "input", (0x0000,), 0.0, "evcc_vestel", "current_l3_a"),
+        # 6000 mA = 0x1770
+        Read("current_l3", 1012, "input", (0x1770,), 6.0, "evcc_vestel", "current_l3_a"),
         # 230 V = 0x00E6 (evcc divider 1)
         Read("voltage_l1", 1014, "input", (0x00E6,), 230, "evcc_vestel", "voltage_l1_v"),
         # 231 V = 0x00E7
