@@ -1,10 +1,13 @@
 """The product as a user meets it: `manage.py demo` running, Chromium logging in and watching it live."""
 
+import contextlib
+import http.server
 import os
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -170,6 +173,37 @@ def set_abb_current_limit(demo: dict, limit_a: int) -> None:
         client.close()
 
 
+@contextlib.contextmanager
+def other_site() -> Iterator[str]:
+    """A real web server on another port of 127.0.0.1 serving an empty page: another origin, same host.
+
+    A real one, not a Playwright route: Chromium treats a routed page as public and its Local
+    Network Access check would block the socket before our origin check is reached.
+    """
+
+    class EmptyPage(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<!doctype html><title>another site</title>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), EmptyPage)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
 def record_time_ms(page, selector: str) -> float:
     """The timestamp of the record shown by `selector` (a <time datetime>), in ms since the epoch."""
     return page.evaluate("s => Date.parse(document.querySelector(s).getAttribute('datetime'))", selector)
@@ -281,10 +315,9 @@ def test_websocket_needs_a_login_and_this_sites_origin(demo: dict, page) -> None
     # Another port of the same host: the browser sends the session cookie (cookies ignore ports), so
     # only the origin check stands between that page and the stream. The handshake is refused (HTTP
     # 403), which a browser reports as 1006.
-    evil = f"http://127.0.0.1:{free_port()}/"
-    page.route(evil, lambda route: route.fulfill(status=200, content_type="text/html", body="<title>other</title>"))
-    page.goto(evil)
-    assert page.evaluate(OPEN_SOCKET, ws_url) == {"closed": 1006}
+    with other_site() as other_url:
+        page.goto(other_url)
+        assert page.evaluate(OPEN_SOCKET, ws_url) == {"closed": 1006}
 
     # An unknown path is refused at the handshake without a traceback in the server's log.
     page.goto(demo["url"] + "/")
