@@ -56,7 +56,8 @@ class ChargePointConnection:
     Every request waits for the charger's pacing first: at least `pacing.request_gap_ms` after the
     previous request's answer (or failure), and a write at least `pacing.write_gap_ms` after the
     previous write's. The times live in this object, so a reconnect does not reset them, and only
-    this charger's requests wait. Setting `stop` ends a pending wait at once (PaceInterrupted).
+    this charger's requests wait. Setting `stop` ends a pending wait at once (PaceInterrupted);
+    close() never waits, and a request whose wait outlasts the connection fails as not connected.
     `clock` and `wait` are injectable for tests (defaults: time.monotonic, wait_unless_stopped).
     """
 
