@@ -1,5 +1,7 @@
 """Admin: charge points and profiles are validated with clear messages."""
 
+import re
+
 import pytest
 from django.core.exceptions import ValidationError
 from django.urls import reverse
@@ -54,18 +56,24 @@ def test_admin_rejects_bad_values_with_clear_messages(
 def test_admin_rejects_duplicate_endpoint(admin_client, site, generic_profile) -> None:
     make_charge_point(site, generic_profile, "cp-old", 502, host="10.0.0.5")
     response = admin_client.post(reverse("admin:gateway_chargepoint_add"), charge_point_form(site, generic_profile))
+    assert response.status_code == 200
     assert "Another charge point already uses this host, port and unit id." in response.content.decode()
     assert not ChargePoint.objects.filter(slug="cp-new").exists()
 
 
 def test_admin_disables_charge_points_in_bulk(admin_client, site, generic_profile) -> None:
     cp = make_charge_point(site, generic_profile, "cp-a", 1502)
-    admin_client.post(
+    other = make_charge_point(site, generic_profile, "cp-b", 1503)
+    assert cp.enabled is True  # the action, not the default, must disable it
+    response = admin_client.post(
         reverse("admin:gateway_chargepoint_changelist"),
         {"action": "disable", "_selected_action": [cp.pk]},
     )
+    assert response.status_code == 302
     cp.refresh_from_db()
+    other.refresh_from_db()
     assert cp.enabled is False
+    assert other.enabled is True  # only the selected ones
 
 
 @pytest.mark.parametrize(
@@ -89,4 +97,8 @@ def test_register_validation(generic_profile, fields, field, message) -> None:
 def test_profile_page_shows_registers_inline(admin_client, generic_profile) -> None:
     response = admin_client.get(reverse("admin:gateway_deviceprofile_change", args=[generic_profile.pk]))
     assert response.status_code == 200
-    assert "energy_total" in response.content.decode()
+    page = response.content.decode()
+    # The name inputs of the inline rows ("energy_total" alone also matches the role option energy_total_wh).
+    names = re.findall(r'name="registers-\d+-name" value="([^"]*)"', page)
+    assert names == [register.name for register in generic_profile.registers.all()]
+    assert "energy_total" in names

@@ -1,11 +1,13 @@
 """Profiles as data: admin validation of the register table, JSON import/export round trips."""
 
+import html
 import json
 from io import StringIO
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
+from django.http import HttpResponse
 from django.urls import reverse
 
 from gateway.models import DeviceProfile
@@ -16,26 +18,27 @@ from gateway.profiles.validate import profile_problems
 pytestmark = pytest.mark.django_db
 
 
-def profile_form(profile: DeviceProfile, registers: list[dict], rules: list[dict]) -> dict:
-    """The admin change form of a profile as a browser posts it."""
+def profile_form(profile: DeviceProfile, registers: list[dict], rules: list[dict], **fields: object) -> dict:
+    """The admin change form of a profile as a browser posts it (`fields` override profile fields)."""
     data = {
         "slug": profile.slug, "name": profile.name, "vendor": "", "model": "", "source": "", "notes": "",
         "default_port": 502, "default_unit_id": 1, "max_gap": 8, "max_read_registers": 125,
         "fixed_read_size": "", "read_blocks": "[]", "derived": "[]", "heartbeats": "[]", "simulator": "{}",
+        "request_gap_ms": 0, "write_gap_ms": 0, "pacing_source": "",
         "registers-TOTAL_FORMS": len(registers), "registers-INITIAL_FORMS": 0,
         "registers-MIN_NUM_FORMS": 0, "registers-MAX_NUM_FORMS": 1000,
         "status_rules-TOTAL_FORMS": len(rules), "status_rules-INITIAL_FORMS": 0,
         "status_rules-MIN_NUM_FORMS": 0, "status_rules-MAX_NUM_FORMS": 1000,
-    }  # fmt: skip
+    } | fields  # fmt: skip
     register_defaults = {
         "function": "holding", "data_type": "uint16", "length": 1, "byte_order": "ABCD", "encoding": "ascii",
-        "scale": 1, "offset": 0, "unit": "", "role": "", "access": "r", "poll_group": "fast",
+        "scale": 1, "offset": 0, "unit": "", "role": "", "access": "r", "poll_group": "fast", "write_values": "[]",
     }  # fmt: skip
     for index, register in enumerate(registers):
         for key, value in (register_defaults | register).items():
             data[f"registers-{index}-{key}"] = value
     for index, rule in enumerate(rules):
-        for key, value in ({"position": index, "description": ""} | rule).items():
+        for key, value in ({"position": index, "description": "", "match": "is"} | rule).items():
             data[f"status_rules-{index}-{key}"] = value
     return data
 
@@ -45,20 +48,28 @@ def empty_profile(db: None) -> DeviceProfile:
     return DeviceProfile.objects.create(slug="custom", name="Custom charger")
 
 
-def post_profile(admin_client, profile: DeviceProfile, registers: list[dict], rules: list[dict] | None = None) -> str:
+def post_profile(
+    admin_client, profile: DeviceProfile, registers: list[dict], rules: list[dict] | None = None, **fields: object
+) -> HttpResponse:
     url = reverse("admin:gateway_deviceprofile_change", args=[profile.pk])
-    response = admin_client.post(url, profile_form(profile, registers, rules or []))
-    return response.content.decode() if response.status_code == 200 else ""
+    return admin_client.post(url, profile_form(profile, registers, rules or [], **fields))
+
+
+def error_page(response: HttpResponse) -> str:
+    """The text of a form page that was shown again with errors (not saved, not a crash)."""
+    assert response.status_code == 200, f"expected the form again with errors, got HTTP {response.status_code}"
+    assert 'class="errorlist' in response.content.decode(), "the form page shows no error"
+    return html.unescape(response.content.decode())
 
 
 def test_a_valid_register_table_saves(admin_client, empty_profile) -> None:
-    page = post_profile(
+    response = post_profile(
         admin_client,
         empty_profile,
         [{"name": "state", "address": 0}, {"name": "power", "address": 1, "data_type": "float32", "length": 2}],
         [{"register": "state", "code": "2", "iec61851_state": "C", "status": "charging"}],
     )
-    assert page == ""
+    assert response.status_code == 302
     spec = load_spec(empty_profile)
     assert [r.name for r in spec.registers] == ["state", "power"]
     assert spec.status_rules[0].code == "2"
@@ -70,7 +81,7 @@ def test_a_valid_register_table_saves(admin_client, empty_profile) -> None:
         (
             [{"name": "a", "address": 10, "data_type": "uint32", "length": 2}, {"name": "b", "address": 11}],
             [],
-            "Registers &#x27;a&#x27; (10..11) and &#x27;b&#x27; (11..11) overlap.",
+            "Registers 'a' (10..11) and 'b' (11..11) overlap.",
         ),
         ([{"name": "a", "address": 65535, "data_type": "uint32", "length": 2}], [], "runs past 65535"),
         ([{"name": "a", "address": 0, "data_type": "float64", "length": 2}], [], "occupies 4 register(s)"),
@@ -82,7 +93,7 @@ def test_a_valid_register_table_saves(admin_client, empty_profile) -> None:
                 {"register": "a", "code": "1", "iec61851_state": "B", "status": "preparing"},
                 {"register": "a", "code": "1", "iec61851_state": "C", "status": "charging"},
             ],
-            "Please correct the duplicate data for register and code",
+            "Please correct the duplicate data for register, code and match",
         ),
         (
             [{"name": "a", "address": 0}],
@@ -93,7 +104,7 @@ def test_a_valid_register_table_saves(admin_client, empty_profile) -> None:
     ids=["overlap", "past-65535", "length", "write-range-read-only", "unknown-role", "code-twice", "rule-register"],
 )
 def test_register_table_errors_are_clear(admin_client, empty_profile, registers, rules, message) -> None:
-    page = post_profile(admin_client, empty_profile, registers, rules)
+    page = error_page(post_profile(admin_client, empty_profile, registers, rules))
     assert message in page
     assert not empty_profile.registers.exists()
 

@@ -135,7 +135,7 @@ def parse_profile_json(text: str | bytes, origin: str = "profile") -> ProfileSpe
         logger.warning("%s: profile refused by an unexpected %s", origin, type(exc).__name__, exc_info=True)
         raise ProfileFormatError(f"{origin}: cannot use this profile ({type(exc).__name__}: {exc})") from exc
     if problems:
-        raise ProfileFormatError(f"{origin}: " + "; ".join(problems))
+        raise ProfileFormatError(f"{origin}: " + "; ".join(problem.rstrip(".") for problem in problems))
     return spec
 
 
@@ -187,7 +187,14 @@ def model_problems(spec: ProfileSpec) -> list[str]:
         heartbeats=data["heartbeats"],
         **{name: getattr(spec, name) for name in _PROFILE_SCALARS if _has_field(DeviceProfile, name)},
     )
-    problems = _validation_messages("profile", profile.full_clean, validate_unique=False, validate_constraints=False)
+    problems = [
+        message
+        for message in _validation_messages(
+            "profile", profile.full_clean, validate_unique=False, validate_constraints=False
+        )
+        # DeviceProfile.clean checks these with the rules profile_problems runs: say it once.
+        if not message.startswith(_JSON_FIELD_PREFIXES)
+    ]
     register_columns = [name for name in _REGISTER_FIELDS if _has_field(Register, name)]
     for reg in spec.registers:
         register = Register(**{name: _column(getattr(reg, name)) for name in register_columns})
@@ -206,6 +213,9 @@ def model_problems(spec: ProfileSpec) -> list[str]:
             validate_constraints=False,
         )
     return problems
+
+
+_JSON_FIELD_PREFIXES = ("profile read_blocks: ", "profile heartbeats: ", "profile derived: ")
 
 
 def _validation_messages(where: str, validate: Any, **options: Any) -> list[str]:

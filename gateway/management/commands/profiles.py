@@ -6,9 +6,9 @@ from django.core.management.base import BaseCommand, CommandError
 
 from gateway.choices import PollGroup
 from gateway.modbus.planner import plan_reads
-from gateway.models import DeviceProfile, Register, StatusRule
+from gateway.models import DeviceProfile
 from gateway.profiles.spec import ProfileFormatError
-from gateway.profiles.store import export_profile_json, load_spec, parse_profile_json, save_spec
+from gateway.profiles.store import export_profile_json, import_profile, load_spec, read_profile_bytes
 
 
 class Command(BaseCommand):
@@ -46,14 +46,16 @@ class Command(BaseCommand):
     def do_import(self, options: dict) -> None:
         path = Path(options["file"])
         try:
-            spec = parse_profile_json(path.read_bytes(), origin=path.name)
+            with path.open("rb") as stream:
+                data = read_profile_bytes(stream, path.name)
+            # The same checks as the admin's import and profile form; nothing saved unless all pass.
+            profile, created = import_profile(data, origin=path.name)
         except OSError as exc:
             raise CommandError(f"Cannot read {path}: {exc.strerror}.") from exc
         except ProfileFormatError as exc:
             raise CommandError(str(exc)) from exc
-        created = not DeviceProfile.objects.filter(slug=spec.slug).exists()
-        save_spec(spec, DeviceProfile, Register, StatusRule)
         verb = "Created" if created else "Replaced"
         self.stdout.write(
-            f"{verb} profile {spec.slug} ({len(spec.registers)} registers, {len(spec.status_rules)} status rules)."
+            f"{verb} profile {profile.slug} ({profile.registers.count()} registers, "
+            f"{profile.status_rules.count()} status rules)."
         )
