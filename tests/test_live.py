@@ -9,6 +9,7 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db import connections
 from django.test import Client
 
 from evdash.asgi import application
@@ -183,7 +184,17 @@ async def test_unknown_charge_point_is_refused(site, generic_profile) -> None:
     await communicator.wait()
 
 
-async def test_logout_closes_that_sessions_sockets_only(site, generic_profile) -> None:
+@pytest.mark.parametrize(
+    "layer",
+    [
+        pytest.param("in-memory", id="in-memory"),
+        pytest.param("redis", marks=pytest.mark.production, id="redis"),
+    ],
+)
+async def test_logout_closes_that_sessions_sockets_only(site, generic_profile, layer: str) -> None:
+    # Under `make test` the production run uses the Redis layer, which reaches sockets of every process.
+    expected = "RedisChannelLayer" if layer == "redis" else "InMemoryChannelLayer"
+    assert type(get_channel_layer()).__name__ == expected
     await sync_to_async(make_charge_point)(site, generic_profile, "cp-a", 1502)
     user = await make_user()
     leaving, leaving_headers = await sync_to_async(log_in)(user)
@@ -206,6 +217,9 @@ async def test_logout_closes_that_sessions_sockets_only(site, generic_profile) -
     for communicator in (fleet, one, other, again):
         await communicator.disconnect()
     assert open_sockets.count(user.pk) == 0
+    # The consumers' database connections live in asgiref's sync thread: close them there, so that
+    # PostgreSQL lets pytest drop the test database.
+    await sync_to_async(connections.close_all)()
 
 
 async def test_sockets_per_user_are_capped_and_counted_down_on_close(monkeypatch: pytest.MonkeyPatch) -> None:
