@@ -13,6 +13,11 @@ from gateway.telemetry import Record
 
 logger = logging.getLogger(__name__)
 
+# runpoller and runconsumer exit within this many seconds of SIGTERM or SIGINT (README, "Stopping").
+STOP_WITHIN_S = 15.0
+# How long runpoller keeps trying to hand buffered records to Kafka when it stops.
+POLLER_FLUSH_TIMEOUT_S = 10.0
+
 
 async def prepare_topics() -> None:
     """Create the topics if the broker lets us; an unreachable broker is retried by the clients."""
@@ -23,15 +28,34 @@ async def prepare_topics() -> None:
 
 
 async def run_poller(stop: asyncio.Event, *, site: str | None = None) -> None:
-    """Poll every enabled charge point and publish to Kafka until stop is set, then flush."""
+    """Poll every enabled charge point and publish to Kafka until stop is set, then flush.
+
+    After SIGTERM/SIGINT the poll in progress finishes (at most EVDASH_MODBUS_TIMEOUT_S + 1 s),
+    then buffered records are flushed (at most POLLER_FLUSH_TIMEOUT_S): runpoller exits within
+    STOP_WITHIN_S with the defaults.
+    """
     await prepare_topics()
     publisher = TelemetryPublisher(telemetry_topic())
+    published = 0
+
+    def publish(record: Record) -> None:
+        nonlocal published
+        published += 1
+        publisher.publish(record)
+
     await publisher.start()
     try:
-        await Poller(publisher.publish, site=site).run(stop)
+        await Poller(publish, site=site).run(stop)
     finally:
-        await publisher.stop()
-        logger.info("poller stopped: %d records sent, %d dropped", publisher.sent, publisher.dropped)
+        await publisher.stop(flush_timeout_s=POLLER_FLUSH_TIMEOUT_S)
+        # The shutdown test compares these with what reached Kafka: keep the wording.
+        logger.info(
+            "poller stopped: %d records published, %d records sent, %d dropped, %d unsent",
+            published,
+            publisher.sent,
+            publisher.dropped,
+            len(publisher.buffer),
+        )
 
 
 async def poll_once(*, site: str | None = None) -> list[Record]:

@@ -99,3 +99,24 @@ def session_cookie_headers(user: object) -> list[tuple[bytes, bytes]]:
         (b"host", b"127.0.0.1"),
         (b"origin", b"http://127.0.0.1"),
     ]
+
+
+class Collected:
+    """A publish callback for the poller that keeps every record (schema-checked) and when it arrived."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+        self.arrived_at: list[float] = []  # time.monotonic() of each record
+
+    def __call__(self, record: dict) -> None:
+        from gateway.telemetry import decode_record, encode_record
+
+        self.records.append(decode_record(encode_record(record)))
+        self.arrived_at.append(time.monotonic())
+
+    def of(self, slug: str) -> list[dict]:
+        return [r for r in self.records if r["charge_point"] == slug]
+
+    def times_of(self, slug: str) -> list[float]:
+        """Arrival times of one charge point's records."""
+        return [t for r, t in zip(self.records, self.arrived_at, strict=True) if r["charge_point"] == slug]

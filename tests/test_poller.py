@@ -1,36 +1,35 @@
-"""The poll loop against real simulator Modbus servers: decode, dead devices, live reload."""
+"""The poll loop against real simulator Modbus servers: decode, dead devices, isolation, heartbeats, crashes."""
 
 import asyncio
+import itertools
 import json
-import socket
+import logging
+import time
+from dataclasses import replace
+from datetime import timedelta
 from io import StringIO
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.management import call_command
 
-from gateway.modbus.poller import ChargePointPoller, Poller, load_configs
-from gateway.models import ChargePoint
-from gateway.profiles.store import SHIPPED_DIR, read_spec_file
+from gateway.modbus.poller import CRASH_RESTART_FIRST_S, ChargePointPoller, Poller, load_configs
+from gateway.models import ChargePoint, DeviceProfile
+from gateway.profiles.spec import Heartbeat, ProfileSpec
+from gateway.profiles.store import SHIPPED_DIR, read_spec_file, save_spec
 from gateway.simulator.fleet import SimulatorFleet
-from gateway.telemetry import decode_record, encode_record
-from tests.conftest import free_port, make_charge_point, wait_for
+from tests.conftest import Collected, free_port, make_charge_point, wait_for
+from tests.faults import HungCharger, silent_charger
 
 pytestmark = pytest.mark.django_db(transaction=True)
 GENERIC = read_spec_file(SHIPPED_DIR / "generic-ev-charger.json")
 
 
-class Collected:
-    """A publish callback that keeps every record, validated against the schema."""
+def stored_profile(spec: ProfileSpec) -> DeviceProfile:
+    """Store a spec as it stands, as an old import or a direct database edit could have."""
+    from gateway.models import Register, StatusRule
 
-    def __init__(self) -> None:
-        self.records: list[dict] = []
-
-    def __call__(self, record: dict) -> None:
-        self.records.append(decode_record(encode_record(record)))
-
-    def of(self, slug: str) -> list[dict]:
-        return [r for r in self.records if r["charge_point"] == slug]
+    return save_spec(spec, DeviceProfile, Register, StatusRule)
 
 
 async def test_values_set_on_the_charger_are_decoded(site, generic_profile) -> None:
@@ -67,45 +66,117 @@ async def test_values_set_on_the_charger_are_decoded(site, generic_profile) -> N
     assert collected.records == [record]
 
 
-def hung_charge_point() -> socket.socket:
-    """A TCP port that accepts connections but never answers a Modbus request."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    return listener
+MODBUS_TIMEOUT_S = 1.0
+POLL_INTERVAL_S = 0.25
+# The largest gap allowed between a live charger's records while another one hangs: its own
+# interval plus scheduling jitter, far below the hung read's timeout.
+LIVE_MAX_GAP_S = 2 * POLL_INTERVAL_S
 
 
-async def test_dead_and_hung_charge_points_go_offline_without_delaying_the_others(site, generic_profile) -> None:
-    hung = hung_charge_point()
-    async with SimulatorFleet(GENERIC, 2, base_port=0, seed=2) as fleet:
-        for index, sim in enumerate(fleet.charge_points):
-            await sync_to_async(make_charge_point)(site, generic_profile, f"live-{index}", sim.port)
-        await sync_to_async(make_charge_point)(site, generic_profile, "dead", free_port())
-        await sync_to_async(make_charge_point)(site, generic_profile, "hung", hung.getsockname()[1])
-        collected = Collected()
-        poller, stop = Poller(collected), asyncio.Event()
-        task = asyncio.create_task(poller.run(stop))
-        try:
-            await wait_for(lambda: collected.of("hung"), timeout_s=10, what="the hung charge point timing out")
-            start = {slug: len(collected.of(slug)) for slug in ("live-0", "live-1")}
-            # While the dead and hung charge points keep failing, the live ones keep their 250 ms pace.
-            await wait_for(
-                lambda: all(len(collected.of(s)) >= start[s] + 8 for s in start),
-                timeout_s=4,
-                what="live charge points to keep updating",
-            )
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 10)
-    hung.close()
-    for slug in ("dead", "hung"):
+def max_gap_during(times: list[float], start: float, end: float) -> float:
+    """The largest gap between consecutive arrivals that overlaps [start, end]."""
+    gaps = [b - a for a, b in itertools.pairwise(times) if b >= start and a <= end]
+    assert len(gaps) >= (end - start) / POLL_INTERVAL_S - 1, "too few live records in the window"
+    return max(gaps)
+
+
+async def test_hung_silent_and_dead_charge_points_do_not_delay_the_live_ones(
+    site, generic_profile, settings, capsys
+) -> None:
+    settings.EVDASH = settings.EVDASH | {"MODBUS_TIMEOUT_S": MODBUS_TIMEOUT_S, "RELOAD_INTERVAL_S": 0.5}
+    # The pymodbus request timeout is MODBUS_TIMEOUT_S; our own bound around it is one second more.
+    read_bound_s = MODBUS_TIMEOUT_S + 1 + 0.5
+    async with HungCharger() as hung, SimulatorFleet(GENERIC, 2, base_port=0, seed=2) as fleet:
+        with silent_charger() as silent_port:
+            for index, sim in enumerate(fleet.charge_points):
+                await sync_to_async(make_charge_point)(site, generic_profile, f"live-{index}", sim.port)
+            await sync_to_async(make_charge_point)(site, generic_profile, "dead", free_port())
+            await sync_to_async(make_charge_point)(site, generic_profile, "hung", hung.port)
+            await sync_to_async(make_charge_point)(site, generic_profile, "silent", silent_port)
+            collected = Collected()
+            poller, stop = Poller(collected), asyncio.Event()
+            started = time.monotonic()
+            task = asyncio.create_task(poller.run(stop))
+            try:
+                await wait_for(lambda: hung.request_at, timeout_s=5, what="a read sent to the hung charger")
+                await wait_for(lambda: collected.of("hung"), timeout_s=read_bound_s, what="the hung read timing out")
+                await wait_for(lambda: collected.of("silent"), timeout_s=read_bound_s, what="the silent connect")
+                # Enough live records after both windows to see the gaps that span their ends.
+                settled = time.monotonic()
+                await wait_for(
+                    lambda: all(collected.times_of(s)[-1] > settled + POLL_INTERVAL_S for s in ("live-0", "live-1")),
+                    timeout_s=3,
+                    what="live records after the windows",
+                )
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 10)
+    hung_window = (hung.request_at[0], collected.times_of("hung")[0])
+    silent_window = (started, collected.times_of("silent")[0])
+    gaps = {
+        (slug, what): max_gap_during(collected.times_of(slug), *window)
+        for slug in ("live-0", "live-1")
+        for what, window in (("hung", hung_window), ("silent", silent_window))
+    }
+    with capsys.disabled():
+        print("\nlargest live gaps (s):", {f"{s} during {w}": round(g, 3) for (s, w), g in gaps.items()})
+    assert max(gaps.values()) <= LIVE_MAX_GAP_S, gaps
+    # The windows are real: the read stayed unanswered, the connect hung instead of being refused.
+    assert MODBUS_TIMEOUT_S <= hung_window[1] - hung_window[0] <= read_bound_s
+    assert MODBUS_TIMEOUT_S <= silent_window[1] - silent_window[0] <= read_bound_s
+    assert collected.times_of("dead")[0] - started < MODBUS_TIMEOUT_S / 2  # refused at once
+    for slug, reason in (("dead", "cannot connect"), ("hung", "127.0.0.1"), ("silent", "cannot connect")):
         offline = collected.of(slug)[0]
         assert offline["status"] == "offline" and offline["quality"] == "bad"
-        assert "127.0.0.1" in offline["error"]
+        assert reason in offline["error"] and str(offline["error"]).count("127.0.0.1") == 1
     assert all(r["status"] != "offline" for s in ("live-0", "live-1") for r in collected.of(s))
-    # Backoff: the dead one is retried less and less often, not hammered every 250 ms.
-    assert len(collected.of("dead")) < len(collected.of("live-0")) / 2
     assert [r["seq"] for r in collected.of("live-0")] == list(range(1, len(collected.of("live-0")) + 1))
+
+
+async def test_unreachable_charge_point_is_retried_with_backoff(site, generic_profile, settings) -> None:
+    settings.EVDASH = settings.EVDASH | {"RECONNECT_BACKOFF_MAX_S": 2.0}
+    await sync_to_async(make_charge_point)(site, generic_profile, "dead", free_port(), poll_interval_ms=250)
+    [config] = await sync_to_async(load_configs)()
+    collected = Collected()
+    poller, stop = ChargePointPoller(config, collected), asyncio.Event()
+    task = asyncio.create_task(poller.run(stop))
+    try:
+        await wait_for(lambda: len(collected.records) >= 4, timeout_s=8, what="four connection attempts")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    gaps = [b - a for a, b in zip(collected.arrived_at, collected.arrived_at[1:], strict=False)][:3]
+    # 2 x 250 ms, doubling, capped at RECONNECT_BACKOFF_MAX_S: not hammered every 250 ms.
+    for gap, delay_s in zip(gaps, (0.5, 1.0, 2.0), strict=True):
+        assert delay_s <= gap <= delay_s + 0.5, gaps
+    assert all(r["status"] == "offline" for r in collected.records)
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_poll_schedule_keeps_its_rate_skips_missed_slots_and_backs_off(site, generic_profile, settings) -> None:
+    settings.EVDASH = settings.EVDASH | {"RECONNECT_BACKOFF_MAX_S": 3.0}
+    await sync_to_async(make_charge_point)(site, generic_profile, "cp", free_port(), poll_interval_ms=1000)
+    [config] = await sync_to_async(load_configs)()
+    clock = FakeClock()
+    poller = ChargePointPoller(config, Collected(), clock=clock)
+    clock.now = 1000.3  # a poll that took 300 ms: the next one keeps the 1 s rate
+    assert poller._next_poll_at(1000.0, 1.0) == pytest.approx(1001.0)
+    clock.now = 1002.5  # a poll that overran two slots: they are skipped, not bunched up
+    assert poller._next_poll_at(1000.0, 1.0) == pytest.approx(1003.0)
+    poller.failures = 1  # unreachable: 2 x interval, doubling, capped at RECONNECT_BACKOFF_MAX_S
+    delays = []
+    for _ in range(4):
+        delays.append(poller._next_poll_at(clock.now, 1.0) - clock.now)
+    assert delays == pytest.approx([2.0, 3.0, 3.0, 3.0])
 
 
 async def test_admin_changes_are_picked_up_without_restart(site, generic_profile, kafka) -> None:
@@ -143,6 +214,10 @@ def test_runpoller_once_prints_one_record_per_charge_point(site, generic_profile
     assert all(r["quality"] == "good" for r in records)
 
 
+HEARTBEATS_WATCHED = 4
+HEARTBEAT_TRANSIT_SLACK = timedelta(milliseconds=10)
+
+
 async def test_heartbeats_keep_their_own_cadence_between_polls(site) -> None:
     from tests.conftest import shipped_profile
 
@@ -161,15 +236,21 @@ async def test_heartbeats_keep_their_own_cadence_between_polls(site) -> None:
         task = asyncio.create_task(poller.run(stop))
         try:
             await wait_for(
-                lambda: sim.heartbeats_received.get(lifebit.register, 0) >= 3,
-                timeout_s=3 * lifebit.interval_s + 2,
-                what="three lifebit writes",
+                lambda: sim.heartbeats_received.get(lifebit.register, 0) >= HEARTBEATS_WATCHED,
+                timeout_s=HEARTBEATS_WATCHED * (lifebit.interval_s + 1),
+                what=f"{HEARTBEATS_WATCHED} lifebit writes",
             )
         finally:
             stop.set()
             await asyncio.wait_for(task, 10)
     assert len(collected.records) == 1  # one poll in all that time: the heartbeats ran on their own timer
-    assert poller.heartbeats_sent >= 3
+    arrivals = [w.at for w in sim.last_writes if w.register == lifebit.register]
+    assert len(arrivals) == poller.heartbeats_sent >= HEARTBEATS_WATCHED
+    spacing = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+    interval = timedelta(seconds=lifebit.interval_s)
+    # Never sooner than declared (less the jitter of two loopback writes), and never late enough
+    # for the charger's watchdog to notice (generously: one second).
+    assert all(interval - HEARTBEAT_TRANSIT_SLACK <= gap <= interval + timedelta(seconds=1) for gap in spacing), spacing
 
 
 async def test_heartbeat_writes_back_the_value_it_read(site) -> None:
@@ -187,3 +268,49 @@ async def test_heartbeat_writes_back_the_value_it_read(site) -> None:
         await ChargePointPoller(config, Collected()).poll_once()
         writes = [w for w in sim.last_writes if w.register == setpoint.register]
     assert writes and writes[-1].value == 13.5
+
+
+async def test_a_crashing_charge_point_loop_is_reported_at_once_and_restarted_with_backoff(
+    site, generic_profile, settings, caplog
+) -> None:
+    settings.EVDASH = settings.EVDASH | {"RECONNECT_BACKOFF_MAX_S": 2.0, "RELOAD_INTERVAL_S": 0.5}
+    caplog.set_level(logging.INFO, logger="gateway.modbus.poller")
+    # A heartbeat naming a register the profile lacks (stored before the form refused it): the
+    # loop raises KeyError on its first poll.
+    crashy = await sync_to_async(stored_profile)(
+        replace(GENERIC, slug="crashy", heartbeats=(Heartbeat("no_such_register", 1.0, value=1),))
+    )
+    generic = generic_profile
+    async with SimulatorFleet(GENERIC, 2, base_port=0, seed=8) as fleet:
+        await sync_to_async(make_charge_point)(site, crashy, "crashy", fleet.charge_points[0].port)
+        await sync_to_async(make_charge_point)(site, generic, "healthy", fleet.charge_points[1].port)
+        collected = Collected()
+        poller, stop = Poller(collected), asyncio.Event()
+        task = asyncio.create_task(poller.run(stop))
+        try:
+            await wait_for(lambda: collected.of("crashy"), timeout_s=5, what="the crash reported")
+            # Logged at once, with the traceback, when the tile learns of it.
+            [crash_log] = [r for r in caplog.records if "poll loop crashed" in r.getMessage()]
+            assert crash_log.levelno == logging.ERROR and crash_log.exc_info[0] is KeyError
+            await wait_for(lambda: len(collected.of("crashy")) >= 3, timeout_s=8, what="two restarts")
+            healthy_during = len(collected.of("healthy"))
+            # Fixing the profile takes effect at the next reload.
+            await DeviceProfile.objects.filter(pk=crashy.pk).aupdate(heartbeats=[])
+            await wait_for(
+                lambda: collected.of("crashy")[-1]["quality"] == "good", timeout_s=5, what="the fixed profile polled"
+            )
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+    crashes = [r for r in collected.of("crashy") if r["quality"] == "bad"]
+    first = crashes[0]
+    assert first["status"] == "offline"
+    assert (
+        first["error"] == f"poller crashed (KeyError: 'no_such_register'); restarting in {CRASH_RESTART_FIRST_S:.1f} s"
+    )
+    assert "restarting in 2.0 s" in crashes[1]["error"]
+    times = collected.times_of("crashy")
+    assert times[1] - times[0] >= CRASH_RESTART_FIRST_S and times[2] - times[1] >= 2.0  # backoff, not a spin
+    seqs = [r["seq"] for r in collected.of("crashy")]
+    assert seqs == list(range(1, len(seqs) + 1))  # the restarted loop continues the sequence
+    assert healthy_during >= 8  # the healthy charge point kept polling at 250 ms meanwhile

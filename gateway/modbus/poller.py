@@ -155,7 +155,7 @@ class ChargePointPoller:
         try:
             await self.connection.ensure_connected()
             record = await self._read_record(started)
-            await self._send_due_heartbeats(started)
+            await self._send_due_heartbeats(self.clock())
         except ConnectionFailed as exc:
             self.failures += 1
             if self.failures == 1:
@@ -264,6 +264,9 @@ class ChargePointPoller:
                 logger.warning("%s heartbeat %s failed: %s", self.config.slug, register.name, exc)
             else:
                 self.heartbeats_sent += 1
+                # Counted from when the write got through (it may have waited for pacing), so
+                # two heartbeats never reach the charger closer than interval_s.
+                self._heartbeat_due[heartbeat.register] = self.clock() + heartbeat.interval_s
 
     def _record(self, fields, *, error: str | None, poll_ms: float | None = None) -> Record:
         self.seq += 1
