@@ -34,6 +34,7 @@ class TelemetryPublisher:
         self.buffer_size = buffer_size
         self.sent = 0
         self.dropped = 0
+        self.failed_sends = 0  # sends the broker did not acknowledge in time; the records stay buffered
         self._wakeup = asyncio.Event()
         self._abandon = asyncio.Event()  # set when stop() gives up flushing
         self._backoff = Backoff()
@@ -116,17 +117,27 @@ class TelemetryPublisher:
     async def _send_buffered(self, producer: AIOKafkaProducer) -> None:
         batch = list(itertools.islice(self.buffer, 1000))
         self._pending = []
+        send_error: KafkaError | None = None
         for key, value in batch:
-            self._pending.append(await producer.send(self.topic, value, key=key))
+            try:
+                self._pending.append(await producer.send(self.topic, value, key=key))
+            except KafkaError as exc:  # e.g. no metadata while the broker is away
+                send_error = exc
+                break
+        # Even when send() failed part-way, learn the fate of what the client already holds: those
+        # records may still be written, and sending them again would duplicate them.
         results = await asyncio.gather(*self._pending, return_exceptions=True)
         # Remove exactly the acknowledged entries (by identity): while the batch was in flight the
         # buffer may have dropped its oldest entries, so "the first N" would be the wrong ones.
         acknowledged = {
-            id(entry) for entry, result in zip(batch, results, strict=True) if not isinstance(result, BaseException)
+            id(entry) for entry, result in zip(batch, results, strict=False) if not isinstance(result, BaseException)
         }
         if acknowledged:
             self.buffer = collections.deque(entry for entry in self.buffer if id(entry) not in acknowledged)
         self.sent += len(acknowledged)
+        self.failed_sends += sum(isinstance(result, BaseException) for result in results)
+        if send_error is not None:
+            raise send_error
         failures = [result for result in results if isinstance(result, BaseException)]
         if failures:
             failed = failures[0]
