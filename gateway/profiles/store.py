@@ -164,7 +164,10 @@ def import_profile(data: bytes, origin: str) -> tuple[Any, bool]:
     created = not DeviceProfile.objects.filter(slug=spec.slug).exists()
     try:
         profile = save_spec(spec, DeviceProfile, Register, StatusRule)
-    except (IntegrityError, DataError) as exc:  # save_spec's transaction has rolled back
+    except (IntegrityError, DataError, OverflowError, ValueError) as exc:
+        # A value the checks above let through but the database driver refuses: save_spec's
+        # transaction has rolled back, so nothing is stored; the checks deserve a look.
+        logger.warning("%s: the database refused a checked profile", origin, exc_info=True)
         raise ProfileFormatError(f"{origin}: the database refused the profile: {exc}") from exc
     return profile, created
 
