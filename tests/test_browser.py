@@ -234,6 +234,8 @@ def test_fleet_goes_live_and_a_dead_charge_point_shows_offline(demo: dict, page)
         arg=first,
         timeout=20_000,
     )
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "dashboard-fleet.png"))
     # A pinned value reaches the fleet: a limit below 6 A pauses the ABB (IEC 61851), so its tile
     # shows exactly 0.0 kW in a record newer than the write.
     written_ms = time.time() * 1000
@@ -247,8 +249,6 @@ def test_fleet_goes_live_and_a_dead_charge_point_shows_offline(demo: dict, page)
         timeout=20_000,
     )
     set_abb_current_limit(demo, 32)  # back to the rated current, for the other tests
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "dashboard-fleet.png"))
 
 
 def test_charge_point_page_shows_the_limit_pinned_in_the_charger(demo: dict, page) -> None:
