@@ -109,15 +109,21 @@ def ensure_admin(password: str | None) -> tuple[str | None, bool]:
     return password, False
 
 
-# Read by this process only (ensure_admin): a child's environment is readable in /proc by its
-# user and ends up in crash reports, and no child needs the password.
-PRIVATE_VARIABLES = ("EVDASH_ADMIN_PASSWORD",)
+ADMIN_PASSWORD_VARIABLE = "EVDASH_ADMIN_PASSWORD"  # noqa: S105 (a variable name, not a password)
+
+
+def take_admin_password() -> str | None:
+    """Read the demo's admin password and remove it from this process's environment.
+
+    No child needs it, and every child (broker, simulator, poller) inherits this environment: a
+    process's environment is readable in /proc by its user and ends up in crash reports.
+    """
+    return os.environ.pop(ADMIN_PASSWORD_VARIABLE, None)
 
 
 def child_environment(options: DemoOptions) -> dict[str, str]:
     """Environment of the demo's child processes: the embedded broker, no idempotence (Tansu)."""
-    inherited = {name: value for name, value in os.environ.items() if name not in PRIVATE_VARIABLES}
-    return inherited | {
+    return os.environ | {
         "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{options.kafka_port}",
         "KAFKA_ENABLE_IDEMPOTENCE": "0",
         "PYTHONUNBUFFERED": "1",

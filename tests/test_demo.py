@@ -50,6 +50,17 @@ def start_child(children: list[subprocess.Popen], on_sigterm: str) -> subprocess
 def test_admin_password_is_not_inherited(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EVDASH_ADMIN_PASSWORD", "s3cret-demo-pw")
     monkeypatch.setenv("EVDASH_RELOAD_INTERVAL_S", "2")
+    assert demo.take_admin_password() == "s3cret-demo-pw"
+    # Every child started afterwards: the broker (plain inherited environment) ...
+    inherited = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.environ.get('EVDASH_ADMIN_PASSWORD'))"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert inherited.stdout.strip() == "None"
+    # ... and the simulator and the poller (demo.child_environment).
     options = demo.DemoOptions(
         charge_points=1, http_host="127.0.0.1", http_port=1, kafka_port=19092, modbus_base_port=2, speedup=1, seed=None
     )

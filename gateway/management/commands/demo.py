@@ -46,7 +46,8 @@ class Command(BaseCommand):
         )
         call_command("migrate", interactive=False, verbosity=0)
         created = demo.ensure_demo_fleet(count, opts.modbus_base_port)
-        password, _ = demo.ensure_admin(os.environ.get("EVDASH_ADMIN_PASSWORD"))
+        # Taken out of the environment before the first child starts (the broker, just below).
+        password, _ = demo.ensure_admin(demo.take_admin_password())
         self.stdout.write(f"Demo fleet: {count} charge points ({created} new).")
 
         try:
