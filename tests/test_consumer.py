@@ -10,11 +10,13 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connections
 
 from gateway.kafka.config import client_options, producer_options
 from gateway.kafka.consumer import TelemetryConsumer, default_sinks
@@ -67,6 +69,13 @@ async def latest_seqs() -> dict[str, int]:
         row.charge_point.slug: row.record["seq"]
         async for row in LatestTelemetry.objects.select_related("charge_point").all()
     }
+
+
+@pytest.fixture(autouse=True)
+async def close_thread_connections() -> AsyncIterator[None]:
+    """The sinks store through sync_to_async's thread: close its connection before the database is dropped."""
+    yield
+    await sync_to_async(connections.close_all)()
 
 
 @pytest.fixture
@@ -255,3 +264,38 @@ def test_the_demo_web_process_stops_and_says_so_when_its_consumer_fails(tmp_path
     assert "the live consumer failed (run_consumer logged why); stopping the demo" in process.stderr
     last_line = process.stderr.strip().splitlines()[-1]
     assert last_line.endswith(f"the live consumer failed: {BOGUS_PROTOCOL_ERROR}")
+
+
+@pytest.mark.production
+async def test_a_record_postgresql_cannot_store_is_dead_lettered_and_the_others_are_stored(
+    kafka, topics, site, generic_profile
+) -> None:
+    # Valid JSON and valid against the schema, but PostgreSQL's jsonb refuses the NUL character:
+    # a poison record for the real storage, not for a test sink.
+    topic, dlq = topics
+    for port, slug in enumerate(("cp-a", "cp-nul"), start=1502):
+        await sync_to_async(make_charge_point)(site, generic_profile, slug, port)
+    nul = record("cp-nul", 1) | {"error": "vendor text\u0000with a NUL"}
+    batch = [(b"cp-a", encode_record(record("cp-a", 1))), (b"cp-nul", encode_record(nul))]
+    batch.append((b"cp-a", encode_record(record("cp-a", 2))))
+    await produce(topic, batch)
+
+    consumer = TelemetryConsumer(
+        topic, auto_offset_reset="earliest", attempts=2, retry_backoff=Backoff(first_s=0.05, max_s=0.2)
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        await wait_for(lambda: consumer.handled + consumer.dead_lettered == 3 or task.done(), what="3 records")
+        assert not task.done(), f"the consumer task ended: {task.exception()!r}"
+        assert (consumer.handled, consumer.failed, consumer.dead_lettered) == (2, 1, 1)
+    finally:
+        stop.set()
+        await within(task)
+    assert await latest_seqs() == {"cp-a": 2}
+    assert await committed_offset(kafka, topic) == 3
+    [letter] = await read_all(dlq)
+    headers = headers_of(letter)
+    assert (letter.key, letter.value) == batch[1]
+    assert headers["evdash.reason"].startswith("DataError: unsupported Unicode escape sequence"), headers
+    assert (headers["evdash.stage"], headers["evdash.offset"]) == ("handle", "1")
