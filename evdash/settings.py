@@ -12,6 +12,7 @@ import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
+from typing import NoReturn
 
 import dj_database_url
 from csp.constants import NONE, SELF, UNSAFE_INLINE
@@ -25,7 +26,7 @@ PRODUCTION = "production"
 PRODUCTION_REQUIRED = ("DJANGO_SECRET_KEY", "DATABASE_URL", "REDIS_URL")
 
 
-def refuse_to_start(message: str) -> None:
+def refuse_to_start(message: str) -> NoReturn:
     """Stop this process with one line on stderr and exit status 1.
 
     SystemExit rather than ImproperlyConfigured: settings load inside manage.py, daphne, uvicorn

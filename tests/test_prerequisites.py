@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from tests.browser import chromium_path
+
 SCRIPT = Path(settings.BASE_DIR) / "scripts" / "prerequisites"
 # Real tools the script runs; everything else on PATH is a stub.
 REAL_TOOLS = ("bash", "env", "grep", "sleep", "mkdir", "dirname")
@@ -144,6 +146,20 @@ def test_non_root_is_told_how_to_start_postgres(tmp_path: Path) -> None:
 )
 def test_missing_service_is_one_line(tmp_path: Path, system: FakeSystem, expected: str) -> None:
     assert expected in one_line_failure(run_script(tmp_path, system))
+
+
+def test_missing_chromium_fails_the_browser_tests(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    # A failure, never a skip. Caught by hand: a skip escaping here would skip this test too.
+    outcome: BaseException | None = None
+    try:
+        chromium_path()
+    except BaseException as exc:
+        outcome = exc
+    assert type(outcome) is pytest.fail.Exception, repr(outcome)
+    assert "chromium is not installed" in str(outcome)
+    stub(tmp_path, "chromium", "exit 0")
+    assert chromium_path() == str(tmp_path / "chromium")
 
 
 def test_make_test_runs_the_checks_before_any_test(tmp_path: Path) -> None:

@@ -122,7 +122,7 @@ def fast_hasher(settings) -> None:
 def test_failed_logins_are_throttled_on_dashboard_and_admin(
     client: Client, django_user_model: type[AbstractBaseUser], settings, fast_hasher: None
 ) -> None:
-    django_user_model.objects.create_user(username="operator", password=PASSWORD, is_staff=True)  # type: ignore[attr-defined]
+    user = django_user_model.objects.create_user(username="operator", password=PASSWORD, is_staff=True)  # type: ignore[attr-defined]
     limit = settings.AXES_FAILURE_LIMIT
     assert limit == 5
     login_pages = [reverse("login"), reverse("admin:login")]
@@ -141,7 +141,7 @@ def test_failed_logins_are_throttled_on_dashboard_and_admin(
     other_address = Client(REMOTE_ADDR="192.0.2.7")
     response = other_address.post(reverse("login"), {"username": "operator", "password": PASSWORD})
     assert response.status_code == 302
-    assert other_address.session["_auth_user_id"]
+    assert other_address.session["_auth_user_id"] == str(user.pk)
 
 
 @pytest.mark.django_db
