@@ -42,19 +42,11 @@ async def test_publisher_keys_by_charge_point_and_keeps_order(kafka) -> None:
     await publisher.stop()
     assert publisher.sent == 20
 
-    consumer = AIOKafkaConsumer(topic, auto_offset_reset="earliest", **client_options())
-    await consumer.start()
-    try:
-        seen: dict[bytes, list[int]] = {}
-        while sum(map(len, seen.values())) < 20:
-            for messages in (await within(consumer.getmany(timeout_ms=1000))).values():
-                for message in messages:
-                    seen.setdefault(message.key, []).append(int(message.value.split(b'"seq":')[1].split(b",")[0]))
-    finally:
-        await consumer.stop()
+    messages = await read_all(topic)
     # Same key → same partition → order preserved per charge point.
-    assert seen[b"cp-a"] == list(range(1, 21, 2))
-    assert seen[b"cp-b"] == list(range(2, 21, 2))
+    assert len({m.partition for m in messages if m.key == b"cp-a"}) == 1
+    assert len({m.partition for m in messages if m.key == b"cp-b"}) == 1
+    assert seqs_by_charge_point(messages) == {"cp-a": list(range(1, 21, 2)), "cp-b": list(range(2, 21, 2))}
 
 
 async def test_consumer_skips_malformed_messages_and_commits(kafka, site, generic_profile) -> None:
@@ -115,16 +107,7 @@ async def test_publisher_loses_nothing_across_a_broker_outage(kafka, monkeypatch
         await ensure_topics([topic])
         await wait_for(lambda: publisher.sent == 2, timeout_s=60, what="buffered records sent after the outage")
         await publisher.stop()
-        consumer = AIOKafkaConsumer(topic, auto_offset_reset="earliest", **client_options())
-        await consumer.start()
-        try:
-            got: list[bytes] = []
-            while len(got) < 2:
-                for messages in (await within(consumer.getmany(timeout_ms=1000))).values():
-                    got += [m.value for m in messages]
-        finally:
-            await consumer.stop()
-        assert [b'"seq":1,' in v for v in got] == [True, False]
+        assert seqs_by_charge_point(await read_all(topic)) == {"cp-a": [1, 2]}
     finally:
         stop_broker(broker)
 
@@ -250,3 +233,48 @@ async def test_a_full_buffer_drops_the_oldest_and_delivers_the_newest_once_the_b
     finally:
         await publisher.stop()
     assert seqs_by_charge_point(await read_all(topic)) == {"cp-a": list(range(81, 131))}
+
+
+def failed_attempts(caplog: pytest.LogCaptureFixture) -> int:
+    return sum(r.getMessage().startswith("Kafka unavailable") for r in caplog.records)
+
+
+async def test_stop_keeps_flushing_while_the_broker_is_away_and_delivers_when_it_is_back(
+    kafka, proxied_broker, caplog
+) -> None:
+    proxy = proxied_broker
+    topic = kafka["TELEMETRY_TOPIC"]
+    await ensure_topics([topic])
+    await proxy.cut()
+    caplog.set_level(logging.WARNING, logger="gateway.kafka.producer")
+    publisher = TelemetryPublisher(topic)
+    await publisher.start()
+    for seq in (1, 2, 3):
+        publisher.publish(record("cp-a", seq))
+    failed_before_stop = failed_attempts(caplog)
+    stopping = asyncio.create_task(publisher.stop(flush_timeout_s=60))
+    await wait_for(lambda: failed_attempts(caplog) > failed_before_stop, what="an attempt that failed while stopping")
+    assert not stopping.done(), "stop() gave up at the first failure instead of retrying until the flush timeout"
+    await proxy.restore()
+    await within(stopping, 60)
+    assert (publisher.sent, len(publisher.buffer)) == (3, 0)
+    assert seqs_by_charge_point(await read_all(topic)) == {"cp-a": [1, 2, 3]}
+
+
+async def test_stop_gives_up_at_the_flush_timeout_and_says_how_many_records_were_not_sent(
+    kafka, proxied_broker, caplog
+) -> None:
+    proxy = proxied_broker
+    await proxy.cut()
+    caplog.set_level(logging.WARNING, logger="gateway.kafka.producer")
+    publisher = TelemetryPublisher(kafka["TELEMETRY_TOPIC"])
+    await publisher.start()
+    for seq in (1, 2, 3):
+        publisher.publish(record("cp-a", seq))
+    started = time.monotonic()
+    await within(publisher.stop(flush_timeout_s=1.0), 10)
+    stopped_in_s = time.monotonic() - started
+    assert 1.0 <= stopped_in_s < 2.0, f"stop took {stopped_in_s:.2f} s with a 1 s flush timeout"
+    assert (publisher.sent, len(publisher.buffer)) == (0, 3)
+    gave_up = [r.getMessage() for r in caplog.records if r.getMessage().startswith("gave up flushing")]
+    assert gave_up == ["gave up flushing 3 telemetry records at shutdown"]
