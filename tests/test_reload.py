@@ -183,3 +183,20 @@ async def test_a_broken_profile_does_not_freeze_reloads_for_the_others(
     logged = [r for r in caplog.records if r.getMessage().startswith("not polling cp-broken")]
     assert len(logged) == 1 and logged[0].levelno == logging.ERROR
     assert "bogus" in logged[0].getMessage()
+
+
+async def test_runpoller_once_reports_a_broken_profile_beside_the_polled_charge_points(
+    site, generic_profile, fast_reload, chargers
+) -> None:
+    first, second, _ = chargers.charge_points
+    broken = await sync_to_async(stored_profile)(replace(GENERIC, slug="broken"))
+    await DeviceProfile.objects.filter(pk=broken.pk).aupdate(heartbeats=[{"register": "power", "every": 5}])
+    await sync_to_async(make_charge_point)(site, broken, "cp-broken", first.port)
+    await sync_to_async(make_charge_point)(site, generic_profile, "cp-good", second.port)
+    collected = Collected()
+    records = await Poller(collected).poll_all_once()
+    assert records == collected.records
+    by_slug = {r["charge_point"]: r for r in records}
+    assert sorted(by_slug) == ["cp-broken", "cp-good"]
+    assert by_slug["cp-good"]["quality"] == "good" and by_slug["cp-good"]["values"]["power_w"] == 2222
+    assert by_slug["cp-broken"]["quality"] == "bad" and "every" in by_slug["cp-broken"]["error"]

@@ -1,4 +1,8 @@
-"""manage.py runpoller: the soft-PLC that polls charge points and publishes telemetry."""
+"""manage.py runpoller: the soft-PLC that polls charge points and publishes telemetry.
+
+SIGTERM or SIGINT: the poll in progress finishes, buffered records are flushed to Kafka, and the
+process exits 0 within services.STOP_WITHIN_S (15 s; README, "Stopping").
+"""
 
 import asyncio
 import json
