@@ -2,12 +2,11 @@
 
 import asyncio
 import contextlib
-import logging
 import socket
-
-logger = logging.getLogger(__name__)
+import struct
 
 CHUNK_BYTES = 65536
+LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {l_onoff=1, l_linger=0}: close() sends RST
 
 
 class TcpProxy:
@@ -39,9 +38,7 @@ class TcpProxy:
         for writer in list(self._writers):
             with contextlib.suppress(OSError):
                 # RST rather than FIN: the peer sees the connection break, not a polite close.
-                writer.get_extra_info("socket").setsockopt(
-                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
-                )
+                writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
             writer.transport.abort()
         self._writers.clear()
         for pump in list(self._pumps):
