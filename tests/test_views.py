@@ -518,6 +518,22 @@ def test_content_security_policy_is_enforced(open_page: OpenPage, site: Site, ge
 
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True)
+def test_admin_pages_work_under_the_policy(open_page: OpenPage, site: Site, generic_profile: DeviceProfile) -> None:
+    # The admin's own scripts (inlines, prepopulated slugs, the profile pages) under the same
+    # policy: the fixture fails the test on any violation or script error.
+    cp = add_charge_point(site, generic_profile, "cp-1")
+    page = open_page(f"/admin/gateway/deviceprofile/{generic_profile.pk}/change/")
+    page.wait_for_selector("#content-main form")
+    page.goto(page.url.split("/admin/")[0] + f"/admin/gateway/chargepoint/{cp.pk}/change/")
+    page.wait_for_selector("#content-main form")
+    page.goto(page.url.split("/admin/")[0] + "/admin/gateway/site/add/")
+    # Prepopulated fields run from admin/js: typing a name fills the slug.
+    page.locator("#id_name").press_sequentially("North Depot")
+    page.wait_for_function("() => document.getElementById('id_slug').value === 'north-depot'")
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
 def test_charge_point_page_goes_live(open_page: OpenPage, site: Site, generic_profile: DeviceProfile) -> None:
     cp = add_charge_point(site, generic_profile, "cp-1")
     page = open_page("/chargepoints/cp-1/")
