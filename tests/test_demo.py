@@ -2,15 +2,22 @@
 
 import io
 import logging
+import os
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.core.management.base import CommandError
 
 from gateway import demo
 from gateway.management.commands.demo import Command
+from tests.conftest import free_port
 
 # A child that announces itself, then runs until stopped; SIGTERM handling is chosen per test.
 CHILD = """
@@ -133,3 +140,78 @@ def test_demo_says_stopped_only_when_every_child_stopped_cleanly(children: list[
 
     stdout, stderr, error = run_report([clean])
     assert (stdout.strip(), stderr, error) == ("Stopped.", "", None)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `condition` until it holds; fail after `timeout_s` (every wait has a deadline)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def serves(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def child_running(parent_pid: int, command: str) -> int | None:
+    """The pid of `parent_pid`'s child whose command line contains `command`."""
+    for task in Path(f"/proc/{parent_pid}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                if command in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode():
+                    return int(pid)
+            except FileNotFoundError:
+                continue
+    return None
+
+
+def test_demo_reports_a_dead_poller_and_exits_non_zero(tmp_path: Path) -> None:
+    """The whole demo: its poller is killed; the demo says so at once, and again when stopped."""
+    http_port = free_port()
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("DJANGO_", "EVDASH_"))}
+    env |= {"EVDASH_VAR_DIR": str(tmp_path), "EVDASH_ADMIN_PASSWORD": "demo-test-pw-5531"}
+    log_path = tmp_path / "demo.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "manage.py",
+                "demo",
+                "--charge-points",
+                "1",
+                "--port",
+                str(http_port),
+                "--kafka-port",
+                str(free_port()),
+                "--modbus-base-port",
+                str(free_port()),
+            ],
+            cwd=settings.BASE_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: serves(f"http://127.0.0.1:{http_port}/accounts/login/"), 90, "the demo to serve")
+        poller = child_running(process.pid, "manage.py runpoller")
+        assert poller is not None, log_path.read_text()[-2000:]
+        os.kill(poller, signal.SIGKILL)
+        message = "runpoller ended by itself (signal SIGKILL); the demo keeps serving, Ctrl-C stops it"
+        wait_until(lambda: message in log_path.read_text(), 10, "the demo to log the dead poller")
+        assert serves(f"http://127.0.0.1:{http_port}/accounts/login/")  # it keeps serving
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    lines = log_path.read_text().splitlines()
+    assert "runpoller had ended by itself before the demo stopped (signal SIGKILL)" in lines
+    assert "CommandError: Stopped, but not cleanly: runpoller (above)." in lines
+    assert "Stopped." not in lines

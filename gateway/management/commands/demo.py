@@ -7,7 +7,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from gateway import demo
-from gateway.kafka.embedded import EmbeddedBrokerError, start_broker, stop_broker
+from gateway.kafka.embedded import EmbeddedBrokerError, start_broker
 from gateway.runtime import configure_verbosity
 
 
@@ -81,11 +81,16 @@ class Command(BaseCommand):
         ]
         self.stdout.write("\n".join(banner))
         try:
-            demo.serve_web_with_consumer(opts.http_host, opts.http_port, {"runpoller": poller, "simulate": simulator})
+            children = {"runpoller": poller, "simulate": simulator, "broker": broker}
+            demo.serve_web_with_consumer(opts.http_host, opts.http_port, children)
         finally:
             self.stdout.write("Stopping: poller (flushing), simulator, broker ...")
-            exits = [demo.stop_child(poller, "runpoller"), demo.stop_child(simulator, "simulate")]
-            stop_broker(broker)
+            exits = [
+                demo.stop_child(poller, "runpoller"),
+                demo.stop_child(simulator, "simulate"),
+                # Last: the poller flushes to it. Tansu exits 0 on SIGTERM at once.
+                demo.stop_child(broker, "broker", timeout_s=5.0),
+            ]
         self.report_shutdown(exits)
 
     def report_shutdown(self, exits: list[demo.ChildExit]) -> None:
