@@ -13,7 +13,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from gateway.kafka.config import client_options, producer_options
-from gateway.kafka.consumer import TelemetryConsumer
+from gateway.kafka.consumer import TelemetryConsumer, default_sinks
 from gateway.kafka.embedded import start_broker, stop_broker
 from gateway.kafka.producer import TelemetryPublisher
 from gateway.kafka.topics import dead_letter_topic, ensure_topics
@@ -278,3 +278,62 @@ async def test_stop_gives_up_at_the_flush_timeout_and_says_how_many_records_were
     assert (publisher.sent, len(publisher.buffer)) == (0, 3)
     gave_up = [r.getMessage() for r in caplog.records if r.getMessage().startswith("gave up flushing")]
     assert gave_up == ["gave up flushing 3 telemetry records at shutdown"]
+
+
+async def test_the_consumer_rides_out_broker_outages_and_handles_every_record(
+    kafka, proxied_broker, site, generic_profile, caplog
+) -> None:
+    proxy = proxied_broker
+    topic = kafka["TELEMETRY_TOPIC"]
+    await ensure_topics([topic, dead_letter_topic()])
+    for port, slug in enumerate(("cp-1", "cp-2"), start=1502):
+        await sync_to_async(make_charge_point)(site, generic_profile, slug, port)
+    handled: list[tuple[str, int]] = []
+
+    async def remember(records: list[dict]) -> None:
+        handled.extend((r["charge_point"], r["seq"]) for r in records)
+
+    def publish(seqs: range) -> None:
+        for seq in seqs:
+            for slug in ("cp-1", "cp-2"):
+                publisher.publish(record(slug, seq))
+
+    def reconnects() -> int:
+        return sum(r.getMessage().startswith("Kafka consumer error") for r in caplog.records)
+
+    caplog.set_level(logging.WARNING, logger="gateway.kafka.consumer")
+    consumer = TelemetryConsumer(topic, auto_offset_reset="earliest", sinks=[*default_sinks(), remember])
+    publisher = TelemetryPublisher(topic)
+    stop = asyncio.Event()
+    await proxy.cut()  # the broker is away when the consumer starts
+    consuming = asyncio.create_task(consumer.run(stop))
+    await publisher.start()
+    try:
+        await wait_for(lambda: reconnects() >= 2 or consuming.done(), what="two failed starts of the consumer")
+        assert not consuming.done(), f"the consumer gave up: {consuming.exception()!r}"
+        await proxy.restore()
+        publish(range(1, 51))
+        await wait_for(lambda: len(set(handled)) == 100, timeout_s=60, what="100 records after the first outage")
+        # Mid-stream: connections dropped while the consumer is a member of its group.
+        connections_cut = await proxy.cut()
+        publish(range(51, 101))
+        # The outage itself lasts 3 s (longer than the consumer's 3 s heartbeat interval); nothing to await.
+        await asyncio.sleep(3.0)
+        await proxy.restore()
+        await wait_for(lambda: len(set(handled)) == 200, timeout_s=90, what="every record after the second outage")
+    finally:
+        stop.set()
+        await within(consuming, 30)
+        await publisher.stop()
+    expected = {(slug, seq) for slug in ("cp-1", "cp-2") for seq in range(1, 101)}
+    duplicates = len(handled) - len(set(handled))
+    print(
+        f"consumer across outages: {reconnects()} failed starts, {connections_cut} connections cut mid-stream, "
+        f"{len(handled)} records handled, {duplicates} twice"
+    )
+    assert set(handled) == expected
+    assert (consumer.skipped, consumer.failed) == (0, 0)
+    stored = {
+        row.charge_point.slug: row.record["seq"] async for row in LatestTelemetry.objects.select_related("charge_point")
+    }
+    assert stored == {"cp-1": 100, "cp-2": 100}
