@@ -67,6 +67,13 @@ def test_embedded_mode_needs_no_variables(tmp_path: Path, args: list[str]) -> No
     assert "Traceback" not in result.stderr
 
 
+def test_unmigrated_database_is_one_line(tmp_path: Path) -> None:
+    # `probe` straight after cloning, before `make install` or `make demo` created the tables.
+    result = manage("probe", "127.0.0.1:1", "--profile", "keba-p30", env=clean_env(tmp_path))
+    line = assert_refused_in_one_line(result, "no such table", "make install", "manage.py migrate")
+    assert line.startswith("evdash: the database has no evdash tables yet")
+
+
 def test_embedded_files_are_private(tmp_path: Path) -> None:
     var_dir = tmp_path / "var"
     result = manage("migrate", "--verbosity", "0", env=clean_env(var_dir))
