@@ -121,9 +121,10 @@ async def test_hung_silent_and_dead_charge_points_do_not_delay_the_live_ones(
     with capsys.disabled():
         print("\nlargest live gaps (s):", {f"{s} during {w}": round(g, 3) for (s, w), g in gaps.items()})
     assert max(gaps.values()) <= LIVE_MAX_GAP_S, gaps
-    # The windows are real: the read stayed unanswered, the connect hung instead of being refused.
-    assert MODBUS_TIMEOUT_S <= hung_window[1] - hung_window[0] <= read_bound_s
-    assert MODBUS_TIMEOUT_S <= silent_window[1] - silent_window[0] <= read_bound_s
+    # The windows are real: the read stayed unanswered, the connect hung instead of being refused
+    # (the client's timer starts a moment before the request reaches the charger: 10 % slack).
+    assert 0.9 * MODBUS_TIMEOUT_S <= hung_window[1] - hung_window[0] <= read_bound_s
+    assert 0.9 * MODBUS_TIMEOUT_S <= silent_window[1] - silent_window[0] <= read_bound_s
     assert collected.times_of("dead")[0] - started < MODBUS_TIMEOUT_S / 2  # refused at once
     for slug, reason in (("dead", "cannot connect"), ("hung", "127.0.0.1"), ("silent", "cannot connect")):
         offline = collected.of(slug)[0]

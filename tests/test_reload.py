@@ -62,17 +62,23 @@ async def chargers() -> AsyncIterator[SimulatorFleet]:
 
 
 async def test_a_disabled_charge_point_goes_quiet_within_the_reload_interval_plus_one_poll(
-    site, generic_profile, fast_reload, chargers
+    site, generic_profile, fast_reload, chargers, settings
 ) -> None:
+    # Long enough against the poll interval that a reload running late shows as late records.
+    reload_s = 1.0
+    settings.EVDASH = settings.EVDASH | {"RELOAD_INTERVAL_S": reload_s}
     first, second, _ = chargers.charge_points
     await sync_to_async(make_charge_point)(site, generic_profile, "cp-a", first.port)
     await sync_to_async(make_charge_point)(site, generic_profile, "cp-b", second.port)
     async with RunningPoller() as running:
         collected = running.collected
         await wait_for(lambda: len(collected.of("cp-a")) >= 3, what="cp-a polled")
+        # The worst moment: just after a reload read the database, a whole interval before the next.
+        reloads = running.poller.reloads
+        await wait_for(lambda: running.poller.reloads > reloads, timeout_s=3, what="a reload")
         disabled_at = time.monotonic()
         await ChargePoint.objects.filter(slug="cp-a").aupdate(enabled=False)
-        quiet_by = disabled_at + RELOAD_INTERVAL_S + POLL_INTERVAL_S
+        quiet_by = disabled_at + reload_s + POLL_INTERVAL_S
         # Watch well past the deadline: cp-b's records prove time (and polling) went on.
         await wait_for(
             lambda: sum(t > quiet_by for t in collected.times_of("cp-b")) >= 6, what="cp-b polled past the deadline"

@@ -312,6 +312,7 @@ class Poller:
     async def run(self, stop: asyncio.Event) -> None:
         """Reload definitions every RELOAD_INTERVAL_S and reconcile the running loops."""
         reload_s = setting("RELOAD_INTERVAL_S")
+        reload_at = self.clock()
         try:
             while not stop.is_set():
                 try:
@@ -323,7 +324,9 @@ class Poller:
                     self.reloads += 1
                     self.reconcile(fleet.configs)
                     self.report_unloadable(fleet.unloadable)
-                await wait_unless_stopped(stop, reload_s)
+                # Fixed rate, so the time a reload takes does not stretch the documented interval.
+                reload_at = max(reload_at + reload_s, self.clock())
+                await wait_unless_stopped(stop, reload_at - self.clock())
         finally:
             await self.stop_all()
 
