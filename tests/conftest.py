@@ -77,6 +77,14 @@ def shipped_profile(slug: str) -> DeviceProfile:
     return save_spec(read_spec_file(SHIPPED_DIR / f"{slug}.json"), DeviceProfile, Register, StatusRule)
 
 
+def stored_profile(spec: object) -> DeviceProfile:
+    """Store a profile spec as it stands (unvalidated), as an old import or a direct database edit could have."""
+    from gateway.models import Register, StatusRule
+    from gateway.profiles.store import save_spec
+
+    return save_spec(spec, DeviceProfile, Register, StatusRule)
+
+
 @pytest.fixture
 def site(db: None) -> Site:
     return Site.objects.create(slug="test-site", name="Test site")

@@ -15,21 +15,14 @@ from django.core.management import call_command
 
 from gateway.modbus.poller import CRASH_RESTART_FIRST_S, ChargePointPoller, Poller, load_configs
 from gateway.models import ChargePoint, DeviceProfile
-from gateway.profiles.spec import Heartbeat, ProfileSpec
-from gateway.profiles.store import SHIPPED_DIR, read_spec_file, save_spec
+from gateway.profiles.spec import Heartbeat
+from gateway.profiles.store import SHIPPED_DIR, read_spec_file
 from gateway.simulator.fleet import SimulatorFleet
-from tests.conftest import Collected, free_port, make_charge_point, wait_for
+from tests.conftest import Collected, free_port, make_charge_point, stored_profile, wait_for
 from tests.faults import HungCharger, silent_charger
 
 pytestmark = pytest.mark.django_db(transaction=True)
 GENERIC = read_spec_file(SHIPPED_DIR / "generic-ev-charger.json")
-
-
-def stored_profile(spec: ProfileSpec) -> DeviceProfile:
-    """Store a spec as it stands, as an old import or a direct database edit could have."""
-    from gateway.models import Register, StatusRule
-
-    return save_spec(spec, DeviceProfile, Register, StatusRule)
 
 
 async def test_values_set_on_the_charger_are_decoded(site, generic_profile) -> None:

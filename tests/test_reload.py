@@ -13,9 +13,8 @@ from gateway.modbus.poller import Poller
 from gateway.models import ChargePoint, DeviceProfile, Register
 from gateway.profiles.store import SHIPPED_DIR, read_spec_file
 from gateway.simulator.fleet import SimulatorFleet
-from tests.conftest import Collected, make_charge_point, wait_for
+from tests.conftest import Collected, make_charge_point, stored_profile, wait_for
 from tests.faults import CountingProxy
-from tests.test_poller import stored_profile
 
 pytestmark = pytest.mark.django_db(transaction=True)
 GENERIC = read_spec_file(SHIPPED_DIR / "generic-ev-charger.json")
