@@ -264,6 +264,30 @@ async def test_heartbeat_writes_back_the_value_it_read(site) -> None:
     assert writes and writes[-1].value == 13.5
 
 
+async def test_a_heartbeat_value_outside_the_write_range_never_reaches_the_wire(site, caplog) -> None:
+    from tests.conftest import shipped_profile
+
+    # Alfen's setpoint takes 0 or 6..32 A (alfen-eve.json): a charger reporting 40 A must not get
+    # 40 A written back by the heartbeat; the write is refused before it is encoded, and logged.
+    profile = await sync_to_async(shipped_profile)("alfen-eve")
+    spec = read_spec_file(SHIPPED_DIR / "alfen-eve.json")
+    [setpoint] = spec.heartbeats
+    register = spec.register(setpoint.register)
+    assert register.write_max == 32
+    async with SimulatorFleet(spec, 1, base_port=0, seed=6) as fleet:
+        sim = fleet.charge_points[0]
+        sim.set_value(setpoint.value_from, 40.0)
+        await sync_to_async(make_charge_point)(site, profile, "alfen", sim.port, unit_id=spec.default_unit_id)
+        [config] = await sync_to_async(load_configs)()
+        poller = ChargePointPoller(config, Collected())
+        record = await poller.poll_once()
+        writes = [r for r in sim.requests_received if r.write]
+    assert record["extra"][setpoint.value_from] == 40.0  # read, then refused as a write
+    assert writes == []
+    assert poller.heartbeats_sent == 0
+    assert f"heartbeat {register.name} failed" in caplog.text and "above the maximum" in caplog.text
+
+
 async def test_a_crashing_charge_point_loop_is_reported_at_once_and_restarted_with_backoff(
     site, generic_profile, settings, caplog
 ) -> None:

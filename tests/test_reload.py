@@ -60,6 +60,9 @@ async def chargers() -> AsyncIterator[SimulatorFleet]:
         yield fleet
 
 
+SCHEDULING_SLACK_S = 0.4
+
+
 async def test_a_disabled_charge_point_goes_quiet_within_the_reload_interval_plus_one_poll(
     site, generic_profile, fast_reload, chargers, settings
 ) -> None:
@@ -77,7 +80,9 @@ async def test_a_disabled_charge_point_goes_quiet_within_the_reload_interval_plu
         await wait_for(lambda: running.poller.reloads > reloads, timeout_s=3, what="a reload")
         disabled_at = time.monotonic()
         await ChargePoint.objects.filter(slug="cp-a").aupdate(enabled=False)
-        quiet_by = disabled_at + reload_s + POLL_INTERVAL_S
+        # The documented bound, plus a little for the reload's own database read on a loaded machine
+        # (a reload running at half speed would still land records well past it).
+        quiet_by = disabled_at + reload_s + POLL_INTERVAL_S + SCHEDULING_SLACK_S
         # Watch well past the deadline: cp-b's records prove time (and polling) went on.
         await wait_for(
             lambda: sum(t > quiet_by for t in collected.times_of("cp-b")) >= 6, what="cp-b polled past the deadline"

@@ -17,7 +17,7 @@ from gateway.modbus.pacing import SLOW_GROUP_INTERVAL_S, Pacing, effective_pacin
 from gateway.modbus.planner import ReadRequest, plan_reads
 from gateway.profiles.codec import Value
 from gateway.profiles.decode import decode_block, to_telemetry_fields
-from gateway.profiles.encode import WriteRangeError, encode_for_write
+from gateway.profiles.encode import WriteRangeError, encode_checked_write
 from gateway.profiles.spec import ProfileSpec
 from gateway.runtime import Backoff, wait_unless_stopped
 from gateway.telemetry import Record, build_record
@@ -256,7 +256,7 @@ class ChargePointPoller:
             register = self.config.profile.register(heartbeat.register)
             try:
                 await self.connection.write_registers(
-                    register.address, encode_for_write(register, value), register.unit_id
+                    register.address, encode_checked_write(register, value), register.unit_id
                 )
             except ConnectionFailed:
                 raise
