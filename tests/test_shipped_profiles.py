@@ -1,6 +1,6 @@
 """The shipped device profiles against the published register maps they were built from (no DB).
 
-The reference (shared/reference/charger_register_maps.json, beside the checkout) is the source of
+The reference (tests/reference/charger_register_maps.json, a verbatim copy of shared/reference) is the source of
 truth: every register it lists must ship with the same address, function, type and scale, except
 for the unit conversions and byte orders documented in docs/profiles.md and listed below.
 """
@@ -30,7 +30,8 @@ from gateway.profiles.store import load_spec, read_spec_file, shipped_profile_fi
 from gateway.profiles.validate import profile_problems
 from gateway.simulator.fleet import SimulatorFleet
 
-REFERENCE_PATH = Path(settings.BASE_DIR).parent / "shared" / "reference" / "charger_register_maps.json"
+# A verbatim copy of shared/reference (tests/reference/README.md), so a fresh clone has it.
+REFERENCE_PATH = Path(settings.BASE_DIR) / "tests" / "reference" / "charger_register_maps.json"
 DOCS_PATH = Path(settings.BASE_DIR) / "docs" / "profiles.md"
 
 SHIPPED_FILES = shipped_profile_files()
