@@ -127,19 +127,21 @@ def rss_mb(pid: int, tree: bool = True) -> float:
 
 @dataclass
 class CpuMeter:
-    """CPU seconds of named processes (each with its descendants) between start() and stop()."""
+    """CPU seconds of named processes (each with its descendants, unless named in `alone`) between
+    start() and stop()."""
 
     pids: dict[str, int]
+    alone: frozenset[str] = frozenset()  # measured without descendants (they have entries of their own)
     started: dict[str, float] = field(default_factory=dict)
     wall_started: float = 0.0
 
     def start(self) -> None:
-        self.started = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.started = {name: cpu_seconds(pid, name not in self.alone) for name, pid in self.pids.items()}
         self.wall_started = time.monotonic()
 
     def stop(self) -> tuple[dict[str, float], float]:
         """(CPU seconds per name, wall seconds) since start()."""
-        used = {name: cpu_seconds(pid) - self.started[name] for name, pid in self.pids.items()}
+        used = {name: cpu_seconds(pid, name not in self.alone) - self.started[name] for name, pid in self.pids.items()}
         return used, time.monotonic() - self.wall_started
 
 
