@@ -108,3 +108,24 @@ def die_with_parent() -> Callable[[], None] | None:
             os.kill(os.getpid(), signal.SIGTERM)
 
     return set_parent_death_signal
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's open-file soft limit to its hard limit; returns the soft limit now in force.
+
+    A simulated fleet holds a listening socket per charge point and a connection per client, far
+    above the usual soft limit of 1,024.
+    """
+    import resource  # POSIX only; imported here so that runtime.py keeps importing everywhere
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # An unlimited hard limit cannot be the soft one (Linux caps it at fs.nr_open): ask for 2**20.
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            logger.warning("cannot raise the open-file limit from %s to %s: %s", soft, target, exc)
+        else:
+            soft = target
+    return soft
