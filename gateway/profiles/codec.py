@@ -25,15 +25,32 @@ FIXED_LENGTHS: dict[str, int] = {
     DataType.FLOAT64: 4,
 }
 
-_STRUCT_FORMATS: dict[str, str] = {
-    DataType.INT16: ">h",
-    DataType.UINT16: ">H",
-    DataType.INT32: ">i",
-    DataType.UINT32: ">I",
-    DataType.INT64: ">q",
-    DataType.UINT64: ">Q",
-    DataType.FLOAT32: ">f",
-    DataType.FLOAT64: ">d",
+# struct codes of the numeric types (without a byte order).
+STRUCT_CODES: dict[str, str] = {
+    DataType.INT16: "h",
+    DataType.UINT16: "H",
+    DataType.INT32: "i",
+    DataType.UINT32: "I",
+    DataType.INT64: "q",
+    DataType.UINT64: "Q",
+    DataType.FLOAT32: "f",
+    DataType.FLOAT64: "d",
+}
+
+# Byte order x word order -> struct byte orders: pack the registers' 16-bit words with the first,
+# then unpack the value from those bytes with the second. Packing a word "<" swaps its two bytes;
+# unpacking a value "<" reverses all its bytes, i.e. the word order (and the bytes once more).
+# Keyed by (byte order, whether the word order applies: values of two or more registers, not
+# strings or raw bytes, whose "words" are characters in order).
+WIRE_ORDERS: dict[tuple[str, bool], tuple[str, str]] = {
+    (ByteOrder.ABCD, True): (">", ">"),
+    (ByteOrder.BADC, True): ("<", ">"),
+    (ByteOrder.CDAB, True): ("<", "<"),
+    (ByteOrder.DCBA, True): (">", "<"),
+    (ByteOrder.ABCD, False): (">", ">"),
+    (ByteOrder.BADC, False): ("<", ">"),
+    (ByteOrder.CDAB, False): (">", ">"),
+    (ByteOrder.DCBA, False): ("<", ">"),
 }
 
 # Raw (unscaled) value range of each integer type.
@@ -58,43 +75,46 @@ def register_count(data_type: str, length: int = 1) -> int:
     return FIXED_LENGTHS.get(data_type, length)
 
 
-def _swaps(byte_order: str) -> tuple[bool, bool]:
-    """(swap bytes within each word, swap word order) for a byte order name."""
-    if byte_order not in ByteOrder.values:
-        raise DecodeError(f"unknown byte order {byte_order!r}")
-    return byte_order in (ByteOrder.BADC, ByteOrder.DCBA), byte_order in (
-        ByteOrder.CDAB,
-        ByteOrder.DCBA,
-    )
+def wire_orders(byte_order: str, words: bool) -> tuple[str, str]:
+    """(struct order to pack the registers' words, struct order to unpack the value) for a byte order.
+
+    `words`: whether the word order applies (values of two or more registers; not strings or bytes).
+    """
+    try:
+        return WIRE_ORDERS[(byte_order, words)]
+    except KeyError:
+        raise DecodeError(f"unknown byte order {byte_order!r}") from None
 
 
 def registers_to_bytes(registers: list[int], byte_order: str, *, words: bool = True) -> bytes:
     """Reassemble the big-endian bytes A B C D ... of a value from its registers on the wire."""
-    byte_swap, word_swap = _swaps(byte_order)
-    regs = list(registers)
-    if word_swap and words:
-        regs.reverse()
-    out = bytearray()
-    for reg in regs:
+    word_order, value_order = wire_orders(byte_order, words and len(registers) > 1)
+    for reg in reversed(registers) if value_order == "<" else registers:  # the first bad one in value order
         if not 0 <= reg <= 0xFFFF:
             raise DecodeError(f"register value {reg} is not 16-bit")
-        hi, lo = reg >> 8, reg & 0xFF
-        out += bytes((lo, hi)) if byte_swap else bytes((hi, lo))
-    return bytes(out)
+    raw = struct.pack(f"{word_order}{len(registers)}H", *registers)
+    return raw[::-1] if value_order == "<" else raw
 
 
 def bytes_to_registers(data: bytes, byte_order: str, *, words: bool = True) -> list[int]:
     """Lay the big-endian bytes A B C D ... of a value into registers in the given order."""
     if len(data) % 2:
         data += b"\x00"
-    byte_swap, word_swap = _swaps(byte_order)
-    regs = []
-    for i in range(0, len(data), 2):
-        hi, lo = data[i], data[i + 1]
-        regs.append((lo << 8 | hi) if byte_swap else (hi << 8 | lo))
-    if word_swap and words:
-        regs.reverse()
-    return regs
+    count = len(data) // 2
+    word_order, value_order = wire_orders(byte_order, words and count > 1)
+    if value_order == "<":
+        data = data[::-1]
+    return list(struct.unpack(f"{word_order}{count}H", data))
+
+
+def text_from_bytes(raw: bytes, encoding: str) -> str:
+    """A string register's text: decoded, cut at the first NUL, trimmed; raises DecodeError."""
+    # Decode before cutting at NUL: in UTF-16 every ASCII character carries a zero byte.
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"bytes {raw.hex(' ')} are not valid {encoding} text") from exc
+    return text.split("\x00", 1)[0].strip()
 
 
 def decode_value(
@@ -115,20 +135,15 @@ def decode_value(
         if bit is None or not 0 <= bit <= 15:
             raise DecodeError("type 'bit' needs a bit number 0-15")
         return bool((int(registers[0]) >> bit) & 1)
-    if data_type in _STRUCT_FORMATS:
+    if data_type in STRUCT_CODES:
         raw = registers_to_bytes([int(r) for r in registers], byte_order)
-        (value,) = struct.unpack(_STRUCT_FORMATS[data_type], raw)
+        (value,) = struct.unpack(">" + STRUCT_CODES[data_type], raw)
         if isinstance(value, float) and math.isnan(value):
             return None
         return value
     if data_type == DataType.STRING:
         raw = registers_to_bytes([int(r) for r in registers], byte_order, words=False)
-        # Decode before cutting at NUL: in UTF-16 every ASCII character carries a zero byte.
-        try:
-            text = raw.decode(encoding)
-        except UnicodeDecodeError as exc:
-            raise DecodeError(f"bytes {raw.hex(' ')} are not valid {encoding} text") from exc
-        return text.split("\x00", 1)[0].strip()
+        return text_from_bytes(raw, encoding)
     if data_type == DataType.BYTES:
         return registers_to_bytes([int(r) for r in registers], byte_order, words=False)
     raise DecodeError(f"unknown data type {data_type!r}")
@@ -154,12 +169,12 @@ def encode_value(
         if bit is None or not 0 <= bit <= 15:
             raise ValueError("type 'bit' needs a bit number 0-15")
         return [(current | (1 << bit)) if value else (current & ~(1 << bit))]
-    if data_type in _STRUCT_FORMATS:
-        fmt = _STRUCT_FORMATS[data_type]
+    if data_type in STRUCT_CODES:
+        code = STRUCT_CODES[data_type]
         if value is None:
             value = math.nan
-        number = float(value) if fmt in (">f", ">d") else int(value)
-        return bytes_to_registers(struct.pack(fmt, number), byte_order)
+        number = float(value) if code in ("f", "d") else int(value)
+        return bytes_to_registers(struct.pack(">" + code, number), byte_order)
     if data_type in (DataType.STRING, DataType.BYTES):
         raw = value.encode(encoding) if isinstance(value, str) else bytes(value or b"")
         if len(raw) > 2 * length:
