@@ -305,6 +305,8 @@ EVDASH = {
     "RELOAD_INTERVAL_S": float(os.environ.get("EVDASH_RELOAD_INTERVAL_S", "5")),
     "MODBUS_TIMEOUT_S": float(os.environ.get("EVDASH_MODBUS_TIMEOUT_S", "2")),
     "RECONNECT_BACKOFF_MAX_S": float(os.environ.get("EVDASH_RECONNECT_BACKOFF_MAX_S", "30")),
+    # How often runpoller logs "poller stats: ..." (records and poll lateness), so operators see it keeps up.
+    "POLLER_STATS_INTERVAL_S": float(os.environ.get("EVDASH_POLLER_STATS_INTERVAL_S", "60")),
     # Largest profile document an import reads (admin upload, `profiles import`); shipped ones are < 20 KB.
     "PROFILE_MAX_BYTES": int(os.environ.get("EVDASH_PROFILE_MAX_BYTES", str(1024 * 1024))),
     # Open live-dashboard WebSockets per user and web process; more are closed with code 4429.

@@ -13,7 +13,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.core.management import call_command
 
-from gateway.modbus.poller import CRASH_RESTART_FIRST_S, ChargePointPoller, Poller, load_configs
+from gateway.modbus.poller import CRASH_RESTART_FIRST_S, ChargePointPoller, Poller, PollStats, load_configs
 from gateway.models import ChargePoint, DeviceProfile
 from gateway.profiles.spec import Heartbeat
 from gateway.profiles.store import SHIPPED_DIR, read_spec_file
@@ -332,3 +332,42 @@ async def test_a_crashing_charge_point_loop_is_reported_at_once_and_restarted_wi
     seqs = [r["seq"] for r in collected.of("crashy")]
     assert seqs == list(range(1, len(seqs) + 1))  # the restarted loop continues the sequence
     assert healthy_during >= 8  # the healthy charge point kept polling at 250 ms meanwhile
+
+
+async def test_the_poller_logs_its_stats_so_operators_see_it_keeps_up(site, generic_profile, settings, caplog) -> None:
+    settings.EVDASH = settings.EVDASH | {"POLLER_STATS_INTERVAL_S": 0.5}
+    caplog.set_level(logging.INFO, logger="gateway.modbus.poller")
+    async with SimulatorFleet(GENERIC, 1, base_port=0, seed=9) as fleet:
+        await sync_to_async(make_charge_point)(site, generic_profile, "cp", fleet.charge_points[0].port)
+        collected = Collected()
+        poller, stop = Poller(collected), asyncio.Event()
+        task = asyncio.create_task(poller.run(stop))
+        try:
+            await wait_for(
+                lambda: (
+                    sum("records=" in r.getMessage() and "records=0 " not in r.getMessage() for r in caplog.records)
+                    >= 2
+                ),
+                timeout_s=10,
+                what="two stats lines with records",
+            )
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("poller stats:")]
+    fields = dict(item.split("=") for item in lines[-1].removeprefix("poller stats: ").split())
+    assert set(fields) == {"charge_points", "records", "lateness_p50_ms", "lateness_p99_ms"}
+    assert fields["charge_points"] == "1"
+    # 250 ms polls over a 0.5 s period, each counted once (periods do not overlap).
+    assert 1 <= int(fields["records"]) <= 4
+    assert 0 <= float(fields["lateness_p50_ms"]) <= float(fields["lateness_p99_ms"])
+    assert sum(int(dict(i.split("=") for i in line.split()[2:])["records"]) for line in lines) <= len(collected.records)
+
+
+def test_stats_percentiles_are_nearest_rank_and_each_period_starts_afresh() -> None:
+    stats = PollStats()
+    for ms in range(1, 101):
+        stats.note_lateness(ms / 1000)
+    stats.records = 100
+    assert stats.take_line(7) == "poller stats: charge_points=7 records=100 lateness_p50_ms=50.0 lateness_p99_ms=99.0"
+    assert stats.take_line(7) == "poller stats: charge_points=7 records=0 lateness_p50_ms=0.0 lateness_p99_ms=0.0"

@@ -1,8 +1,10 @@
 """The soft-PLC poll loop: every enabled charge point polled concurrently, decoded, published."""
 
+import array
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -116,6 +118,36 @@ def load_configs(site: str | None = None) -> list[ChargePointConfig]:
     return load_fleet(site).configs
 
 
+class PollStats:
+    """Records published and poll lateness (start vs schedule) since the last stats line."""
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.lateness_s = array.array("d")  # compact: 5,000 charge points for 60 s is 300,000 values
+
+    def note_lateness(self, lateness_s: float) -> None:
+        self.lateness_s.append(lateness_s)
+
+    def take_line(self, charge_points: int) -> str:
+        """The stats line for the period since the last one; starts a new period."""
+        ordered = sorted(self.lateness_s)
+        line = (
+            f"poller stats: charge_points={charge_points} records={self.records} "
+            f"lateness_p50_ms={_percentile(ordered, 50) * 1000:.1f} "
+            f"lateness_p99_ms={_percentile(ordered, 99) * 1000:.1f}"
+        )
+        self.records = 0
+        self.lateness_s = array.array("d")
+        return line
+
+
+def _percentile(ordered: list[float], percent: float) -> float:
+    """Nearest-rank percentile of sorted values (0 for none)."""
+    if not ordered:
+        return 0.0
+    return ordered[max(0, math.ceil(percent / 100 * len(ordered)) - 1)]
+
+
 def error_record(*, charge_point: str, site: str, profile: str, seq: int, error: str) -> Record:
     """An offline, bad-quality record whose error tells the operator why nothing was read."""
     return build_record(charge_point=charge_point, site=site, profile=profile, seq=seq, fields=None, error=error)
@@ -129,11 +161,18 @@ class ChargePointPoller:
     """
 
     def __init__(
-        self, config: ChargePointConfig, publish: Publish, *, clock: Clock = time.monotonic, seq: int = 0
+        self,
+        config: ChargePointConfig,
+        publish: Publish,
+        *,
+        clock: Clock = time.monotonic,
+        seq: int = 0,
+        stats: PollStats | None = None,
     ) -> None:
         self.config = config
         self.publish = publish
         self.clock = clock
+        self.stats = stats or PollStats()
         self.connection = ChargePointConnection(
             config.host, config.port, config.unit_id, setting("MODBUS_TIMEOUT_S"), pacing=config.pacing
         )
@@ -181,7 +220,8 @@ class ChargePointPoller:
         self.connection.stop = stop
         try:
             while not stop.is_set():
-                if self.clock() >= next_poll_at:
+                if (now := self.clock()) >= next_poll_at:
+                    self.stats.note_lateness(now - next_poll_at)
                     await self.poll_once()
                     next_poll_at = self._next_poll_at(next_poll_at, interval_s)
                 elif self.connection.connected:
@@ -298,6 +338,7 @@ class Poller:
         self._retiring: set[asyncio.Task] = set()
         self._seq: dict[str, int] = {}
         self.reloads = 0  # successful reads of the charge points from the database
+        self.stats = PollStats()
 
     async def poll_all_once(self) -> list[Record]:
         """Poll every enabled charge point once, concurrently (manage.py runpoller --once)."""
@@ -313,6 +354,7 @@ class Poller:
         """Reload definitions every RELOAD_INTERVAL_S and reconcile the running loops."""
         reload_s = setting("RELOAD_INTERVAL_S")
         reload_at = self.clock()
+        reporter = asyncio.create_task(self._report_stats(stop), name="poller-stats")
         try:
             while not stop.is_set():
                 try:
@@ -328,7 +370,17 @@ class Poller:
                 reload_at = max(reload_at + reload_s, self.clock())
                 await wait_unless_stopped(stop, reload_at - self.clock())
         finally:
+            reporter.cancel()
+            await asyncio.gather(reporter, return_exceptions=True)
             await self.stop_all()
+
+    async def _report_stats(self, stop: asyncio.Event) -> None:
+        """Log records and poll lateness every POLLER_STATS_INTERVAL_S: does the poller keep up?"""
+        interval_s = setting("POLLER_STATS_INTERVAL_S")
+        report_at = self.clock() + interval_s
+        while not await wait_unless_stopped(stop, report_at - self.clock()):
+            logger.info("%s", self.stats.take_line(len(self.tasks)))
+            report_at = max(report_at + interval_s, self.clock())
 
     def reconcile(self, configs: list[ChargePointConfig]) -> None:
         """Start new charge points, stop removed or disabled ones, restart changed ones."""
@@ -387,7 +439,9 @@ class Poller:
         while not stop.is_set():
             seq_at_start = self._seq.get(config.slug, 0)
             try:
-                poller = ChargePointPoller(config, self._counting(config.slug), clock=self.clock, seq=seq_at_start)
+                poller = ChargePointPoller(
+                    config, self._counting(config.slug), clock=self.clock, seq=seq_at_start, stats=self.stats
+                )
                 await poller.run(stop)
                 return
             except Exception as exc:
@@ -411,6 +465,7 @@ class Poller:
 
         def publish(record: Record) -> None:
             self._seq[slug] = record["seq"]
+            self.stats.records += 1
             self.publish(record)
 
         return publish
