@@ -19,9 +19,7 @@ runs), plus the page's JS heap at the start and end of each run (CDP Performance
 """
 
 import argparse
-import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,8 +29,14 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PASSWORD = "bench-password-7731"
+try:
+    from bench import common
+except ModuleNotFoundError:  # run as `python bench/demo_latency.py`
+    import common  # type: ignore[no-redef]
+
+TITLE = "Demo latency in the page: poll → WebSocket frame → paint (Chromium)"
+ROOT = common.ROOT
+PASSWORD = common.ADMIN_PASSWORD
 PERCENTILES = (50, 95, 99)
 
 # Runs in the page before any of its scripts: wraps WebSocket so that every socket the page opens
@@ -50,9 +54,10 @@ INSTRUMENT = """
         const arrived = Date.now();
         let message;
         try { message = JSON.parse(event.data); } catch (err) { return; }
-        if (message.type !== "telemetry" || message.record.status === "offline") return;
-        const r = message.record;
-        frames.push([arrived, Date.parse(r.ts), r.charge_point, r.ts]);
+        if (message.type !== "telemetry") return;
+        for (const r of message.records || [message.record]) {
+          if (r.status !== "offline") frames.push([arrived, Date.parse(r.ts), r.charge_point, r.ts]);
+        }
       });
     }
   }
@@ -87,33 +92,12 @@ class RunResult:
     heap_mb: tuple[float, float]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def free_port_range(count: int) -> int:
-    """A base port with `count` consecutive ports above it that nobody listens on."""
-    for _ in range(50):
-        base = free_port()
-        if base + count < 65535 and all(_port_free(base + i) for i in range(count)):
-            return base
-    raise SystemExit("no free port range")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
-
-
 def start_demo(charge_points: int, var_dir: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = os.environ | {"DJANGO_DEBUG": "1", "EVDASH_VAR_DIR": var_dir, "EVDASH_ADMIN_PASSWORD": PASSWORD}
-    env.pop("DATABASE_URL", None)
-    env.pop("REDIS_URL", None)
+    port = common.free_port()
+    env = common.embedded_env(Path(var_dir), DJANGO_DEBUG="1", EVDASH_ADMIN_PASSWORD=PASSWORD)
     args = [sys.executable, "manage.py", "demo", "--charge-points", str(charge_points), "--port", str(port)]
-    args += ["--kafka-port", str(free_port()), "--modbus-base-port", str(free_port_range(charge_points))]
+    args += ["--kafka-port", str(common.free_port())]
+    args += ["--modbus-base-port", str(common.free_port_range(charge_points))]
     with Path(var_dir, "demo.log").open("w") as log:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -125,7 +109,7 @@ def start_demo(charge_points: int, var_dir: str) -> tuple[subprocess.Popen, str]
         except OSError:
             time.sleep(0.2)
     process.kill()
-    raise SystemExit("demo did not start:\n" + Path(var_dir, "demo.log").read_text()[-2000:])
+    raise RuntimeError("demo did not start:\n" + Path(var_dir, "demo.log").read_text()[-2000:])
 
 
 def percentiles(values: list[float]) -> dict[int, float]:
@@ -171,7 +155,7 @@ def measure(browser, url: str, warmup_s: float, seconds: float) -> RunResult:
             dom_ms.append(updated - arrival[(slug, ts)])
             paint_ms.append(frame - arrival[(slug, ts)])
     if len(frames) < 2 or len(paint_ms) < 2:
-        raise SystemExit(f"too few frames ({len(frames)}) or paints ({len(paint_ms)}) to measure")
+        raise RuntimeError(f"too few frames ({len(frames)}) or paints ({len(paint_ms)}) to measure")
     return RunResult(
         frames=len(frames),
         latency_ms=percentiles([arrived - ts_ms for arrived, ts_ms, _, _ in frames]),
@@ -190,42 +174,87 @@ def median_of(results: list[RunResult], field: str) -> dict[int, float]:
     return {p: statistics.median(getattr(r, field)[p] for r in results) for p in PERCENTILES}
 
 
+def measure_runs(charge_points: int, runs: int, warmup_s: float, seconds: float) -> list[RunResult]:
+    """One demo, `runs` fresh pages on it; prints each run as it ends."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser import launch_chromium
+
+    results: list[RunResult] = []
+    with tempfile.TemporaryDirectory() as var_dir:
+        started = time.monotonic()
+        process, url = start_demo(charge_points, var_dir)
+        print(f"demo serving after {time.monotonic() - started:.1f} s ({charge_points} charge points)")
+        try:
+            with sync_playwright() as playwright:
+                browser = launch_chromium(playwright)
+                for run_number in range(1, runs + 1):
+                    result = measure(browser, url, warmup_s, seconds)
+                    results.append(result)
+                    print(
+                        f"run {run_number}: {result.frames} frames, {result.painted} painted; "
+                        f"{describe('poll→frame ms', result.latency_ms)}; "
+                        f"{describe('frame→DOM ms', result.dom_ms)}; "
+                        f"{describe('frame→paint ms', result.paint_ms)}; "
+                        f"JS heap {result.heap_mb[0]:.1f} → {result.heap_mb[1]:.1f} MB",
+                        flush=True,
+                    )
+                browser.close()
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.wait(60)
+    return results
+
+
+def result_row(label: str, latency: dict, dom: dict, paint: dict, extra: dict) -> dict:
+    row = {"run": label} | extra
+    for name, values in (("poll_to_frame", latency), ("frame_to_dom", dom), ("frame_to_paint", paint)):
+        row |= {f"{name}_p{p}_ms": float(values[p]) for p in PERCENTILES}
+    return row
+
+
+def rows_of(results: list[RunResult]) -> list[dict]:
+    """One row per run, then the median over the runs of each percentile."""
+    rows = [
+        result_row(
+            str(number),
+            r.latency_ms,
+            r.dom_ms,
+            r.paint_ms,
+            {
+                "frames": r.frames,
+                "painted": r.painted,
+                "js_heap_start_mb": r.heap_mb[0],
+                "js_heap_end_mb": r.heap_mb[1],
+            },
+        )
+        for number, r in enumerate(results, 1)
+    ]
+    medians = [median_of(results, field) for field in ("latency_ms", "dom_ms", "paint_ms")]
+    rows.append(result_row("median of runs", *medians, {}))
+    return rows
+
+
+def run(quick: bool) -> list[dict]:
+    """12 charge points (the demo's default), three runs: 10 s warm-up + 30 s each (quick: 5 + 10 s)."""
+    warmup_s, seconds = (5, 10) if quick else (10, 30)
+    return rows_of(measure_runs(12, 3, warmup_s, seconds))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--charge-points", type=int, default=12)
     parser.add_argument("--runs", type=int, default=3, help="Runs (fresh page each); at least 3.")
     parser.add_argument("--warmup", type=float, default=10, help="Seconds dropped at the start of each run.")
     parser.add_argument("--seconds", type=float, default=30, help="Seconds measured per run.")
+    parser.add_argument("--quick", action="store_true", default=common.quick_default(), help="run(quick=True).")
     options = parser.parse_args()
+    if options.quick:
+        common.print_rows(TITLE, [common.rounded(row) for row in run(quick=True)])
+        return
     if options.runs < 3:
         parser.error("--runs must be at least 3: one run's percentiles are not a result")
-    from playwright.sync_api import sync_playwright
-
-    sys.path.insert(0, str(ROOT))
-    from tests.browser import launch_chromium
-
-    results: list[RunResult] = []
-    with tempfile.TemporaryDirectory() as var_dir:
-        started = time.monotonic()
-        process, url = start_demo(options.charge_points, var_dir)
-        print(f"demo serving after {time.monotonic() - started:.1f} s ({options.charge_points} charge points)")
-        try:
-            with sync_playwright() as playwright:
-                browser = launch_chromium(playwright)
-                for run in range(1, options.runs + 1):
-                    result = measure(browser, url, options.warmup, options.seconds)
-                    results.append(result)
-                    print(
-                        f"run {run}: {result.frames} frames, {result.painted} painted; "
-                        f"{describe('poll→frame ms', result.latency_ms)}; "
-                        f"{describe('frame→DOM ms', result.dom_ms)}; "
-                        f"{describe('frame→paint ms', result.paint_ms)}; "
-                        f"JS heap {result.heap_mb[0]:.1f} → {result.heap_mb[1]:.1f} MB"
-                    )
-                browser.close()
-        finally:
-            process.send_signal(signal.SIGINT)
-            process.wait(60)
+    results = measure_runs(options.charge_points, options.runs, options.warmup, options.seconds)
     print(f"median of {len(results)} runs (warm-up {options.warmup:.0f} s dropped, {options.seconds:.0f} s each):")
     print("  " + describe("poll→frame ms", median_of(results, "latency_ms")))
     print("  " + describe("frame→DOM ms", median_of(results, "dom_ms")))
