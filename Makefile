@@ -38,6 +38,18 @@ test: $(STAMP)
 	  DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	  $(PY) -m pytest -m production
 
+# Benchmarks (README, Benchmarks): each against real parts within its time budget; prints tables and
+# rewrites the generated blocks of docs/benchmarks.md. `make bench QUICK=1` (or EVDASH_BENCH_QUICK=1)
+# for the short runs, `make bench ONLY=end_to_end,poller` for some. The production layout uses a
+# database and a Redis db of its own on the same servers as the tests.
+BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/evdash_bench
+BENCH_REDIS_URL ?= redis://127.0.0.1:6379/7
+.PHONY: bench
+bench: $(STAMP)
+	@PYTHON=$(PYTHON) scripts/prerequisites test
+	BENCH_DATABASE_URL=$(BENCH_DATABASE_URL) BENCH_REDIS_URL=$(BENCH_REDIS_URL) \
+	  $(PY) bench/run.py $(if $(filter 1 yes true,$(QUICK)),--quick) $(if $(ONLY),--only $(ONLY))
+
 # Refresh the README's pictures (docs/dashboard-*.png) from the browser tests against `manage.py demo`.
 # Tests alone never write tracked files: they save screenshots under test-results/ (ignored).
 .PHONY: screenshots
