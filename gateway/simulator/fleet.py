@@ -16,6 +16,7 @@ from gateway.simulator.server import SimulatedChargePoint
 logger = logging.getLogger(__name__)
 
 MAX_PORT = 65535
+VERBOSE_FLEET_SIZE = 100
 
 
 class SimulatorFleet:
@@ -23,7 +24,10 @@ class SimulatorFleet:
 
     Charge point i serves profiles[i % len(profiles)] with that profile's default unit id, unless
     `unit_id` overrides it for all. base_port=0 lets the OS pick a free port for each (tests);
-    read them from `charge_points`.
+    read them from `charge_points`. `lean` serves them with gateway.simulator.lean instead of pymodbus.
+    `first_index` numbers this fleet's charge points from there (a worker process serving a slice
+    of a larger fleet): names, profile cycling and each one's random seed are those the whole
+    fleet would give them.
     """
 
     def __init__(
@@ -36,6 +40,8 @@ class SimulatorFleet:
         seed: int | None = None,
         unit_id: int | None = None,
         tick_s: float = 0.2,
+        lean: bool = False,
+        first_index: int = 0,
     ) -> None:
         profiles = (profile,) if isinstance(profile, ProfileSpec) else tuple(profile)
         if not profiles:
@@ -50,10 +56,12 @@ class SimulatorFleet:
         self.host = host
         self.tick_s = tick_s
         master = random.Random(seed)  # noqa: S311 - simulation, not security
+        for _ in range(first_index):  # the draws of the charge points before this slice
+            master.getrandbits(64)
         # One image per profile and unit id: the status code search runs once, not per charge point.
         images: dict[tuple[int, int], ProfileImage] = {}
         self.charge_points: list[SimulatedChargePoint] = []
-        for index in range(count):
+        for index in range(first_index, first_index + count):
             spec = profiles[index % len(profiles)]
             unit = spec.default_unit_id if unit_id is None else unit_id
             image = images.get((id(spec), unit))
@@ -67,10 +75,11 @@ class SimulatorFleet:
                     spec,
                     ChargePointBehaviour(rng, speedup=speedup),
                     host=host,
-                    port=base_port + index if base_port else 0,
+                    port=base_port + index - first_index if base_port else 0,
                     unit_id=unit,
                     identity=identity_values(spec, rng, name),
                     image=image,
+                    lean=lean,
                 )
             )
         self._ticker: asyncio.Task[None] | None = None
@@ -95,10 +104,13 @@ class SimulatorFleet:
         if self._ticker is not None:
             raise RuntimeError("fleet already started")
         try:
+            # A line per charge point is useful for a dozen, noise for thousands (those go to DEBUG).
+            level = logging.INFO if len(self.charge_points) <= VERBOSE_FLEET_SIZE else logging.DEBUG
             for charge_point in self.charge_points:
                 await charge_point.start()
                 others = [str(unit) for unit in charge_point.unit_ids if unit != charge_point.unit_id]
-                logger.info(
+                logger.log(
+                    level,
                     "%s: %s on %s:%s unit %s%s, %s",
                     charge_point.name,
                     charge_point.profile.slug,
@@ -111,6 +123,18 @@ class SimulatorFleet:
         except BaseException:
             await self._stop_servers()
             raise
+        if level != logging.INFO:
+            first, last = self.charge_points[0], self.charge_points[-1]
+            logger.info(
+                "%s..%s: %s charge points on %s:%s..%s (%s)",
+                first.name,
+                last.name,
+                len(self.charge_points),
+                self.host,
+                first.port,
+                last.port,
+                ", ".join(sorted({cp.profile.slug for cp in self.charge_points})),
+            )
         self._ticker = asyncio.create_task(self._tick_forever(), name="simulator-ticks")
 
     async def stop(self) -> None:

@@ -1,9 +1,12 @@
-"""One simulated charge point served over Modbus TCP with pymodbus' SimDevice datastore.
+"""One simulated charge point served over Modbus TCP, by pymodbus' SimDevice datastore or the lean server.
 
-One SimDevice per unit id the profile uses (Alfen: the socket's own and the station's 200), all on
-one TCP server. The SimDevice `action` hook is the whole bridge: on a read it checks the request
-against the profile's image and copies the behaviour's words into pymodbus' registers; on a write
-it checks the profile and applies the new setpoint.
+pymodbus (the default): one SimDevice per unit id the profile uses (Alfen: the socket's own and the
+station's 200), all on one TCP server. The SimDevice `action` hook is the whole bridge: on a read it
+checks the request against the profile's image and copies the behaviour's words into pymodbus'
+registers; on a write it checks the profile and applies the new setpoint.
+
+Lean (gateway.simulator.lean): hand-framed Modbus TCP on asyncio for large fleets; it asks the same
+charge point for the same words (`read_words`) and hands it the same writes (`write_words`).
 """
 
 import asyncio
@@ -25,6 +28,7 @@ from gateway.profiles.codec import Value
 from gateway.profiles.spec import ProfileSpec, RegisterSpec
 from gateway.simulator.behaviour import BehaviourEvent, ChargePointBehaviour
 from gateway.simulator.encoding import plausible_value
+from gateway.simulator.lean import LeanServer
 from gateway.simulator.registers import BIT_FUNCTIONS, FUNCTION_BY_CODE, ProfileImage, WriteRefused
 from gateway.simulator.status import StatusPair, iec_state_code
 
@@ -34,6 +38,7 @@ logger = logging.getLogger(__name__)
 _LAYOUT = (Function.COIL, Function.DISCRETE_INPUT, Function.HOLDING, Function.INPUT)
 _LIMIT_ROLES = (Role.SET_CURRENT_A, Role.MAX_CURRENT_A)
 _WRITE_SINGLE_REGISTER = 6
+_READ_CODES = {Function.COIL: 1, Function.DISCRETE_INPUT: 2, Function.HOLDING: 3, Function.INPUT: 4}
 
 
 @dataclass(frozen=True)
@@ -73,8 +78,10 @@ class SimulatedChargePoint:
         unit_id: int | None = None,
         identity: dict[str, Value] | None = None,
         image: ProfileImage | None = None,
+        lean: bool = False,
     ) -> None:
         self.name = name
+        self.lean = lean
         self.profile = profile
         self.behaviour = behaviour
         self.host = host
@@ -97,7 +104,11 @@ class SimulatedChargePoint:
         self._limit_a = behaviour.max_current_a
         self._enabled = True
         self._lock = threading.Lock()
+        # Bumped on every change of what the registers show; the encoded words are cached per version.
+        self._version = 0
+        self._encoded: dict[tuple[int, str], tuple[int, dict[int, int | bool]]] = {}
         self._server: ModbusTcpServer | None = None
+        self._lean_server: LeanServer | None = None
 
     @property
     def unit_ids(self) -> tuple[int, ...]:
@@ -110,6 +121,7 @@ class SimulatedChargePoint:
         register = self._register(name)
         with self._lock:
             self._overrides[register.name] = value
+            self._version += 1
 
     def set_status(self, status: str, iec61851_state: str | None = None) -> None:
         """Pin the operator status (and IEC state) until cleared; ValueError if the profile cannot show it."""
@@ -125,17 +137,20 @@ class SimulatedChargePoint:
             )
         with self._lock:
             self._status_override = (status, iec61851_state)
+            self._version += 1
 
     def clear_overrides(self) -> None:
         """Serve the behaviour model's own values again."""
         with self._lock:
             self._overrides.clear()
             self._status_override = None
+            self._version += 1
 
     def connect_vehicle(self, phases: int | None = None) -> None:
         """A vehicle arrives now, if the charge point is free."""
         with self._lock:
             self._log(self.behaviour.connect_vehicle(phases))
+            self._version += 1
 
     @property
     def last_writes(self) -> list[AcceptedWrite]:
@@ -177,6 +192,7 @@ class SimulatedChargePoint:
         """Advance the behaviour by dt_s real seconds and log what happened."""
         with self._lock:
             events = self.behaviour.tick(dt_s)
+            self._version += 1
         for event in events:
             self._log(event)
         return events
@@ -184,6 +200,11 @@ class SimulatedChargePoint:
     # --- the server ---------------------------------------------------------------------
     async def start(self) -> None:
         """Listen on host:port (port 0: any free port, then `self.port` says which)."""
+        if self.lean:
+            lean = LeanServer(self)
+            await lean.start()
+            self._lean_server, self.port = lean, lean.port
+            return
         devices = [
             SimDevice(id=unit_id, simdata=self._simdata(unit_id), action=functools.partial(self._action, unit_id))
             for unit_id in self.unit_ids or (self.unit_id,)
@@ -200,6 +221,10 @@ class SimulatedChargePoint:
 
     async def stop(self) -> None:
         """Close the listener and every client connection."""
+        lean, self._lean_server = self._lean_server, None
+        if lean is not None:
+            await lean.stop()
+            return
         server, self._server = self._server, None
         if server is None:
             return
@@ -255,11 +280,8 @@ class SimulatedChargePoint:
         refused = self.image.check_read(unit_id, function, address, count)
         if refused is not None:
             return refused
-        with self._lock:
-            values = self._register_values()
-        # Bit requests come with the count in words: encode the whole (small) bit space instead.
-        span = None if function in BIT_FUNCTIONS else range(address, address + count)
-        words = self.image.words(unit_id, function, values, span)
+        # The whole space, encoded once per change of state (bit requests come with the count in words).
+        words = self.served_words(unit_id, function)
         for addr, word in words.items():
             if function in BIT_FUNCTIONS:
                 index, bit = addr // 16 - start_address, addr % 16
@@ -270,6 +292,39 @@ class SimulatedChargePoint:
             elif 0 <= addr - start_address < len(current_registers):
                 current_registers[addr - start_address] = int(word)
         return None
+
+    def read_words(self, unit_id: int, function: str, address: int, count: int) -> list[int] | list[bool] | ExcCodes:
+        """The words (or bits) a read returns, or the exception code it is answered with (the lean server's read)."""
+        with self._lock:
+            self._requests.append(ArrivedRequest(time.monotonic(), _READ_CODES[function], address, count, False))
+        refused = self.image.check_read(unit_id, function, address, count)
+        if refused is not None:
+            return refused
+        words = self.served_words(unit_id, function)
+        if function in BIT_FUNCTIONS:
+            return [bool(words.get(a, False)) for a in range(address, address + count)]
+        return [int(words[a]) for a in range(address, address + count)]
+
+    def write_words(
+        self, unit_id: int, function_code: int, address: int, values: list[int] | list[bool]
+    ) -> ExcCodes | None:
+        """Take a write (None) or refuse it with an exception code (the lean server's write)."""
+        with self._lock:
+            self._requests.append(ArrivedRequest(time.monotonic(), function_code, address, len(values), True))
+        return self._write(unit_id, FUNCTION_BY_CODE[function_code], address, values)
+
+    def served_words(self, unit_id: int, function: str) -> dict[int, int | bool]:
+        """Every readable word (or bit) of one address space, encoded once per change of state."""
+        with self._lock:
+            version = self._version
+            cached = self._encoded.get((unit_id, function))
+            if cached is not None and cached[0] == version:
+                return cached[1]
+            values = self._register_values()
+        words = self.image.words(unit_id, function, values)
+        with self._lock:
+            self._encoded[(unit_id, function)] = (version, words)
+        return words
 
     def _write(self, unit_id: int, function: str, address: int, values: list[int] | list[bool]) -> ExcCodes | None:
         try:
@@ -284,6 +339,7 @@ class SimulatedChargePoint:
 
     def _apply_write(self, register: RegisterSpec, value: Value) -> None:
         """Take one accepted write; the caller holds the lock."""
+        self._version += 1
         self._writes.append(AcceptedWrite(register.name, value))
         self._written[register.name] = value
         if register.name in self._heartbeat_targets:

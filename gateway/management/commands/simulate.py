@@ -3,11 +3,17 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from gateway.profiles.spec import ProfileFormatError
-from gateway.runtime import configure_verbosity, run_until_stopped
+from gateway.runtime import configure_verbosity, raise_open_file_limit, run_until_stopped
 from gateway.simulator.catalogue import UnknownProfile, load_profiles
-from gateway.simulator.fleet import MAX_PORT, SimulatorFleet, serve_fleet
+from gateway.simulator.fleet import MAX_PORT, serve_fleet
+from gateway.simulator.processes import FleetPlan, serve_in_processes, slice_fleet
 
 DEFAULT_PROFILE = "generic-ev-charger"
+# Lean fleets are the large ones: one behaviour step a second keeps ticking cheap at thousands of
+# charge points, and a poller reading once a second still sees fresh values at every read.
+LEAN_TICK_S = 1.0
+# Open files per process beyond one listener and one client connection per charge point.
+SPARE_FILES = 64
 
 
 class Command(BaseCommand):
@@ -31,12 +37,25 @@ class Command(BaseCommand):
             help="Modbus unit id of every charge point (default: each profile's own; 0 answers any).",
         )
         parser.add_argument("--run-for", type=float, default=None, help="Stop after this many seconds.")
+        parser.add_argument(
+            "--lean",
+            action="store_true",
+            help="Serve with the lean Modbus TCP server (same registers, a fraction of pymodbus' CPU per read).",
+        )
+        parser.add_argument(
+            "--processes",
+            type=int,
+            default=1,
+            help="Worker processes, each serving a contiguous slice of the ports (default 1: this process).",
+        )
 
     def handle(self, *args, **options) -> None:
         configure_verbosity(options["verbosity"])
         count, base_port = options["count"], options["base_port"]
-        if not 1 <= count <= 1000:
-            raise CommandError("--count must be between 1 and 1000.")
+        if count < 1:
+            raise CommandError("--count must be at least 1.")
+        if options["processes"] < 1:
+            raise CommandError("--processes must be at least 1.")
         if not 1 <= base_port <= MAX_PORT - count + 1:
             raise CommandError(f"Ports {base_port}..{base_port + count - 1} are not all in 1..{MAX_PORT}.")
         if options["unit_id"] is not None and not 0 <= options["unit_id"] <= 247:
@@ -51,20 +70,44 @@ class Command(BaseCommand):
                 raise CommandError("--profiles needs at least one slug.")
         else:
             slugs = [options["profile"] or DEFAULT_PROFILE]
+        check_open_files(count, options["processes"])
         try:
             profiles = load_profiles(slugs)
-            fleet = SimulatorFleet(
-                profiles,
+            plan = FleetPlan(
+                tuple(profiles),
                 count,
+                base_port,
                 host=options["host"],
-                base_port=base_port,
                 speedup=options["speedup"],
                 seed=options["seed"],
                 unit_id=options["unit_id"],
+                lean=options["lean"],
+                tick_s=LEAN_TICK_S if options["lean"] else None,
+                run_for_s=options["run_for"],
+                verbosity=options["verbosity"],
             )
+            fleet = None if options["processes"] > 1 else plan.build_fleet()
         except (UnknownProfile, ProfileFormatError) as exc:
             raise CommandError(str(exc)) from None
+        if fleet is None:
+            failures = serve_in_processes(plan, options["processes"])
+            if failures:
+                raise CommandError("simulator worker failed: " + "; ".join(failures))
+            return
         try:
-            run_until_stopped(lambda stop: serve_fleet(fleet, stop, run_for_s=options["run_for"]))
+            run_until_stopped(lambda stop: serve_fleet(fleet, stop, run_for_s=plan.run_for_s))
         except OSError as exc:
             raise CommandError(str(exc)) from exc
+
+
+def check_open_files(count: int, processes: int) -> None:
+    """Raise the open-file limit; CommandError if the largest worker's slice still needs more."""
+    largest = max(part.count for part in slice_fleet(count, processes))
+    needed = 2 * largest + SPARE_FILES
+    limit = raise_open_file_limit()
+    if needed > limit:
+        raise CommandError(
+            f"{largest} charge points in one process need about {needed} open files (a listener and a "
+            f"client connection each), but the limit is {limit}: raise the hard limit (ulimit -Hn, "
+            f"LimitNOFILE=) or spread the fleet over more --processes."
+        )
