@@ -40,7 +40,8 @@ TITLE = "End to end: poll timestamp → fleet WebSocket receive"
 LAYOUTS = ("demo", "production")
 CLIENT_USER = "bench"
 
-# Run in `manage.py shell` of the layout: the demo fleet (production only), then a logged-in session.
+# Run in `manage.py shell` of the layout: the demo fleet and the demo's simulator arguments
+# (production only; the demo does both itself), then a logged-in session.
 SETUP_FLEET = """
 import json
 from gateway import demo
@@ -49,7 +50,8 @@ count, base_port = {count}, {base_port}
 demo.ensure_demo_fleet(count, base_port)
 wanted = [f"cp-{{i + 1:02d}}" for i in range(count)]
 ChargePoint.objects.filter(site__slug=demo.DEMO_SITE).exclude(slug__in=wanted).delete()
-print(json.dumps([p.slug for p in demo.demo_profiles()]))
+options = demo.DemoOptions(count, "127.0.0.1", 0, 0, base_port, speedup=1.0, seed=None)
+print(json.dumps(demo.simulator_args(options, [p.slug for p in demo.demo_profiles()])))
 """
 SETUP_CLIENT = """
 import json
@@ -201,16 +203,6 @@ def summarise(layout: str, plan: Plan, expected_per_s: float, windows: list[dict
 # --- the two layouts ---------------------------------------------------------------------------
 
 
-def simulator_options(count: int) -> list[str]:
-    """The lean, multi-process simulator when this checkout has it (`simulate --lean --processes K`)."""
-    help_text = subprocess.run(
-        [common.PYTHON, str(common.MANAGE), "simulate", "--help"], capture_output=True, text=True, cwd=common.ROOT
-    ).stdout
-    if "--lean" not in help_text:
-        return []
-    return ["--lean", "--processes", str(max(1, math.ceil(count / 2500)))]
-
-
 def client_setup(env: dict[str, str]) -> dict:
     out = common.run_manage(["shell", "-c", SETUP_CLIENT.format(user=CLIENT_USER)], env)
     return json.loads(out.strip().splitlines()[-1])
@@ -277,13 +269,11 @@ def run_production_layout(plan: Plan) -> dict:
         base_port = common.free_port_range(plan.charge_points)
         common.run_manage(["migrate", "--verbosity", "0"], env)
         fleet_script = SETUP_FLEET.format(count=plan.charge_points, base_port=base_port)
-        profiles = json.loads(common.run_manage(["shell", "-c", fleet_script], env).strip().splitlines()[-1])
+        simulate = json.loads(common.run_manage(["shell", "-c", fleet_script], env).strip().splitlines()[-1])
         setup = client_setup(env)
         port = common.free_port()
         started: dict[str, subprocess.Popen] = {}
         try:
-            simulate = ["simulate", "--count", str(plan.charge_points), "--base-port", str(base_port)]
-            simulate += ["--profiles", ",".join(profiles), *simulator_options(plan.charge_points)]
             started["simulate"] = common.spawn_manage(simulate, env, log_dir / "simulate.log")
             last_port = base_port + plan.charge_points - 1
             common.wait_until(lambda: common.port_open(last_port), 120, "simulator listening", interval_s=0.5)

@@ -176,7 +176,10 @@ def console_report(outcome: Outcome) -> str:
     figures = figure_rows(outcome.rows)
     if figures:
         text.append(common.format_table("", [{k: format_value(v) for k, v in row.items()} for row in figures]))
-    text += [f"error: {row['error']}" for row in outcome.rows if "error" in row]
+    for row in outcome.rows:
+        if "error" in row:
+            which = ", ".join(f"{key} {value}" for key, value in row.items() if key != "error")
+            text.append(f"FAILED{f' ({which})' if which else ''}: {row['error']}")
     return "\n".join(text)
 
 
@@ -192,10 +195,8 @@ def benchmark_block(outcome: Outcome, commit: str) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     kind = "quick run" if outcome.quick else "full run"
     parts = [
-        f"### {outcome.title}",
-        "",
-        f"_{when}, commit {commit}, {kind}, {outcome.seconds:.0f} s, "
-        f"load average {outcome.load_start:.1f} → {outcome.load_end:.1f}._",
+        f"{outcome.title}: {when}, commit {commit}, {kind}, {outcome.seconds:.0f} s, "
+        f"load average {outcome.load_start:.1f} → {outcome.load_end:.1f}.",
         "",
     ]
     figures = figure_rows(outcome.rows)
@@ -203,7 +204,9 @@ def benchmark_block(outcome: Outcome, commit: str) -> str:
         parts += [markdown_table(figures), ""]
     for row in outcome.rows:
         if "error" in row:
-            parts += ["**Failed:**", "", "```", tail_lines(str(row["error"]), 15), "```", ""]
+            which = ", ".join(f"{key} {value}" for key, value in row.items() if key != "error")
+            parts += [f"**Failed**{f' ({which})' if which else ''}:", "", "```", tail_lines(str(row["error"]), 15)]
+            parts += ["```", ""]
     parts.append(reproduce_line(outcome.name))
     return "\n".join(parts)
 
@@ -229,14 +232,18 @@ def machine_block(commit: str, load_start: tuple, load_end: tuple, quick: bool) 
     )
 
 
-def replace_block(doc: str, name: str, content: str) -> str:
-    """`doc` with block NAME's content replaced; a new block goes before the anchor (else at the end)."""
+def replace_block(doc: str, name: str, content: str, heading: str = "") -> str:
+    """`doc` with block NAME's content replaced.
+
+    A block the page does not have yet goes, under `heading`, before the new-blocks anchor (else at
+    the end), followed by a placeholder for its hand-written reading.
+    """
     start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
     block = f"{start}\n{content}\n{end}"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
     if pattern.search(doc):
         return pattern.sub(lambda _: block, doc, count=1)
-    placeholder = f"{block}\n\nReading: _to be written._\n\n"
+    placeholder = f"### {heading or name}\n\n{block}\n\nReading: _to be written._\n\n"
     if NEW_BLOCKS_ANCHOR in doc:
         return doc.replace(NEW_BLOCKS_ANCHOR, placeholder + NEW_BLOCKS_ANCHOR, 1)
     return doc.rstrip("\n") + "\n\n" + placeholder
@@ -292,7 +299,7 @@ def main() -> int:
         doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
         doc = replace_block(doc, MACHINE_BLOCK, machine_block(commit, load_start, load_end, options.quick))
         for outcome in outcomes:
-            doc = replace_block(doc, outcome.name, benchmark_block(outcome, commit))
+            doc = replace_block(doc, outcome.name, benchmark_block(outcome, commit), outcome.title)
         DOC.write_text(doc)
         print(f"\nwrote {DOC.relative_to(common.ROOT)}")
     failed = [outcome.name for outcome in outcomes if outcome.failed]

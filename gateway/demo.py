@@ -7,6 +7,7 @@ daphne process; the broker, simulator and poller run as child processes exactly 
 
 import asyncio
 import logging
+import math
 import os
 import secrets
 import signal
@@ -37,6 +38,14 @@ DEMO_PROFILES = (
     "mennekes-amtron-hcc3",
     "generic-ev-charger",
 )
+# The simulator: small fleets are served by pymodbus, the server the profiles are tested against;
+# above LEAN_SIMULATOR_ABOVE charge points by the lean server (`simulate --lean`), since pymodbus'
+# ~240 µs of CPU per read would take most of a core at 1,000 charge points and starve the rest of
+# the demo. One lean process serves ~10,000 reads/s; a charge point costs 1 to 4 reads a second.
+LEAN_SIMULATOR_ABOVE = 100
+CHARGE_POINTS_PER_SIMULATOR_PROCESS = 2500
+MAX_CHARGE_POINTS = 10_000
+MAX_PORT = 65535
 
 
 @dataclass
@@ -48,6 +57,27 @@ class DemoOptions:
     modbus_base_port: int
     speedup: float
     seed: int | None
+
+
+def check_fleet_size(count: int, base_port: int) -> None:
+    """CommandError unless `count` charge points fit the demo and the ports from `base_port`."""
+    if not 1 <= count <= MAX_CHARGE_POINTS:
+        raise CommandError(f"--charge-points must be between 1 and {MAX_CHARGE_POINTS:,}.")
+    if not 1 <= base_port <= MAX_PORT - count + 1:
+        raise CommandError(f"Modbus ports {base_port}..{base_port + count - 1} are not all in 1..{MAX_PORT}.")
+
+
+def simulator_args(options: DemoOptions, profile_slugs: list[str]) -> list[str]:
+    """`manage.py simulate` arguments serving the demo fleet (lean and in several processes when large)."""
+    count = options.charge_points
+    args = ["simulate", "--count", str(count), "--base-port", str(options.modbus_base_port)]
+    args += ["--speedup", str(options.speedup), "--profiles", ",".join(profile_slugs)]
+    if options.seed is not None:
+        args += ["--seed", str(options.seed)]
+    if count > LEAN_SIMULATOR_ABOVE:
+        processes = min(os.cpu_count() or 1, math.ceil(count / CHARGE_POINTS_PER_SIMULATOR_PROCESS))
+        args += ["--lean", "--processes", str(processes)]
+    return args
 
 
 def demo_profiles() -> list[DeviceProfile]:

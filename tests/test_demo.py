@@ -215,3 +215,40 @@ def test_demo_reports_a_dead_poller_and_exits_non_zero(tmp_path: Path) -> None:
     assert "runpoller had ended by itself before the demo stopped (signal SIGKILL)" in lines
     assert "CommandError: Stopped, but not cleanly: runpoller (above)." in lines
     assert "Stopped." not in lines
+
+
+def demo_options(count: int, base_port: int = 20_000) -> demo.DemoOptions:
+    return demo.DemoOptions(
+        charge_points=count,
+        http_host="127.0.0.1",
+        http_port=8000,
+        kafka_port=9092,
+        modbus_base_port=base_port,
+        speedup=1.0,
+        seed=7,
+    )
+
+
+def test_small_demo_fleet_is_served_by_pymodbus() -> None:
+    args = demo.simulator_args(demo_options(12), ["alfen-eve", "keba-p30"])
+    assert args[:5] == ["simulate", "--count", "12", "--base-port", "20000"]
+    assert args[args.index("--profiles") + 1] == "alfen-eve,keba-p30"
+    assert args[args.index("--seed") + 1] == "7"
+    assert "--lean" not in args and "--processes" not in args
+
+
+@pytest.mark.parametrize(("count", "processes"), [(1000, 1), (5000, min(2, os.cpu_count() or 1))])
+def test_large_demo_fleet_is_served_by_the_lean_simulator(count: int, processes: int) -> None:
+    args = demo.simulator_args(demo_options(count), ["generic-ev-charger"])
+    assert "--lean" in args
+    assert args[args.index("--processes") + 1] == str(processes)
+
+
+def test_demo_fleet_size_is_bounded_by_the_limit_and_the_ports() -> None:
+    demo.check_fleet_size(demo.MAX_CHARGE_POINTS, 20_000)
+    with pytest.raises(CommandError, match="between 1 and 10,000"):
+        demo.check_fleet_size(demo.MAX_CHARGE_POINTS + 1, 20_000)
+    with pytest.raises(CommandError, match="between 1 and"):
+        demo.check_fleet_size(0, 20_000)
+    with pytest.raises(CommandError, match=r"ports 62000\.\.66999"):
+        demo.check_fleet_size(5000, 62_000)

@@ -33,8 +33,7 @@ class Command(BaseCommand):
         if settings.CHANNEL_LAYERS["default"]["BACKEND"] != "channels.layers.InMemoryChannelLayer":
             raise CommandError("manage.py demo is the embedded mode: unset REDIS_URL.")
         count = options["charge_points"]
-        if not 1 <= count <= 1000:
-            raise CommandError("--charge-points must be between 1 and 1000.")
+        demo.check_fleet_size(count, options["modbus_base_port"])
         opts = demo.DemoOptions(
             charge_points=count,
             http_host=options["host"],
@@ -57,18 +56,7 @@ class Command(BaseCommand):
         settings.EVDASH["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{opts.kafka_port}"
         settings.EVDASH["KAFKA_ENABLE_IDEMPOTENCE"] = False
         env = demo.child_environment(opts)
-        simulate_args = [
-            "simulate",
-            "--count",
-            str(count),
-            "--base-port",
-            str(opts.modbus_base_port),
-            "--speedup",
-            str(opts.speedup),
-            "--profiles",
-            ",".join(profile.slug for profile in demo.demo_profiles()),
-        ] + (["--seed", str(opts.seed)] if opts.seed is not None else [])
-        simulator = demo.spawn(simulate_args, env)
+        simulator = demo.spawn(demo.simulator_args(opts, [profile.slug for profile in demo.demo_profiles()]), env)
         poller = demo.spawn(["runpoller"], env)
         url = f"http://{opts.http_host}:{opts.http_port}/"
         banner = [
