@@ -336,3 +336,228 @@ def test_logging_out_closes_the_open_dashboards_socket(demo: dict, page) -> None
     # The first tab's socket is closed by the server with "login required", and the page says so.
     page.wait_for_selector("[data-live-indicator][data-state=signed-out][data-close-code='4401']", timeout=10_000)
     assert "signed out" in page.locator("[data-live-indicator]").text_content()
+
+
+# --- The fleet page at thousands of charge points --------------------------------------------
+# daphne serving the product on its own SQLite, with FLEET_SIZE charge points and their latest
+# records stored: the page gets them as the server renders it and over the real socket (snapshot).
+
+FLEET_SIZE = 2000
+FAULTED_EVERY = 50  # one charge point in 50 is faulted, the next one offline
+SEED_FLEET = f"""
+from datetime import UTC, datetime
+from gateway.models import ChargePoint, DeviceProfile, LatestTelemetry, Site
+from gateway.profiles.decode import TelemetryFields
+from gateway.telemetry import build_record, parse_ts
+
+profile = DeviceProfile.objects.get(slug="generic-ev-charger")
+sites = [Site.objects.create(slug=slug, name=slug.title()) for slug in ("north", "south")]
+now = datetime.now(UTC)
+# Polled hourly: the records stay fresh (not stale) for the whole test.
+cps = ChargePoint.objects.bulk_create(
+    ChargePoint(slug=f"cp-{{i:04d}}", name=f"Bay {{i:04d}}", site=sites[i % 2], profile=profile,
+                host="127.0.0.1", port=10000 + i, unit_id=1, poll_interval_ms=3_600_000)
+    for i in range({FLEET_SIZE})
+)
+rows = []
+for i, cp in enumerate(cps):
+    if i % {FAULTED_EVERY} == 1:
+        fields = None  # offline: nothing could be read
+    else:
+        status = "faulted" if i % {FAULTED_EVERY} == 0 else ("charging" if i % 3 else "available")
+        power_w = float((i * 37) % 22000) if status == "charging" else 0.0
+        fields = TelemetryFields(status, "C", {{"power_w": power_w, "session_energy_wh": 1000.0}}, extra={{}})
+    record = build_record(charge_point=cp.slug, site=cp.site.slug, profile=profile.slug, seq=1, fields=fields,
+                          moment=now)
+    rows.append(LatestTelemetry(charge_point=cp, record=record, source_ts=parse_ts(record["ts"])))
+LatestTelemetry.objects.bulk_create(rows)
+"""
+# Charging charge points have power (i * 37) % 22000 W: the highest in the fleet, as the page shows it.
+MAX_POWER_KW = round(max((i * 37) % 22000 for i in range(FLEET_SIZE) if i % FAULTED_EVERY > 1 and i % 3) / 1000, 1)
+
+
+@pytest.fixture(scope="module")
+def big_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """daphne on a scratch SQLite holding FLEET_SIZE charge points: its base URL."""
+    var_dir = tmp_path_factory.mktemp("fleet-var")
+    env = os.environ | {"DJANGO_DEBUG": "1", "EVDASH_VAR_DIR": str(var_dir), "EVDASH_ADMIN_PASSWORD": PASSWORD}
+    env.pop("DATABASE_URL", None)
+    env.pop("REDIS_URL", None)
+    manage(["migrate", "--verbosity", "0"], env)
+    manage(["shell", "-c", SEED_FLEET], env)
+    manage(["shell", "-c", f"from gateway.demo import ensure_admin; ensure_admin({PASSWORD!r})"], env)
+    port = free_port()
+    log = (var_dir / "daphne.log").open("w")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "daphne"), "-b", "127.0.0.1", "-p", str(port), "evdash.asgi:application"],
+        env=env,
+        cwd=settings.BASE_DIR,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/accounts/login/", timeout=1)
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("daphne did not serve: " + (var_dir / "daphne.log").read_text()[-3000:]) from None
+            time.sleep(0.2)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            log.close()
+
+
+@pytest.fixture
+def fleet_page(big_fleet: str) -> Iterator:
+    """A fresh browser (nothing remembered) logged in on the big fleet's page, its socket live."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        log_in(page, big_fleet)
+        page.wait_for_selector("[data-live-indicator][data-state=live]", timeout=30_000)
+        yield page
+        browser.close()
+    assert errors == []
+
+
+# The charge points drawn in the current view, in screen order (top to bottom, left to right).
+DRAWN = """sel => [...document.querySelectorAll(sel)]
+    .map(el => ({slug: el.dataset.chargePoint, status: el.dataset.status, y: el.getBoundingClientRect().top,
+                 x: el.getBoundingClientRect().left,
+                 power: parseFloat(el.querySelector('.cell-power, .tile-power').textContent)}))
+    .sort((a, b) => a.y - b.y || a.x - b.x)"""
+ROWS = "a.fleet-row[data-charge-point]"
+TILES = "a.tile[data-charge-point]"
+
+
+def drawn(page, selector: str = ROWS) -> list[dict]:
+    return page.evaluate(DRAWN, selector)
+
+
+def show_table(page) -> None:
+    page.click("[data-view=table]")
+    page.wait_for_selector(ROWS)
+
+
+def shown_text(page) -> str:
+    return page.locator("[data-fleet-shown]").text_content().strip()
+
+
+def test_big_fleet_table_draws_only_the_visible_rows_faulted_and_offline_first(fleet_page) -> None:
+    page = fleet_page
+    # Tiles by default: a screenful of them, not FLEET_SIZE.
+    page.wait_for_selector(TILES)
+    assert 4 < len(drawn(page, TILES)) < 100
+    show_table(page)
+    assert page.locator(TILES).count() == 0  # the hidden view keeps no elements
+    assert shown_text(page) == f"{FLEET_SIZE} charge points"
+    rows = drawn(page)
+    assert 5 < len(rows) < 60, len(rows)
+    # Faulted first, then offline (A to Z within each): 40 of each in this fleet.
+    assert [row["status"] for row in rows[:5]] == ["faulted"] * 5
+    assert rows[0]["slug"] == "cp-0000" and rows[1]["slug"] == f"cp-{FAULTED_EVERY:04d}"
+    # Scrolled to the bottom, the last rows are drawn and the first ones are gone: still a screenful.
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    page.wait_for_function("sel => !document.querySelector(sel + '[data-charge-point=\"cp-0000\"]')", arg=ROWS)
+    rows = drawn(page)
+    assert 5 < len(rows) < 60, len(rows)
+    assert all(row["status"] in ("charging", "available") for row in rows)
+    # Offline ones come right after the faulted ones: among Bay 0000 to 0099, two of each.
+    page.evaluate("window.scrollTo(0, 0)")
+    page.fill("[data-fleet-search]", "bay 00")
+    page.wait_for_function(
+        f"() => document.querySelector('[data-fleet-shown]').textContent === '100 of {FLEET_SIZE} shown'"
+    )
+    assert [row["slug"] for row in drawn(page)[:5]] == ["cp-0000", "cp-0050", "cp-0001", "cp-0051", "cp-0002"]
+    assert [row["status"] for row in drawn(page)[:4]] == ["faulted", "faulted", "offline", "offline"]
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "dashboard-fleet-table.png"))
+
+
+def test_big_fleet_sorts_by_power_and_filters_by_status_and_search(fleet_page) -> None:
+    page = fleet_page
+    show_table(page)
+    page.click("[data-sort=power]")
+    page.wait_for_function(
+        "sel => document.querySelector('[data-sort-column=power]').ariaSort === 'descending'", arg=ROWS
+    )
+    page.wait_for_function(
+        f"sel => parseFloat(document.querySelector(sel + ' .cell-power').textContent) === {MAX_POWER_KW}", arg=ROWS
+    )
+    powers = [row["power"] for row in drawn(page)]
+    assert powers == sorted(powers, reverse=True) and powers[0] == MAX_POWER_KW
+    # Clicking again reverses the order: unknown power (the offline ones) first, then 0 kW.
+    page.click("[data-sort=power]")
+    page.wait_for_function("() => document.querySelector('[data-sort-column=power]').ariaSort === 'ascending'")
+    page.wait_for_function("sel => document.querySelector(sel + ' .cell-power').textContent === '— kW'", arg=ROWS)
+    assert {row["status"] for row in drawn(page)} == {"offline"}
+
+    # The Faulted card filters the list to the faulted charge points, and says how many.
+    faulted = FLEET_SIZE // FAULTED_EVERY
+    page.click("[data-summary-status=faulted]")
+    page.wait_for_function(
+        f"() => document.querySelector('[data-fleet-shown]').textContent === '{faulted} of {FLEET_SIZE} shown'"
+    )
+    assert page.locator("[data-summary-status=faulted]").get_attribute("aria-pressed") == "true"
+    assert {row["status"] for row in drawn(page)} == {"faulted"}
+    # Clicked again, the filter is off.
+    page.click("[data-summary-status=faulted]")
+    page.wait_for_function(
+        f"() => document.querySelector('[data-fleet-shown]').textContent === '{FLEET_SIZE} charge points'"
+    )
+
+    # Search narrows by name or slug.
+    page.fill("[data-fleet-search]", "bay 199")
+    page.wait_for_function(
+        f"() => document.querySelector('[data-fleet-shown]').textContent === '10 of {FLEET_SIZE} shown'"
+    )
+    page.evaluate("document.querySelector('[data-fleet-table]').scrollIntoView()")  # all ten on screen
+    page.wait_for_function("sel => document.querySelectorAll(sel).length === 10", arg=ROWS)
+    assert sorted(row["slug"] for row in drawn(page)) == [f"cp-{i}" for i in range(1990, 2000)]
+    page.fill("[data-fleet-search]", "CP-0042")
+    page.wait_for_function(
+        f"() => document.querySelector('[data-fleet-shown]').textContent === '1 of {FLEET_SIZE} shown'"
+    )
+    assert [row["slug"] for row in drawn(page)] == ["cp-0042"]
+    page.fill("[data-fleet-search]", "no such charge point")
+    page.wait_for_selector("[data-fleet-none]:not([hidden])")
+    assert drawn(page) == []
+
+
+def test_big_fleet_remembers_the_view_sort_and_filters(fleet_page) -> None:
+    page = fleet_page
+    show_table(page)
+    page.click("[data-sort=power]")
+    page.fill("[data-fleet-search]", "bay 1")
+    page.wait_for_function("() => document.querySelector('[data-fleet-shown]').textContent.includes(' of ')")
+    page.reload()
+    page.wait_for_selector(ROWS)
+    assert page.locator("[data-view=table]").get_attribute("aria-pressed") == "true"
+    assert page.locator("[data-fleet-tiles]").is_hidden()
+    assert page.locator("[data-sort-column=power]").get_attribute("aria-sort") == "descending"
+    assert page.locator("[data-fleet-search]").input_value() == "bay 1"
+    powers = [row["power"] for row in drawn(page)]
+    assert powers == sorted(powers, reverse=True)
+    # Back to tiles, and that too is remembered.
+    page.click("[data-fleet-clear]")
+    page.click("[data-view=tiles]")
+    page.wait_for_selector(TILES)
+    page.reload()
+    page.wait_for_selector(TILES)
+    assert page.locator("[data-fleet-table]").is_hidden()
+    assert page.locator("[data-fleet-search]").input_value() == ""

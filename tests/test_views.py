@@ -1,6 +1,7 @@
 """Dashboard pages: login required, server-rendered first paint, air-gapped assets."""
 
 import importlib
+import json
 import re
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -16,8 +17,8 @@ from pytest_django.live_server_helper import LiveServer
 
 from gateway.models import ChargePoint, DeviceProfile, LatestTelemetry, Site
 from gateway.profiles.decode import TelemetryFields
+from gateway.readings import ATTENTION_ORDER, SUMMARY_ORDER, format_age, format_extra
 from gateway.telemetry import Record, build_record, parse_ts
-from gateway.views import format_age, format_extra
 from tests.browser import launch_chromium
 from tests.conftest import make_charge_point
 
@@ -268,6 +269,81 @@ def test_fleet_site_filter(admin_client: Client, site: Site, generic_profile: De
     assert admin_client.get(reverse("gateway:fleet"), {"site": "nowhere"}).status_code == 404
 
 
+def page_config(html: str) -> dict:
+    """The page's json_script settings."""
+    match = re.search(r'<script id="page-config" type="application/json">(.*?)</script>', html, re.S)
+    assert match, "no page-config"
+    return json.loads(match.group(1))
+
+
+@pytest.mark.django_db
+def test_fleet_lists_faulted_and_offline_first(
+    admin_client: Client, site: Site, generic_profile: DeviceProfile
+) -> None:
+    statuses = {"cp-a": "charging", "cp-b": "offline", "cp-c": "available", "cp-d": "faulted", "cp-e": None}
+    for slug, status in statuses.items():
+        cp = add_charge_point(site, generic_profile, slug)
+        if status:
+            record = live_record(cp, 1, status=status)
+            LatestTelemetry.objects.create(charge_point=cp, record=record, source_ts=parse_ts(record["ts"]))
+    stale = add_charge_point(site, generic_profile, "cp-f")
+    store_record(stale, age=timedelta(minutes=5), power_w=1.0)
+    html = admin_client.get(reverse("gateway:fleet")).content.decode()
+    # The server's order (tiles and the page's list alike): faulted, offline, stale, no data, then working.
+    expected = ["cp-d", "cp-b", "cp-f", "cp-e", "cp-a", "cp-c"]
+    assert re.findall(r'data-charge-point="([^"]+)"', html) == expected
+    config = page_config(html)
+    assert [cp["slug"] for cp in config["charge_points"]] == expected
+    # The page script gets the order itself, not a copy of it.
+    assert config["attention_order"] == list(ATTENTION_ORDER)
+    assert config["summary_order"] == list(SUMMARY_ORDER)
+    assert config["charge_points"][0] | {"record": None} == {
+        "slug": "cp-d",
+        "name": "CP-D",
+        "site": site.slug,
+        "site_name": site.name,
+        "poll_interval_ms": 250,
+        "stale_after_ms": 10_000,
+        "record": None,
+    }
+    assert config["charge_point_url"] == "/chargepoints/__slug__/"
+
+
+@pytest.mark.django_db
+def test_fleet_first_paint_is_bounded(admin_client: Client, site: Site, generic_profile: DeviceProfile) -> None:
+    from gateway.views import FIRST_PAINT_TILES
+
+    for n in range(FIRST_PAINT_TILES + 5):
+        add_charge_point(site, generic_profile, f"cp-{n:03d}")
+    response = admin_client.get(reverse("gateway:fleet"))
+    html = response.content.decode()
+    # A few dozen tiles in the HTML; the page's data lists every charge point for the script.
+    assert html.count('<a class="tile ') == FIRST_PAINT_TILES
+    assert len(page_config(html)["charge_points"]) == FIRST_PAINT_TILES + 5
+    assert re.search(rf'class="summary-value">{FIRST_PAINT_TILES + 5}<', html)
+    assert f"{FIRST_PAINT_TILES} of {FIRST_PAINT_TILES + 5} charge points shown" in html  # <noscript>
+
+
+@pytest.mark.django_db
+def test_fleet_of_one_site_subscribes_to_that_site(
+    admin_client: Client, site: Site, generic_profile: DeviceProfile
+) -> None:
+    add_charge_point(site, generic_profile, "cp-1")
+    assert page_config(admin_client.get(reverse("gateway:fleet")).content.decode())["ws_path"] == "/ws/fleet/"
+    html = admin_client.get(reverse("gateway:fleet"), {"site": site.slug}).content.decode()
+    assert page_config(html)["ws_path"] == f"/ws/fleet/?site={site.slug}"
+    assert page_config(html)["site"] == site.slug
+
+
+def test_attention_order_covers_every_summary_bucket() -> None:
+    from gateway.readings import attention_rank
+
+    assert sorted(ATTENTION_ORDER) == sorted(SUMMARY_ORDER)
+    assert ATTENTION_ORDER[:2] == ("faulted", "offline")
+    assert attention_rank("faulted") < attention_rank("offline") < attention_rank("charging")
+    assert attention_rank("some-new-status") == len(ATTENTION_ORDER)
+
+
 @pytest.mark.django_db
 def test_charge_point_page(admin_client: Client, site: Site, generic_profile: DeviceProfile) -> None:
     cp = add_charge_point(site, generic_profile, "cp-1", port=1502, unit_id=3)
@@ -468,10 +544,14 @@ def test_fleet_page_goes_live(open_page: OpenPage, site: Site, generic_profile: 
     cp2 = add_charge_point(site, generic_profile, "cp-2")
     page = open_page("/")
     page.wait_for_selector("[data-live-indicator]")
-    page.evaluate("m => window.__push(m)", {"type": "snapshot", "records": [live_record(cp1, 1, power_w=7000.0)]})
+    # The snapshot may come in chunks (`more` until the last), merged like telemetry.
+    page.evaluate(
+        "m => window.__push(m)", {"type": "snapshot", "records": [live_record(cp1, 1, power_w=7000.0)], "more": True}
+    )
+    page.evaluate("m => window.__push(m)", {"type": "snapshot", "records": [], "more": False})
     page.evaluate(
         "m => window.__push(m)",
-        {"type": "telemetry", "record": live_record(cp2, 1, status="faulted", power_w=0.0)},
+        {"type": "telemetry", "records": [live_record(cp2, 1, status="faulted", power_w=0.0)]},
     )
     tile = page.locator('.tile[data-charge-point="cp-1"]')
     expect_text = "() => document.querySelector('{}').textContent.trim() === '{}'"
@@ -484,9 +564,13 @@ def test_fleet_page_goes_live(open_page: OpenPage, site: Site, generic_profile: 
     page.wait_for_function("() => document.getElementById('fleet-power-chart').data[0].x.length >= 2", timeout=5000)
     # A burst of records is buffered: the page draws once a second, not once per message.
     points = page.evaluate("document.getElementById('fleet-power-chart').data[0].x.length")
-    burst = [live_record(cp1, 5, power_w=9000.0)] * 300
-    page.evaluate("records => records.forEach(r => window.__push({type: 'telemetry', record: r}))", burst)
+    burst, older = [live_record(cp1, 5, power_w=9000.0)] * 300, live_record(cp1, 4, power_w=1.0)
+    page.evaluate("records => records.forEach(r => window.__push({type: 'telemetry', records: [r]}))", burst)
     page.wait_for_function(expect_text.format("[data-summary-power]", "9.0 kW"))
+    # The one-record frame of older servers is still understood; an older record changes nothing.
+    page.evaluate("r => window.__push({type: 'telemetry', record: r})", live_record(cp2, 2, power_w=1500.0))
+    page.evaluate("r => window.__push({type: 'telemetry', records: [r]})", older)
+    page.wait_for_function(expect_text.format("[data-summary-power]", "10.5 kW"))
     assert page.evaluate("document.getElementById('fleet-power-chart').data[0].x.length") <= points + 2
     # A dropped socket shows "reconnecting", then a new socket is opened.
     page.evaluate("window.__sockets[window.__sockets.length - 1].close()")
