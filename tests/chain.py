@@ -47,14 +47,13 @@ async def value_arrives_on_websocket(site, profile) -> dict:
         poller_task = asyncio.create_task(services.run_poller(stop_poller))
         try:
             deadline = time.monotonic() + 30
-            while True:
+            record = None
+            while record is None:
                 message = await browser.receive_json_from(timeout=max(0.1, deadline - time.monotonic()))
                 received_at = datetime.now(UTC)
                 assert message["type"] == "telemetry"
-                record = message["record"]
-                assert record["charge_point"] == "cp-0"
-                if record["values"]["current_l1_a"] == 23.45:
-                    break
+                assert {r["charge_point"] for r in message["records"]} == {"cp-0"}
+                record = next((r for r in message["records"] if r["values"]["current_l1_a"] == 23.45), None)
             # Stop the poller (it flushes), then the consumer must handle exactly what reached Kafka
             # and store each charge point's newest record.
             stop_poller.set()

@@ -1,8 +1,10 @@
 """WebSockets: login required, same origin only, snapshot then telemetry events of a declared shape,
-client frames ignored, unknown paths refused quietly, logout closes sockets, sockets per user capped."""
+client frames ignored, unknown paths refused quietly, logout closes sockets, sockets per user capped;
+one frame per consumer batch per page, a page gets only what it shows, big snapshots in chunks."""
 
 import logging
 
+import orjson
 import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -19,10 +21,10 @@ from gateway.live.consumers import (
     CLOSE_TOO_MANY_SOCKETS,
     CLOSE_UNAUTHENTICATED,
 )
-from gateway.live.groups import session_group
+from gateway.live.groups import FLEET_GROUP, session_group, site_group
 from gateway.live.limits import open_sockets
 from gateway.live.push import LOGOUT_EVENT, TELEMETRY_EVENT, close_session_sockets, push_telemetry
-from gateway.models import LatestTelemetry
+from gateway.models import ChargePoint, LatestTelemetry, Site
 from gateway.storage import save_latest
 from gateway.telemetry import build_record, decode_record, encode_record
 from tests.conftest import make_charge_point, session_cookie_headers
@@ -31,10 +33,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 HOST = b"127.0.0.1:8000"
 SITE = b"http://127.0.0.1:8000"
+# daphne's (autobahn's) default maximum WebSocket message size: a bigger frame never reaches the page.
+DAPHNE_MESSAGE_MAX_BYTES = 1024 * 1024
 
 
-def offline_record(slug: str, seq: int = 1) -> dict:
-    return build_record(charge_point=slug, site="test-site", profile="generic-ev-charger", seq=seq, fields=None)
+def offline_record(slug: str, seq: int = 1, site: str = "test-site") -> dict:
+    return build_record(charge_point=slug, site=site, profile="generic-ev-charger", seq=seq, fields=None)
 
 
 async def make_user(name: str = "operator") -> object:
@@ -82,7 +86,7 @@ async def test_logged_in_socket_is_accepted_and_anonymous_one_refused_with_4401(
     # Positive control: the same request with the session cookie is accepted and gets its snapshot.
     fleet = WebsocketCommunicator(application, "/ws/fleet/", headers=headers)
     assert (await fleet.connect())[0]
-    assert await fleet.receive_json_from() == {"type": "snapshot", "records": []}
+    assert await fleet.receive_json_from() == {"type": "snapshot", "records": [], "more": False}
     await fleet.disconnect()
 
     anonymous = WebsocketCommunicator(application, "/ws/fleet/", headers=with_headers(headers, cookie=None))
@@ -158,7 +162,7 @@ async def test_client_frames_are_ignored_without_error_or_close(site, generic_pr
     # ... and the socket still streams telemetry.
     await push_telemetry([offline_record("cp-a", seq=7)])
     message = await fleet.receive_json_from()
-    assert (message["type"], message["record"]["seq"]) == ("telemetry", 7)
+    assert (message["type"], [r["seq"] for r in message["records"]]) == ("telemetry", [7])
     await fleet.disconnect()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
@@ -210,7 +214,7 @@ async def test_logout_closes_that_sessions_sockets_only(site, generic_profile, l
         assert message == {"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED}
     # The other session keeps streaming.
     await push_telemetry([offline_record("cp-a", seq=3)])
-    assert (await other.receive_json_from())["record"]["seq"] == 3
+    assert [r["seq"] for r in (await other.receive_json_from())["records"]] == [3]
     # And the logged-out cookie cannot open a new socket.
     again = WebsocketCommunicator(application, "/ws/fleet/", headers=leaving_headers)
     assert await close_code_after_accept(again) == CLOSE_UNAUTHENTICATED
@@ -258,26 +262,31 @@ async def test_snapshot_then_live_records(site, generic_profile) -> None:
     snapshot = await fleet.receive_json_from()
     assert snapshot["type"] == "snapshot"
     assert [r["charge_point"] for r in snapshot["records"]] == ["cp-a"]
-    assert await one.receive_json_from() == {"type": "snapshot", "records": []}
+    assert await one.receive_json_from() == {"type": "snapshot", "records": [], "more": False}
 
     await push_telemetry([offline_record("cp-b", seq=5)])
     for communicator in (fleet, one):
         message = await communicator.receive_json_from()
-        assert message["type"] == "telemetry"
+        assert set(message) == {"type", "records"} and message["type"] == "telemetry"
         # What reaches the browser is still a valid telemetry record.
-        assert decode_record(encode_record(message["record"]))["seq"] == 5
+        [record] = message["records"]
+        assert decode_record(encode_record(record))["seq"] == 5
     await fleet.disconnect()
     await one.disconnect()
 
 
 async def test_group_event_shapes() -> None:
     layer = get_channel_layer()
-    channel = await layer.new_channel()
-    await layer.group_add("fleet", channel)
-    await push_telemetry([offline_record("cp-x")])
-    event = await layer.receive(channel)
-    assert set(event) == {"type", "record"}
-    assert event["type"] == TELEMETRY_EVENT
+    fleet, site = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add(FLEET_GROUP, fleet)
+    await layer.group_add(site_group("site-a"), site)
+    batch = [offline_record("cp-x", 1, site="site-a"), offline_record("cp-x", 2, site="site-a")]
+    await push_telemetry(batch)
+    # One event per group per batch: the fleet's has the newest record of each charge point, the
+    # site's every record (for the charge point pages).
+    assert await layer.receive(fleet) == {"type": TELEMETRY_EVENT, "records": batch[1:]}
+    assert await layer.receive(site) == {"type": TELEMETRY_EVENT, "records": batch}
+    channel = site
 
     await layer.group_add(session_group("abc123"), channel)
     await close_session_sockets("abc123")
@@ -292,3 +301,113 @@ def test_save_latest_keeps_the_newest_record_per_charge_point(site, generic_prof
     newer = offline_record("cp-a", seq=2)
     assert save_latest([newer, older, offline_record("ghost")]) == 1
     assert LatestTelemetry.objects.get().record["seq"] == 2
+
+
+async def receive_records(communicator: WebsocketCommunicator) -> list[tuple[str, int]]:
+    """(charge point, seq) of the next frame, which must be a telemetry frame."""
+    message = await communicator.receive_json_from()
+    assert set(message) == {"type", "records"} and message["type"] == "telemetry", message
+    return [(r["charge_point"], r["seq"]) for r in message["records"]]
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        pytest.param("in-memory", id="in-memory"),
+        pytest.param("redis", marks=pytest.mark.production, id="redis"),
+    ],
+)
+async def test_one_frame_per_batch_and_each_page_gets_what_it_shows(site, generic_profile, layer: str) -> None:
+    expected = "RedisChannelLayer" if layer == "redis" else "InMemoryChannelLayer"
+    assert type(get_channel_layer()).__name__ == expected
+    other = await Site.objects.acreate(slug="other-site", name="Other site")
+    for port, (slug, where) in enumerate((("cp-a", site), ("cp-b", site), ("cp-c", other)), start=1502):
+        await sync_to_async(make_charge_point)(where, generic_profile, slug, port)
+    headers = await logged_in_headers()
+    fleet = await accepted("/ws/fleet/", headers)
+    one_site = await accepted("/ws/fleet/?site=test-site", headers)
+    page_a = await accepted("/ws/chargepoints/cp-a/", headers)
+    page_c = await accepted("/ws/chargepoints/cp-c/", headers)
+
+    # One consumer batch: three records of cp-a, one of cp-b, one of cp-c (another site).
+    batch = [offline_record("cp-a", seq) for seq in (1, 2, 3)]
+    batch += [offline_record("cp-b", 1), offline_record("cp-c", 1, site="other-site")]
+    await push_telemetry(batch)
+
+    # The fleet: one frame, only the newest record of each charge point.
+    assert sorted(await receive_records(fleet)) == [("cp-a", 3), ("cp-b", 1), ("cp-c", 1)]
+    # Filtered to a site: that site's charge points only, the newest of each.
+    assert sorted(await receive_records(one_site)) == [("cp-a", 3), ("cp-b", 1)]
+    # A charge point page: every record of its charge point, in order, for its charts.
+    assert await receive_records(page_a) == [("cp-a", 1), ("cp-a", 2), ("cp-a", 3)]
+    assert await receive_records(page_c) == [("cp-c", 1)]
+    # ... and nothing else: one frame per batch.
+    for communicator in (fleet, one_site, page_a, page_c):
+        assert await communicator.receive_nothing(timeout=0.2)
+
+    # A batch with nothing for a page sends that page nothing (no empty frames).
+    await push_telemetry([offline_record("cp-b", 2)])
+    for communicator in (fleet, one_site):
+        assert await receive_records(communicator) == [("cp-b", 2)]
+    assert await page_a.receive_nothing(timeout=0.2) and await page_c.receive_nothing(timeout=0.2)
+    for communicator in (fleet, one_site, page_a, page_c):
+        await communicator.disconnect()
+    await sync_to_async(connections.close_all)()
+
+
+async def test_fleet_filtered_to_a_site_gets_its_snapshot_and_an_unknown_site_is_refused(site, generic_profile) -> None:
+    other = await Site.objects.acreate(slug="other-site", name="Other site")
+    await sync_to_async(make_charge_point)(site, generic_profile, "cp-a", 1502)
+    await sync_to_async(make_charge_point)(other, generic_profile, "cp-c", 1503)
+    await sync_to_async(save_latest)([offline_record("cp-a"), offline_record("cp-c", site="other-site")])
+    headers = await logged_in_headers()
+
+    communicator = WebsocketCommunicator(application, "/ws/fleet/?site=other-site", headers=headers)
+    assert (await communicator.connect())[0]
+    snapshot = await communicator.receive_json_from()
+    assert [r["charge_point"] for r in snapshot["records"]] == ["cp-c"]
+    await communicator.disconnect()
+
+    unknown = WebsocketCommunicator(application, "/ws/fleet/?site=nope", headers=headers)
+    assert await close_code_after_accept(unknown) == CLOSE_NOT_FOUND
+    await unknown.wait()
+
+
+def sized_record(slug: str, site_slug: str) -> dict:
+    """A record of a realistic size (~700 bytes): values and a few identity registers."""
+    record = offline_record(slug, site=site_slug)
+    record["values"] = {role: 1234.5 for role in record["values"]}
+    record["extra"] = {"serial": f"SN-{slug}-0123456789", "firmware": "v5.12.3-build.2291", "vendor": "ABB"}
+    return record
+
+
+async def test_a_snapshot_of_6000_charge_points_comes_in_frames_under_1_mib(site, generic_profile) -> None:
+    count = 6000
+
+    def populate() -> list[dict]:
+        ChargePoint.objects.bulk_create(
+            ChargePoint(
+                slug=f"cp-{n:05d}", name=f"CP-{n:05d}", site=site, profile=generic_profile, host="127.0.0.1", port=n + 1
+            )
+            for n in range(count)
+        )
+        records = [sized_record(f"cp-{n:05d}", site.slug) for n in range(count)]
+        save_latest(records)
+        return records
+
+    records = await sync_to_async(populate)()
+    assert len(orjson.dumps(records)) > 3 * DAPHNE_MESSAGE_MAX_BYTES  # one frame would be refused
+    communicator = WebsocketCommunicator(application, "/ws/fleet/", headers=await logged_in_headers())
+    assert (await communicator.connect())[0]
+    received, frames = [], []
+    while not frames or frames[-1]["more"]:
+        output = await communicator.receive_output(timeout=10)
+        assert len(output["text"].encode()) < DAPHNE_MESSAGE_MAX_BYTES
+        frames.append(orjson.loads(output["text"]))
+        assert set(frames[-1]) == {"type", "records", "more"} and frames[-1]["type"] == "snapshot"
+        received += frames[-1]["records"]
+    assert len(frames) > 3
+    # Reassembled, the frames hold every charge point's latest record once.
+    assert sorted(received, key=lambda r: r["charge_point"]) == records
+    assert await communicator.receive_nothing(timeout=0.2)
+    await communicator.disconnect()

@@ -3,13 +3,23 @@
 import json
 from datetime import UTC, datetime
 
+import fastjsonschema
 import pytest
 from django.conf import settings
 
 from gateway.modbus.planner import plan_reads
 from gateway.profiles.decode import decode_block, to_telemetry_fields
 from gateway.profiles.store import SHIPPED_DIR, read_spec_file
-from gateway.telemetry import SCHEMA_PATH, InvalidRecord, build_record, decode_record, encode_record
+from gateway.telemetry import (
+    SCHEMA_PATH,
+    InvalidRecord,
+    build_record,
+    compiled_validator,
+    decode_record,
+    encode_record,
+    newest_per_charge_point,
+    schema_validator,
+)
 
 GENERIC = read_spec_file(SHIPPED_DIR / "generic-ev-charger.json")
 
@@ -138,3 +148,58 @@ def test_power_is_derived_only_where_the_profile_declares_it() -> None:
     derived = to_telemetry_fields(replace(spec, derived=("power_w",)), decoded)
     assert derived.values["power_w"] == 7360.0
     assert derived.extra["derived"] == ["power_w"]
+
+
+def valid_record(**changes: object) -> dict:
+    record = build_record(charge_point="cp-01", site="site", profile="p", seq=3, fields=decode_generic({0: 2}))
+    return record | changes
+
+
+# Records the schema refuses, with the field the reason must name (the dead-letter reason).
+INVALID = [
+    pytest.param(valid_record(status="exploded"), "status", id="status-not-in-enum"),
+    pytest.param(valid_record(seq=-1), "seq", id="negative-seq"),
+    pytest.param(valid_record(seq=1.5), "seq", id="fractional-seq"),
+    pytest.param(valid_record(schema_version=2), "schema_version", id="other-version"),
+    pytest.param(valid_record(type="alert"), "type", id="other-type"),
+    pytest.param(valid_record(charge_point="cp 01"), "charge_point", id="slug-with-space"),
+    pytest.param(valid_record(ts="2026-11-24 12:00:00"), "ts", id="ts-without-T-and-ms"),
+    pytest.param(valid_record(iec61851_state="G"), "iec61851_state", id="unknown-iec-state"),
+    pytest.param(valid_record(values={"power_w": "11 kW"}), "values/power_w", id="value-as-text"),
+    pytest.param(valid_record(values={"bogus_w": 1}), "values", id="unknown-value-role"),
+    pytest.param(valid_record(quality="great"), "quality", id="unknown-quality"),
+    pytest.param(valid_record(error=7), "error", id="error-not-text"),
+    pytest.param(valid_record(hacked=True), "(record)", id="unknown-field"),
+    pytest.param({k: v for k, v in valid_record().items() if k != "site"}, "(record)", id="missing-site"),
+    pytest.param([valid_record()], "(record)", id="not-an-object"),
+]
+
+
+@pytest.mark.parametrize(("record", "field"), INVALID)
+def test_the_compiled_validator_refuses_what_the_schema_refuses_and_the_reason_names_the_field(
+    record: object, field: str
+) -> None:
+    # Both validators come from the one schema file and agree on each case ...
+    with pytest.raises(fastjsonschema.JsonSchemaValueException):
+        compiled_validator()(record)
+    assert list(schema_validator().iter_errors(record))
+    # ... and the dead-letter reason names the field, in the reference validator's words.
+    with pytest.raises(InvalidRecord) as caught:
+        decode_record(json.dumps(record).encode())
+    assert str(caught.value).startswith(f"{field}: "), str(caught.value)
+
+
+def test_the_compiled_validator_accepts_what_the_poller_builds() -> None:
+    for record in (valid_record(), build_record(charge_point="c", site="s", profile="p", seq=0, fields=None)):
+        compiled_validator()(record)
+        assert list(schema_validator().iter_errors(record)) == []
+
+
+def test_newest_per_charge_point_orders_by_ts_then_seq() -> None:
+    base = valid_record()
+    a1, a2 = base | {"seq": 1}, base | {"seq": 2}
+    # A restarted poller counts from 1 again: a later ts wins over a higher seq.
+    a_restarted = base | {"seq": 1, "ts": "2099-01-01T00:00:00.000Z"}
+    b = base | {"charge_point": "cp-02"}
+    assert newest_per_charge_point([a2, b, a1]) == [a2, b]
+    assert newest_per_charge_point([a_restarted, a2]) == [a_restarted]

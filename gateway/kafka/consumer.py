@@ -38,6 +38,11 @@ REASON_MAX_CHARS = 500
 
 # Tries of a failing batch before its records are tried one by one (and the bad ones dead-lettered).
 HANDLE_ATTEMPTS = 4
+# Latency before batching: getmany() returns as soon as any record is fetched (up to max_batch of
+# them), so a batch is whatever arrived since the last one; these bound only the waits when idle.
+# The broker answers a fetch at once when it has data, and after FETCH_MAX_WAIT_MS when it has none.
+FETCH_MAX_WAIT_MS = 100
+GETMANY_TIMEOUT_MS = 500
 
 
 async def store_latest(records: list[Record]) -> None:
@@ -87,6 +92,7 @@ class TelemetryConsumer:
         self.failed = 0  # records a sink kept refusing (dead-lettered, stage "handle")
         self.dead_lettered = 0
         self.assigned = asyncio.Event()
+        self._dead_letters: AIOKafkaProducer | None = None  # set while run() is connected
         self._reconnect = Backoff()
         self._retry = retry_backoff or Backoff(first_s=0.5, max_s=5.0)
 
@@ -109,42 +115,49 @@ class TelemetryConsumer:
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset=self.auto_offset_reset,
-            # A live dashboard: ask the broker to answer a fetch after at most 100 ms (default 500).
-            fetch_max_wait_ms=100,
+            # A live dashboard: ask the broker to answer an empty fetch after 100 ms (default 500).
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             **client_options(),
         )
         dead_letters = AIOKafkaProducer(**producer_options())
         try:
             await consumer.start()
             await dead_letters.start()
+            self._dead_letters = dead_letters
             self._reconnect.reset()
             logger.info("consuming %s as group %s", self.topic, self.group_id)
             while not stop.is_set():
-                batches = await consumer.getmany(timeout_ms=500, max_records=self.max_batch)
+                batches = await consumer.getmany(timeout_ms=GETMANY_TIMEOUT_MS, max_records=self.max_batch)
                 if consumer.assignment():
                     self.assigned.set()
                 if not batches:
                     continue
                 try:
-                    await self._handle(batches, dead_letters, stop)
+                    await self.handle_batch([message for messages in batches.values() for message in messages], stop)
                 except _StopRequested:
                     logger.info("stopped while retrying a batch; it stays uncommitted and is consumed again next time")
                     return
                 await consumer.commit()
         finally:
+            self._dead_letters = None
             await consumer.stop()
             await dead_letters.stop()
 
-    async def _handle(self, batches: dict, dead_letters: AIOKafkaProducer, stop: asyncio.Event) -> None:
-        """Handle or dead-letter every message of the batch (raises _StopRequested if stopped first)."""
+    async def handle_batch(self, messages: Sequence[ConsumerRecord], stop: asyncio.Event | None = None) -> None:
+        """Decode a batch of Kafka messages and hand the records to the sinks; dead-letter what fails.
+
+        run() calls it for each fetched batch; the benchmark and tests call it directly (a message
+        that needs dead-lettering then needs run() to be connected). Raises _StopRequested if stop
+        is set while a failing batch waits to be retried.
+        """
+        stop = stop or asyncio.Event()
         decoded: list[tuple[ConsumerRecord, Record]] = []
-        for messages in batches.values():
-            for message in messages:
-                try:
-                    decoded.append((message, decode_record(message.value)))
-                except Exception as exc:  # whatever decoding raises is this message's problem
-                    self.skipped += 1
-                    await self._dead_letter(dead_letters, message, "decode", exc)
+        for message in messages:
+            try:
+                decoded.append((message, decode_record(message.value)))
+            except Exception as exc:  # whatever decoding raises is this message's problem
+                self.skipped += 1
+                await self._dead_letter(message, "decode", exc)
         if not decoded:
             return
         records = [record for _message, record in decoded]
@@ -159,7 +172,7 @@ class TelemetryConsumer:
                 await self._deliver([record])
             except Exception as exc:  # a sink's failure on one record is that record's problem
                 self.failed += 1
-                await self._dead_letter(dead_letters, message, "handle", exc)
+                await self._dead_letter(message, "handle", exc)
             else:
                 self.handled += 1
 
@@ -190,10 +203,11 @@ class TelemetryConsumer:
                     raise _StopRequested from exc
         return None  # not reached: the loop returns on the last attempt
 
-    async def _dead_letter(
-        self, producer: AIOKafkaProducer, message: ConsumerRecord, stage: str, exc: BaseException
-    ) -> None:
+    async def _dead_letter(self, message: ConsumerRecord, stage: str, exc: BaseException) -> None:
         """Copy the message to the dead-letter topic, key and value as they were, with the reason."""
+        producer = self._dead_letters
+        if producer is None:
+            raise RuntimeError(f"cannot dead-letter {message.topic}@{message.offset} outside run(): {exc}") from exc
         reason = f"{type(exc).__name__}: {exc}"
         if len(reason) > REASON_MAX_CHARS:
             reason = reason[: REASON_MAX_CHARS - 3] + "..."

@@ -1,26 +1,47 @@
-"""The one place that sends to channel-layer groups: live telemetry to the browsers, and logouts."""
+"""The one place that sends to channel-layer groups: live telemetry to the browsers, and logouts.
+
+One consumer batch makes one event per group, not one per record:
+- the fleet group gets the newest record of each charge point in the batch (the fleet page shows
+  only the latest state);
+- each site present in the batch gets all of that site's records, in batch order: a charge point
+  page draws every record of its charge point, and a fleet page filtered to the site keeps the
+  newest (gateway/live/consumers.py filters on the web server's side).
+So a batch costs 1 + (sites in the batch) group_send calls, whatever the number of charge points.
+"""
+
+import asyncio
+from collections import defaultdict
 
 from channels.layers import get_channel_layer
 
-from gateway.live.groups import FLEET_GROUP, charge_point_group, session_group
-from gateway.telemetry import Record
+from gateway.live.groups import FLEET_GROUP, session_group, site_group
+from gateway.telemetry import Record, newest_per_charge_point
 
 # Event shapes (checked in tests/test_live.py):
-#   {"type": "telemetry.record", "record": Record}
+#   {"type": "telemetry.batch", "records": [Record, ...]}
 #   {"type": "session.logout"}
-TELEMETRY_EVENT = "telemetry.record"
+TELEMETRY_EVENT = "telemetry.batch"
 LOGOUT_EVENT = "session.logout"
 
 
-async def push_telemetry(records: list[Record]) -> None:
-    """Fan records out to the fleet group and to each charge point's group."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
+def telemetry_events(records: list[Record]) -> dict[str, dict]:
+    """The event for each group that a batch of records concerns (group name -> event)."""
+    by_site: dict[str, list[Record]] = defaultdict(list)
     for record in records:
-        event = {"type": TELEMETRY_EVENT, "record": record}
-        await layer.group_send(FLEET_GROUP, event)
-        await layer.group_send(charge_point_group(record["charge_point"]), event)
+        by_site[record["site"]].append(record)
+    events = {FLEET_GROUP: {"type": TELEMETRY_EVENT, "records": newest_per_charge_point(records)}}
+    for site, site_records in by_site.items():
+        events[site_group(site)] = {"type": TELEMETRY_EVENT, "records": site_records}
+    return events
+
+
+async def push_telemetry(records: list[Record]) -> None:
+    """Fan a batch out: one event to the fleet group, one to each site's group."""
+    layer = get_channel_layer()
+    if layer is None or not records:
+        return
+    # Concurrently: with Redis each group_send is a few round trips, and the groups are independent.
+    await asyncio.gather(*(layer.group_send(group, event) for group, event in telemetry_events(records).items()))
 
 
 async def close_session_sockets(session_key: str) -> None:

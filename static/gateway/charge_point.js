@@ -23,11 +23,11 @@
     if (pending.length > MAX_POINTS) pending = pending.slice(-MAX_POINTS);
   }
 
+  // Snapshot frames (several for a big snapshot) and telemetry frames (one per consumer batch) both
+  // carry `records`, and are merged the same way: every record of this charge point is plotted once.
   function onMessage(message) {
-    if (message.type === "snapshot") {
+    if (message.type === "snapshot" || message.type === "telemetry") {
       for (const record of message.records || []) receive(record);
-    } else if (message.type === "telemetry") {
-      receive(message.record);
     }
   }
 
