@@ -2,14 +2,23 @@
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 
-from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
-from pymodbus.exceptions import ModbusException
 
 from gateway.choices import Function
+from gateway.modbus.client import (
+    READ_COILS,
+    READ_DISCRETE_INPUTS,
+    READ_HOLDING_REGISTERS,
+    READ_INPUT_REGISTERS,
+    ExceptionResponse,
+    ModbusTcpClient,
+    ProtocolError,
+    ShortResponse,
+)
 from gateway.modbus.pacing import Pacing
 from gateway.modbus.planner import ReadRequest
 from gateway.runtime import wait_unless_stopped
@@ -18,6 +27,12 @@ logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 Wait = Callable[[asyncio.Event, float], Awaitable[bool]]
+FUNCTION_CODES = {
+    Function.COIL: READ_COILS,
+    Function.DISCRETE_INPUT: READ_DISCRETE_INPUTS,
+    Function.HOLDING: READ_HOLDING_REGISTERS,
+    Function.INPUT: READ_INPUT_REGISTERS,
+}
 
 
 class ModbusError(Exception):
@@ -77,7 +92,7 @@ class ChargePointConnection:
         self.pacing = pacing
         self.stop = stop
         self._clock, self._wait = clock, wait
-        self._client: AsyncModbusTcpClient | None = None
+        self._client: ModbusTcpClient | None = None
         self._last_request_done: float | None = None
         self._last_write_done: float | None = None
         self.paced_s = 0.0  # total time requests waited for their turn (shown by probe)
@@ -90,39 +105,30 @@ class ChargePointConnection:
         if self.connected:
             return
         await self.close()
-        # Reconnects are ours (with backoff in the poller), not pymodbus's: reconnect_delay=0.
-        client = AsyncModbusTcpClient(self.host, port=self.port, timeout=self.timeout_s, retries=0, reconnect_delay=0)
+        # Reconnects are the poller's (with backoff); a connect that hangs ends at the timeout.
         try:
-            ok = await asyncio.wait_for(client.connect(), self.timeout_s + 1)
-        except (TimeoutError, OSError, ModbusException) as exc:
-            client.close()
-            raise ConnectionFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
-        if not ok:
-            client.close()
-            raise ConnectionFailed(f"cannot connect to {self.host}:{self.port}: connection refused or timed out")
-        self._client = client
+            self._client = await ModbusTcpClient.connect(self.host, self.port, self.timeout_s)
+        except TimeoutError:
+            raise ConnectionFailed(f"cannot connect to {self.host}:{self.port}: timed out") from None
+        except OSError as exc:
+            # asyncio's message repeats the address; the errno's text does not.
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            raise ConnectionFailed(f"cannot connect to {self.host}:{self.port}: {reason}") from exc
 
     async def read(self, request: ReadRequest) -> list[int] | list[bool]:
         """Execute one planned read; returns exactly request.count registers or bits."""
         self._require_client()
         await self._pace(write=False)
         client = self._require_client()  # the wait may have outlasted the connection
-        call = {
-            Function.HOLDING: client.read_holding_registers,
-            Function.INPUT: client.read_input_registers,
-            Function.COIL: client.read_coils,
-            Function.DISCRETE_INPUT: client.read_discrete_inputs,
-        }[request.function]
         unit_id = self.unit_id if request.unit_id is None else request.unit_id
-        response = await self._call(call(request.address, count=request.count, device_id=unit_id))
-        if response.isError():
-            raise DeviceException(request, getattr(response, "exception_code", 0))
-        if request.function in (Function.COIL, Function.DISCRETE_INPUT):
-            return list(response.bits[: request.count])
-        registers = list(response.registers)
-        if len(registers) != request.count:
-            raise ModbusError(f"short response: {len(registers)} of {request.count} registers")
-        return registers
+        try:
+            return await self._call(
+                client.read(FUNCTION_CODES[request.function], unit_id, request.address, request.count, self.timeout_s)
+            )
+        except ExceptionResponse as exc:
+            raise DeviceException(request, exc.code) from None
+        except ShortResponse as exc:
+            raise ModbusError(str(exc)) from None
 
     async def write_registers(self, address: int, values: list[int], unit_id: int | None = None) -> None:
         """Write holding registers in one request (FC06 for one, FC16 for several)."""
@@ -130,23 +136,20 @@ class ChargePointConnection:
         device_id = self.unit_id if unit_id is None else unit_id
         await self._pace(write=True)
         client = self._require_client()  # the wait may have outlasted the connection
-        if len(values) == 1:
-            call = client.write_register(address, values[0], device_id=device_id)
-        else:
-            call = client.write_registers(address, values, device_id=device_id)
         try:
-            response = await self._call(call)
+            await self._call(client.write_registers(device_id, address, values, self.timeout_s))
+        except ExceptionResponse as exc:
+            raise DeviceException(None, exc.code, f"write to {address}") from None
         finally:
             self._last_write_done = self._clock()
-        if response.isError():
-            raise DeviceException(None, getattr(response, "exception_code", 0), f"write to {address}")
 
     async def close(self) -> None:
         if self._client is not None:
-            self._client.close()
-            self._client = None
+            client, self._client = self._client, None
+            client.close()
+            await client.wait_closed()
 
-    def _require_client(self) -> AsyncModbusTcpClient:
+    def _require_client(self) -> ModbusTcpClient:
         if self._client is None or not self._client.connected:
             raise ConnectionFailed(f"not connected to {self.host}:{self.port}")
         return self._client
@@ -172,10 +175,11 @@ class ChargePointConnection:
         return due
 
     async def _call(self, awaitable):
+        """Await one request (its timeout is the client's); connection-level failures drop the connection."""
         try:
-            return await asyncio.wait_for(awaitable, self.timeout_s + 1)
-        except (TimeoutError, OSError, ModbusException) as exc:
-            # A timed-out transaction leaves the stream in an unknown state: drop the connection.
+            return await awaitable
+        except (ProtocolError, OSError) as exc:
+            # A timed-out or garbled transaction leaves the stream in an unknown state: drop the connection.
             await self.close()
             raise ConnectionFailed(f"{self.host}:{self.port}: {exc or type(exc).__name__}") from exc
         finally:
