@@ -319,6 +319,7 @@ def test_fleet_runs_in_a_thread_for_sync_code() -> None:
         ["--base-port", "65535", "--count", "2"],
         ["--count", "0"],
         ["--speedup", "0"],
+        ["--lean", "--processes", "0"],
     ],
 )
 def test_simulate_rejects_bad_options(args: list[str]) -> None:
