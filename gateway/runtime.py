@@ -38,13 +38,16 @@ async def wait_unless_stopped(stop: asyncio.Event, timeout_s: float) -> bool:
     """Sleep up to timeout_s, waking at once when stop is set; returns whether stop is set.
 
     The one wait idiom of every loop: retries, backoffs and poll intervals all honour shutdown.
+    asyncio.timeout around the event's wait, not asyncio.wait_for: no task per call, which the
+    poll loop of every charge point pays every interval.
     """
     if stop.is_set():
         return True
     try:
-        await asyncio.wait_for(stop.wait(), max(0.0, timeout_s))
+        async with asyncio.timeout(max(0.0, timeout_s)):
+            await stop.wait()
     except TimeoutError:
-        return False
+        return stop.is_set()
     return True
 
 

@@ -13,7 +13,14 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.core.management import call_command
 
-from gateway.modbus.poller import CRASH_RESTART_FIRST_S, ChargePointPoller, Poller, PollStats, load_configs
+from gateway.modbus.poller import (
+    CRASH_RESTART_FIRST_S,
+    STAGGER_MAX_S,
+    ChargePointPoller,
+    Poller,
+    PollStats,
+    load_configs,
+)
 from gateway.models import ChargePoint, DeviceProfile
 from gateway.profiles.spec import Heartbeat
 from gateway.profiles.store import SHIPPED_DIR, read_spec_file
@@ -371,3 +378,25 @@ def test_stats_percentiles_are_nearest_rank_and_each_period_starts_afresh() -> N
     stats.records = 100
     assert stats.take_line(7) == "poller stats: charge_points=7 records=100 lateness_p50_ms=50.0 lateness_p99_ms=99.0"
     assert stats.take_line(7) == "poller stats: charge_points=7 records=0 lateness_p50_ms=0.0 lateness_p99_ms=0.0"
+
+
+async def test_a_fleets_polls_are_spread_over_the_interval_each_in_a_stable_slot(site, generic_profile) -> None:
+    for index in range(200):
+        await sync_to_async(make_charge_point)(site, generic_profile, f"cp-{index}", 20_000 + index)
+    await ChargePoint.objects.filter(slug="cp-0").aupdate(poll_interval_ms=60_000)
+    configs = [replace(config, interval_ms=1000) for config in await sync_to_async(load_configs)()]
+    clock = FakeClock()
+    firsts = [ChargePointPoller(config, Collected(), clock=clock).first_poll_at(clock.now) for config in configs]
+    offsets = sorted(first - clock.now for first in firsts)
+    assert all(0 <= offset < 1.0 for offset in offsets)
+    # Evenly spread: each tenth of the interval holds about a tenth of the fleet.
+    tenths = [sum(k / 10 <= offset < (k + 1) / 10 for offset in offsets) for k in range(10)]
+    assert min(tenths) >= 8 and max(tenths) <= 35, tenths
+    # A restart later keeps the slot: the same phase within the interval.
+    clock.now += 123.4
+    again = [ChargePointPoller(config, Collected(), clock=clock).first_poll_at(clock.now) for config in configs]
+    assert [round(a % 1.0, 6) for a in again] == [round(f % 1.0, 6) for f in firsts]
+    # At a long interval the first poll (which connects: heartbeats need it) still comes soon.
+    [slow] = [config for config in await sync_to_async(load_configs)() if config.interval_ms == 60_000]
+    first = ChargePointPoller(slow, Collected(), clock=clock).first_poll_at(clock.now)
+    assert 0 <= first - clock.now < STAGGER_MAX_S

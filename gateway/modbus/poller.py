@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 # A charge point loop that crashed is restarted after this, doubling up to RECONNECT_BACKOFF_MAX_S.
 CRASH_RESTART_FIRST_S = 1.0
+# Polls are spread over the interval, up to this many seconds (ChargePointPoller.first_poll_at).
+STAGGER_MAX_S = 1.0
 Publish = Callable[[Record], None]
 Clock = Callable[[], float]
 
@@ -216,7 +219,7 @@ class ChargePointPoller:
         poll interval (Schneider: 2 s) still holds.
         """
         interval_s = self.config.interval_ms / 1000
-        next_poll_at = self.clock()
+        next_poll_at = self.first_poll_at(self.clock())
         self.connection.stop = stop
         try:
             while not stop.is_set():
@@ -232,6 +235,18 @@ class ChargePointPoller:
             logger.debug("%s: stopped while pacing; the poll in progress is abandoned", self.config.slug)
         finally:
             await self.connection.close()
+
+    def first_poll_at(self, now: float) -> float:
+        """The charge point's own slot within the interval, from a stable hash of its slug.
+
+        A fleet's polls spread evenly over each interval instead of all falling due at once (5,000
+        connects and reads in the same instant would make every one of them late), and a restarted
+        loop keeps its slot. The spread is at most STAGGER_MAX_S, so the first poll (which also
+        connects, and heartbeats need a connection) comes soon even at a long interval.
+        """
+        spread_s = min(self.config.interval_ms / 1000, STAGGER_MAX_S)
+        slot_s = zlib.crc32(self.config.slug.encode()) / 2**32 * spread_s
+        return now + (slot_s - now) % spread_s
 
     def _wake_at(self, next_poll_at: float) -> float:
         """The next poll, or an earlier heartbeat while connected."""
