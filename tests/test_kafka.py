@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -47,6 +48,28 @@ async def test_publisher_keys_by_charge_point_and_keeps_order(kafka) -> None:
     assert len({m.partition for m in messages if m.key == b"cp-a"}) == 1
     assert len({m.partition for m in messages if m.key == b"cp-b"}) == 1
     assert seqs_by_charge_point(messages) == {"cp-a": list(range(1, 21, 2)), "cp-b": list(range(2, 21, 2))}
+
+
+async def test_batched_publishing_puts_each_key_where_the_clients_own_partitioner_would(kafka) -> None:
+    """Records go out in batches per partition; a key's partition is the one send() would pick
+    (murmur2, like the Java client), so a fleet's records land as before and in order."""
+    topic = kafka["TELEMETRY_TOPIC"]
+    await ensure_topics([topic])
+    slugs = [f"cp-{index}" for index in range(40)]
+    publisher = TelemetryPublisher(topic)
+    await publisher.start()
+    for seq in range(1, 51):  # 2,000 records: many batches per partition
+        for slug in slugs:
+            publisher.publish(record(slug, seq))
+    await publisher.stop()
+    assert publisher.sent == 2000 and not publisher.buffer
+
+    messages = await read_all(topic)
+    partitions = sorted({m.partition for m in messages})
+    assert len(partitions) == kafka["TOPIC_PARTITIONS"]  # the fleet spread over every partition
+    for message in messages:
+        assert message.partition == DefaultPartitioner()(message.key, partitions, partitions)
+    assert seqs_by_charge_point(messages) == {slug: list(range(1, 51)) for slug in slugs}
 
 
 async def test_consumer_skips_malformed_messages_and_commits(kafka, site, generic_profile) -> None:

@@ -7,6 +7,7 @@ import logging
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from gateway.kafka.config import producer_options
 from gateway.runtime import Backoff
@@ -14,13 +15,17 @@ from gateway.telemetry import Record, encode_record
 
 logger = logging.getLogger(__name__)
 
+Entry = tuple[bytes, bytes]  # (key, value) of one buffered record
+SEND_AT_MOST = 5000  # records taken from the buffer per round of batches
+
 
 class TelemetryPublisher:
     """Buffers records in memory and sends them in order; `publish` never blocks the poll loop.
 
     While the broker is unreachable records wait in a bounded buffer (oldest dropped first, and
     counted) and are sent once it is back. A record leaves the buffer only when the broker has
-    acknowledged it (acks=all).
+    acknowledged it (acks=all). Records go out as one batch per partition per round
+    (create_batch/send_batch), not one send() each: per record that was most of the publish cost.
 
     Delivery is at least once. Without the idempotent producer (KAFKA_ENABLE_IDEMPOTENCE, which
     Tansu does not support) a record can be written twice, but only one that was in flight (handed
@@ -30,7 +35,7 @@ class TelemetryPublisher:
 
     def __init__(self, topic: str, *, buffer_size: int = 50_000) -> None:
         self.topic = topic
-        self.buffer: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        self.buffer: collections.deque[Entry] = collections.deque()
         self.buffer_size = buffer_size
         self.sent = 0
         self.dropped = 0
@@ -38,7 +43,9 @@ class TelemetryPublisher:
         self._wakeup = asyncio.Event()
         self._abandon = asyncio.Event()  # set when stop() gives up flushing
         self._backoff = Backoff()
-        self._pending: list[asyncio.Future] = []
+        self._pending: list[tuple[asyncio.Future, int]] = []  # batches handed to the client, with their sizes
+        self._partitions: dict[bytes, int] = {}  # key -> partition, for the current partition count
+        self._partition_count = 0
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -46,7 +53,7 @@ class TelemetryPublisher:
     @property
     def in_flight(self) -> int:
         """Records handed to the Kafka client and not acknowledged yet."""
-        return sum(not future.done() for future in self._pending)
+        return sum(size for future, size in self._pending if not future.done())
 
     def publish(self, record: Record) -> None:
         if len(self.buffer) >= self.buffer_size:
@@ -115,30 +122,74 @@ class TelemetryPublisher:
         return self._producer
 
     async def _send_buffered(self, producer: AIOKafkaProducer) -> None:
-        batch = list(itertools.islice(self.buffer, 1000))
+        entries = list(itertools.islice(self.buffer, SEND_AT_MOST))
+        by_partition: dict[int, list[Entry]] = {}
+        partition_of = await self._partitioner(producer)
+        for entry in entries:
+            by_partition.setdefault(partition_of(entry[0]), []).append(entry)
         self._pending = []
+        sent: list[list[Entry]] = []
         send_error: KafkaError | None = None
-        for key, value in batch:
-            try:
-                self._pending.append(await producer.send(self.topic, value, key=key))
-            except KafkaError as exc:  # e.g. no metadata while the broker is away
-                send_error = exc
-                break
-        # Even when send() failed part-way, learn the fate of what the client already holds: those
+        try:
+            for partition, records in by_partition.items():
+                for chunk in self._batches(producer, records):
+                    future = await producer.send_batch(chunk[0], self.topic, partition=partition)
+                    self._pending.append((future, len(chunk[1])))
+                    sent.append(chunk[1])
+        except KafkaError as exc:  # e.g. no metadata while the broker is away
+            send_error = exc
+        # Even when a send failed part-way, learn the fate of what the client already holds: those
         # records may still be written, and sending them again would duplicate them.
-        results = await asyncio.gather(*self._pending, return_exceptions=True)
-        # Remove exactly the acknowledged entries (by identity): while the batch was in flight the
-        # buffer may have dropped its oldest entries, so "the first N" would be the wrong ones.
+        results = await asyncio.gather(*(future for future, _size in self._pending), return_exceptions=True)
+        # Remove exactly the acknowledged entries (by identity): while the batches were in flight
+        # the buffer may have dropped its oldest entries, so "the first N" would be the wrong ones.
         acknowledged = {
-            id(entry) for entry, result in zip(batch, results, strict=False) if not isinstance(result, BaseException)
+            id(entry)
+            for records, result in zip(sent, results, strict=True)
+            if not isinstance(result, BaseException)
+            for entry in records
         }
         if acknowledged:
             self.buffer = collections.deque(entry for entry in self.buffer if id(entry) not in acknowledged)
         self.sent += len(acknowledged)
-        self.failed_sends += sum(isinstance(result, BaseException) for result in results)
+        failures = [
+            (result, len(records))
+            for records, result in zip(sent, results, strict=True)
+            if isinstance(result, BaseException)
+        ]
+        self.failed_sends += sum(size for _result, size in failures)
         if send_error is not None:
             raise send_error
-        failures = [result for result in results if isinstance(result, BaseException)]
         if failures:
-            failed = failures[0]
+            failed = failures[0][0]
             raise failed if isinstance(failed, KafkaError) else KafkaError(str(failed))
+
+    def _batches(self, producer: AIOKafkaProducer, records: list[Entry]):
+        """Records as full batches (a batch takes what fits in the producer's max_batch_size)."""
+        position = 0
+        while position < len(records):
+            builder = producer.create_batch()
+            start = position
+            while position < len(records):
+                key, value = records[position]
+                if builder.append(key=key, value=value, timestamp=None) is None:
+                    break
+                position += 1
+            if position == start:  # one record larger than a batch: the broker refuses it anyway
+                raise KafkaError(f"a telemetry record of {len(records[start][1])} bytes exceeds max_batch_size")
+            yield builder, records[start:position]
+
+    async def _partitioner(self, producer: AIOKafkaProducer):
+        """key -> partition as the client's default partitioner maps it (murmur2), cached per key."""
+        partitions = sorted(await producer.partitions_for(self.topic))
+        if len(partitions) != self._partition_count:
+            self._partitions, self._partition_count = {}, len(partitions)
+        cache = self._partitions
+
+        def partition_of(key: bytes) -> int:
+            partition = cache.get(key)
+            if partition is None:
+                partition = cache[key] = DefaultPartitioner()(key, partitions, partitions)
+            return partition
+
+        return partition_of
