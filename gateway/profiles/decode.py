@@ -1,9 +1,10 @@
 """Turn raw register blocks into engineering values and the vendor-neutral telemetry fields."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.choices import TELEMETRY_VALUE_ROLES, DataType, OperatorStatus, Role, StatusMatch
-from gateway.profiles.codec import DecodeError, Value, decode_value
+from gateway.profiles.codec import INTEGER_RANGES, DecodeError, Value, decode_value
 from gateway.profiles.spec import ProfileSpec, RegisterSpec, StatusRule
 
 NUMERIC_TYPES = frozenset(
@@ -25,18 +26,40 @@ def mask_shift(mask: int) -> int:
     return (mask & -mask).bit_length() - 1
 
 
+def scaler(register: RegisterSpec) -> Callable[[Value], Value] | None:
+    """Raw value → engineering value for one register, folded once: field mask, 'not available'
+    marker, scale and offset. None: the raw value is the value (text, bits, plain integers).
+
+    The returned function takes the raw value of the register's type, never None; a NaN float
+    (the usual "not available" of float registers) gives None.
+    """
+    if register.data_type not in NUMERIC_TYPES:
+        return None
+    integer = register.data_type in INTEGER_RANGES
+    mask = register.mask if integer else None  # a field mask only means something on an integer
+    shift = mask_shift(mask) if mask is not None else 0
+    unavailable, scale, offset = register.unavailable, register.scale, register.offset
+    whole = integer and scale == 1 and not offset  # the value stays an integer
+    if whole and mask is None and unavailable is None and register.count <= 2:
+        return None  # int(raw * 1.0 + 0.0) == raw below 2**53; 64-bit values keep the float's rounding
+
+    def convert(raw: Value) -> Value:
+        if raw != raw:  # NaN, the only value unequal to itself
+            return None
+        if mask is not None:
+            raw = (raw & mask) >> shift
+        if unavailable is not None and raw == unavailable:
+            return None
+        value = raw * scale + offset
+        return int(value) if whole else round(value, 6)
+
+    return convert
+
+
 def scaled(register: RegisterSpec, raw: Value) -> Value:
     """Raw value → engineering value: field mask, 'not available' marker, scale and offset."""
-    if raw is None or register.data_type not in NUMERIC_TYPES:
-        return raw
-    if register.mask is not None and isinstance(raw, int):
-        raw = (raw & register.mask) >> mask_shift(register.mask)
-    if register.unavailable is not None and raw == register.unavailable:
-        return None
-    value = raw * register.scale + register.offset
-    if isinstance(raw, int) and register.scale == 1 and not register.offset:
-        return int(value)
-    return round(value, 6)
+    convert = scaler(register)
+    return raw if raw is None or convert is None else convert(raw)
 
 
 def decode_register(register: RegisterSpec, words: list[int] | list[bool]) -> Value:
@@ -75,23 +98,44 @@ def status_code_text(value: Value) -> str | None:
     return str(value).strip()
 
 
+def code_matches(text: str | None, code: str, is_not: bool) -> bool:
+    """Whether a value's status text satisfies a rule's code (a value not read or not available never does)."""
+    if text is None:
+        return False
+    return text != code if is_not else text == code
+
+
 def rule_matches(rule: StatusRule, decoded: dict[str, Value]) -> bool:
     """Whether a status rule applies to decoded values (a value not read or not available never does)."""
-    code = status_code_text(decoded.get(rule.register))
-    if code is None:
-        return False
-    return code != rule.code if rule.match == StatusMatch.IS_NOT else code == rule.code
+    return code_matches(status_code_text(decoded.get(rule.register)), rule.code, rule.match == StatusMatch.IS_NOT)
+
+
+class StatusRules:
+    """A profile's ordered status rules, folded once; the first rule that matches wins."""
+
+    def __init__(self, profile: ProfileSpec) -> None:
+        self.profile = profile
+        self.registers = profile.status_registers
+        self.rules = tuple(
+            (rule.register, rule.code, rule.match == StatusMatch.IS_NOT, (rule.status, rule.iec61851_state, None))
+            for rule in profile.status_rules
+        )
+
+    def resolve(self, decoded: dict[str, Value]) -> tuple[str, str | None, str | None]:
+        """(operator status, IEC 61851 state, problem) for decoded values."""
+        texts = {name: status_code_text(decoded.get(name)) for name in self.registers}
+        for register, code, is_not, result in self.rules:
+            if code_matches(texts[register], code, is_not):
+                return result
+        if not self.rules:
+            return OperatorStatus.UNAVAILABLE.value, None, "profile has no status rules"
+        seen = ", ".join(f"{name}={decoded.get(name)!r}" for name in self.registers)
+        return OperatorStatus.UNAVAILABLE.value, None, f"unknown status ({seen})"
 
 
 def resolve_status(profile: ProfileSpec, decoded: dict[str, Value]) -> tuple[str, str | None, str | None]:
     """(operator status, IEC 61851 state, problem) from the profile's ordered status rules."""
-    for rule in profile.status_rules:
-        if rule_matches(rule, decoded):
-            return rule.status, rule.iec61851_state, None
-    seen = ", ".join(f"{name}={decoded.get(name)!r}" for name in profile.status_registers)
-    if not profile.status_rules:
-        return OperatorStatus.UNAVAILABLE.value, None, "profile has no status rules"
-    return OperatorStatus.UNAVAILABLE.value, None, f"unknown status ({seen})"
+    return StatusRules(profile).resolve(decoded)
 
 
 @dataclass
@@ -105,27 +149,46 @@ class TelemetryFields:
     problems: list[str] = field(default_factory=list)
 
 
+class TelemetryMap:
+    """A profile's mapping of decoded values onto telemetry roles and its status rules, folded once."""
+
+    def __init__(self, profile: ProfileSpec) -> None:
+        self.status_rules = StatusRules(profile)
+        # (register name, telemetry role or None for `extra`), in profile order: a later register
+        # of the same role wins, and `extra` keeps the profile's order.
+        self.registers = tuple(
+            (register.name, register.role if register.role in TELEMETRY_VALUE_ROLES else None)
+            for register in profile.registers
+        )
+        self.derived = profile.derived
+        self.derive_power = Role.POWER_W in profile.derived
+
+    def fields(self, decoded: dict[str, Value]) -> TelemetryFields:
+        """Map decoded register values onto telemetry roles and resolve the status."""
+        values: dict[str, float | int | None] = dict.fromkeys(TELEMETRY_VALUE_ROLES)
+        extra: dict[str, Value] = {}
+        for name, role in self.registers:
+            if name not in decoded:
+                continue
+            value = decoded[name]
+            if role is not None and not isinstance(value, str | bytes):
+                values[role] = int(value) if isinstance(value, bool) else value
+            elif isinstance(value, bytes):
+                extra[name] = value.hex()
+            else:
+                extra[name] = value
+        status, iec_state, problem = self.status_rules.resolve(decoded)
+        problems = [problem] if problem else []
+        if self.derive_power:
+            # Declared in the profile: this charger has no power register (see docs/profiles.md).
+            values[Role.POWER_W] = derived_power_w(values)
+            extra["derived"] = list(self.derived)
+        return TelemetryFields(status, iec_state, values, extra, problems)
+
+
 def to_telemetry_fields(profile: ProfileSpec, decoded: dict[str, Value]) -> TelemetryFields:
     """Map decoded register values onto telemetry roles and resolve the status."""
-    values: dict[str, float | int | None] = dict.fromkeys(TELEMETRY_VALUE_ROLES)
-    extra: dict[str, Value] = {}
-    for register in profile.registers:
-        if register.name not in decoded:
-            continue
-        value = decoded[register.name]
-        if register.role in values and not isinstance(value, str | bytes):
-            values[register.role] = int(value) if isinstance(value, bool) else value
-        elif isinstance(value, bytes):
-            extra[register.name] = value.hex()
-        else:
-            extra[register.name] = value
-    status, iec_state, problem = resolve_status(profile, decoded)
-    problems = [problem] if problem else []
-    if Role.POWER_W in profile.derived:
-        # Declared in the profile: this charger has no power register (see docs/profiles.md).
-        values[Role.POWER_W] = derived_power_w(values)
-        extra["derived"] = list(profile.derived)
-    return TelemetryFields(status, iec_state, values, extra, problems)
+    return TelemetryMap(profile).fields(decoded)
 
 
 def derived_power_w(values: dict[str, float | int | None]) -> float | None:
