@@ -239,9 +239,14 @@ async def test_garbled_frame_closes_only_that_connection(
         assert len(await asyncio.wait_for(reader.readexactly(41), 2)) == 41
 
         with caplog.at_level(logging.WARNING, logger="gateway.simulator.lean"):
-            bad_writer.write(struct.pack(">HHHB", 1, 7, 6, UNIT) + b"\x03\x00\x00\x00\x01" + b"\xff" * 50)
+            # A protocol id other than 0, then (on a new connection) a length no frame has.
+            bad_writer.write(struct.pack(">HHHB", 1, 7, 6, UNIT) + good[7:] + good)
             assert await asyncio.wait_for(bad_reader.read(), 2) == b""  # closed, nothing answered
-        assert len([r for r in caplog.records if "garbled frame" in r.getMessage()]) == 1
+            bad_writer.close()
+            bad_reader, bad_writer = await asyncio.open_connection("127.0.0.1", port)
+            bad_writer.write(struct.pack(">HHHB", 1, 0, 300, UNIT) + b"\x03" * 300)
+            assert await asyncio.wait_for(bad_reader.read(), 2) == b""
+        assert len([r for r in caplog.records if "garbled frame" in r.getMessage()]) == 2  # once per connection
 
         writer.write(good)  # the other connection still works
         assert len(await asyncio.wait_for(reader.readexactly(41), 2)) == 41
