@@ -3,7 +3,8 @@
 A wrong address, function code, unit id, scale, word order, mask or data type in a profile, or a
 codec bug, turns these red: the expected words and values were written by hand from vendor
 documents, the published maps and evcc (see each table's docstring), never produced by the codec.
-Reads go through the profile's RegisterSpec and the product's decode path, and once end to end:
+Reads go through the profile's RegisterSpec and the poller's decode path (its planned reads,
+decoded by the decoder compiled from the profile, gateway/profiles/compiled.py), and once end to end:
 a hand-written Modbus server (tests/golden/wire.py, not gateway/simulator) serves the literal words
 and gateway.modbus.poller.ChargePointPoller polls it. Writes check the exact words of "limit 10 A"
 and "pause" from the product's encoder, and once on the wire (function code, address, unit id).
@@ -11,11 +12,13 @@ and "pause" from the product's encoder, and once on the wire (function code, add
 
 import pytest
 
-from gateway.choices import TELEMETRY_VALUE_ROLES, Function, OperatorStatus, Role
+from gateway.choices import TELEMETRY_VALUE_ROLES, Function, OperatorStatus, PollGroup, Role
 from gateway.modbus.connection import ChargePointConnection
 from gateway.modbus.pacing import Pacing
+from gateway.modbus.planner import plan_reads
 from gateway.modbus.poller import ChargePointConfig, ChargePointPoller
-from gateway.profiles.decode import decode_register, resolve_status
+from gateway.profiles.codec import Value
+from gateway.profiles.compiled import ProfileDecoder, compile_profile
 from gateway.profiles.encode import check_write_range, encode_for_write
 from gateway.profiles.spec import ProfileSpec
 from gateway.profiles.store import read_spec_file, shipped_profile_files
@@ -53,6 +56,31 @@ def spec_for(table: GoldenTable) -> ProfileSpec:
     return SPECS[table.slug]
 
 
+def decoder_for(spec: ProfileSpec) -> ProfileDecoder:
+    """The decoder the poller compiles: the profile's fast and slow planned reads."""
+    return compile_profile(spec, plan_reads(spec, (PollGroup.FAST,)) + plan_reads(spec, (PollGroup.SLOW,)))
+
+
+def decode_as_polled(decoder: ProfileDecoder, words: dict[str, tuple[int, ...]]) -> dict[str, Value]:
+    """Values of the given registers, their words laid into the planned reads (zeros elsewhere)."""
+    decoded: dict[str, Value] = {}
+    for block in decoder.blocks:
+        request = block.request
+        inside = [register for register in request.registers if register.name in words]
+        if not inside:
+            continue
+        answer = [0] * request.count
+        for register in inside:
+            assert len(words[register.name]) == register.count, f"{register.name}: {register.count} registers"
+            first = register.address - request.address
+            answer[first : first + register.count] = words[register.name]
+        values, errors = block.decode(answer)
+        assert not {register.name for register in inside} & set(errors), errors
+        decoded.update((register.name, values[register.name]) for register in inside)
+    assert set(decoded) == set(words), "a golden register that is not read"
+    return decoded
+
+
 def test_every_real_profile_has_a_golden_table() -> None:
     real = {slug for slug in SPECS if slug != "generic-ev-charger"}
     assert len(real) == 7
@@ -82,7 +110,7 @@ def test_golden_read(pair: tuple[GoldenTable, Read]) -> None:
         row.unit_id,
     ), f"{row.register}: not where {row.source} puts it"
     assert register.role == row.role
-    decoded = decode_register(register, list(row.words))
+    decoded = decode_as_polled(decoder_for(spec_for(table)), {row.register: row.words})[row.register]
     assert decoded == row.value, (
         f"{row.register}: words {[hex(w) for w in row.words]} mean {row.value!r} ({row.source})"
     )
@@ -92,9 +120,11 @@ def test_golden_read(pair: tuple[GoldenTable, Read]) -> None:
 def test_golden_status(pair: tuple[GoldenTable, Status]) -> None:
     table, row = pair
     spec = spec_for(table)
-    decoded = {name: decode_register(spec.register(name), list(words)) for name, words in row.words.items()}
-    status, iec_state, problem = resolve_status(spec, decoded)
-    assert problem is None, problem
+    decoder = decoder_for(spec)
+    decoded = decode_as_polled(decoder, row.words)
+    fields = decoder.telemetry_fields(decoded)
+    status, iec_state = fields.status, fields.iec61851_state
+    assert fields.problems == []
     if row.faulted:
         assert status == OperatorStatus.FAULTED, f"{decoded} is an error per {row.source}"
         assert iec_state in FAULT_STATES
