@@ -72,7 +72,9 @@ def build_record(
 
 
 def encode_record(record: Record) -> bytes:
-    return json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
+    """Compact JSON (orjson). A non-finite float (a float32 register holding NaN) becomes null,
+    which the schema's "number or null" admits, instead of failing the whole record."""
+    return orjson.dumps(record)
 
 
 def decode_record(payload: bytes | None) -> Record:

@@ -21,7 +21,7 @@ from gateway.kafka.topics import dead_letter_topic, ensure_topics
 from gateway.live.groups import FLEET_GROUP
 from gateway.models import LatestTelemetry
 from gateway.runtime import wait_unless_stopped
-from gateway.telemetry import build_record, encode_record
+from gateway.telemetry import build_record, decode_record, encode_record
 from tests.conftest import free_port, make_charge_point, wait_for, within
 from tests.kafka_read import read_all, seqs_by_charge_point
 from tests.tcp_proxy import TcpProxy
@@ -70,6 +70,13 @@ async def test_batched_publishing_puts_each_key_where_the_clients_own_partitione
     for message in messages:
         assert message.partition == DefaultPartitioner()(message.key, partitions, partitions)
     assert seqs_by_charge_point(messages) == {slug: list(range(1, 51)) for slug in slugs}
+
+
+def test_a_non_finite_value_is_encoded_as_null_and_the_record_stays_valid() -> None:
+    nan_record = record("cp-a", 1) | {"values": record("cp-a", 1)["values"] | {"power_w": float("nan")}}
+    nan_record["extra"] = {"meter_temperature": float("inf"), "serial": "ÄB-1"}
+    decoded = decode_record(encode_record(nan_record))
+    assert decoded["values"]["power_w"] is None and decoded["extra"] == {"meter_temperature": None, "serial": "ÄB-1"}
 
 
 async def test_consumer_skips_malformed_messages_and_commits(kafka, site, generic_profile) -> None:
