@@ -7,6 +7,7 @@ with the environment of the layout it measures, so one bench process can measure
 import contextlib
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -36,6 +37,20 @@ SECRET_KEY = "bench-only-not-secret-0123456789abcdefghijklmnopqrstuvwxyz-0123456
 ADMIN_PASSWORD = "bench-password-7731"
 
 
+def own_database_url(benchmark: str) -> str:
+    """A PostgreSQL database of one benchmark's own (evdash_bench_NAME), on the bench's server.
+
+    Benchmarks run one after the other under `make bench`, but a benchmark run alone may meet
+    another one: a shared database would mix their fleets.
+    """
+    return re.sub(r"(/[^/?]+)(\?.*)?$", rf"\1_{benchmark}\2", DATABASE_URL, count=1)
+
+
+def own_redis_url(db: int) -> str:
+    """The bench's Redis server with db number `db` (pick one no other benchmark uses)."""
+    return re.sub(r"/\d+$", f"/{db}", REDIS_URL) if re.search(r"/\d+$", REDIS_URL) else f"{REDIS_URL}/{db}"
+
+
 def quick_default() -> bool:
     """EVDASH_BENCH_QUICK=1 makes every benchmark's CLI default to its quick run."""
     return os.environ.get("EVDASH_BENCH_QUICK", "").strip().lower() in ("1", "true", "yes", "on")
@@ -58,13 +73,17 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def free_port_range(count: int) -> int:
-    """A base port with `count` consecutive ports from it that nobody listens on (below the ephemeral range)."""
-    for base in range(20_000, 32_000 - count, 1000):
-        if all(not port_open(base + i) for i in range(0, count, max(1, count // 50))) and not port_open(
-            base + count - 1
-        ):
+    """A base port with `count` consecutive ports from it that nobody listens on.
+
+    Below Linux's ephemeral range (32768 and up), so that no outgoing connection takes one of them
+    meanwhile; the start is random, so that two benchmarks run side by side rarely pick the same.
+    """
+    low, high = 20_000, 32_000 - count
+    for _ in range(50):
+        base = random.randrange(low, max(low + 1, high))
+        if not any(port_open(port) for port in range(base, base + count)):
             return base
-    raise RuntimeError(f"no free range of {count} ports")
+    raise RuntimeError(f"no free range of {count} ports in {low}..32000")
 
 
 # --- waiting -----------------------------------------------------------------------------------

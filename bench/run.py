@@ -163,8 +163,13 @@ def markdown_table(rows: list[dict]) -> str:
         lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
         lines += ["| " + " | ".join(format_value(row.get(key, "")) for key in keys) + " |" for row in rows]
     else:
-        lines = ["| " + " | ".join(["figure", *(str(i + 1) for i in range(len(rows)))]) + " |"]
-        lines.append("|" + "---|" * (len(rows) + 1))
+        # The first figure names the columns when it is a label (e.g. the layout), else 1, 2, ...
+        label = keys[0]
+        if all(isinstance(row.get(label), str) for row in rows):
+            names, keys = [str(row[label]) for row in rows], keys[1:]
+        else:
+            label, names = "figure", [str(i + 1) for i in range(len(rows))]
+        lines = ["| " + " | ".join([label, *names]) + " |", "|" + "---|" * (len(rows) + 1)]
         lines += ["| " + " | ".join([key, *(format_value(row.get(key, "")) for row in rows)]) + " |" for key in keys]
     return "\n".join(lines)
 
