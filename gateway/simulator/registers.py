@@ -53,6 +53,8 @@ BIT_FUNCTIONS = (Function.COIL, Function.DISCRETE_INPUT)
 _MIRRORED = {Function.HOLDING: Function.INPUT, Function.INPUT: Function.HOLDING}
 _NUMERIC_SERIAL_MAX = 10**9
 ENCODED_MEMO_SIZE = 50_000  # remembered encodings per image
+# A space's gap words, and its readable registers each with whether it shares a word with an earlier one.
+WordLayout = tuple[dict[int, int | bool], list[tuple[RegisterSpec, bool]]]
 
 
 class WriteRefused(Exception):
@@ -88,6 +90,7 @@ class ProfileImage:
         self.status = StatusCodes(profile, self.hints)
         self.spaces: dict[tuple[int, str], AddressSpace] = {}
         self._encoded: dict[tuple[object, ...], list[int] | list[bool]] = {}
+        self._layouts: dict[tuple[int, str], WordLayout] = {}
         for register in profile.registers:
             space = self._space(self.unit_of(register.unit_id), register.function)
             space.own.append(register)
@@ -140,23 +143,37 @@ class ProfileImage:
         space = self.space(unit_id, function)
         if space is None:
             return {}
-        bits = function in BIT_FUNCTIONS
-        gap: int | bool = False if bits else (NOT_AVAILABLE_WORD if self.hints.nan_unavailable else 0)
-        addresses = space.readable if span is None else space.readable.intersection(span)
-        words: dict[int, int | bool] = dict.fromkeys(addresses, gap)
-        placed: set[int] = set()
-        for register in space.served:
-            if not register.readable:
-                continue
-            if span is not None and (register.address >= span.stop or register.address + register.count <= span.start):
+        layout = self._layouts.get((unit_id, function))
+        if layout is None:
+            layout = self._layouts[(unit_id, function)] = self._layout(space, function)
+        gaps, registers = layout
+        words = (
+            dict(gaps) if span is None else {address: gaps[address] for address in space.readable.intersection(span)}
+        )
+        for register, shares_word in registers:
+            address = register.address
+            if span is not None and (address >= span.stop or address + register.count <= span.start):
                 continue
             # 'bit' values share their word with others: start from what is already placed there.
-            current = int(words[register.address]) if register.address in placed else 0
-            encoded = self._encode(register, values.get(register.name), current)
-            for index, word in enumerate(encoded):
-                words[register.address + index] = word
-                placed.add(register.address + index)
+            current = int(words[address]) if shares_word else 0
+            for index, word in enumerate(self._encode(register, values.get(register.name), current)):
+                words[address + index] = word
         return words
+
+    def _layout(
+        self, space: AddressSpace, function: str
+    ) -> tuple[dict[int, int | bool], list[tuple[RegisterSpec, bool]]]:
+        """A space's gap words, and its readable registers in order, each with whether an earlier one
+        already placed a word at its address (worked out once: words() runs on every change of state)."""
+        bits = function in BIT_FUNCTIONS
+        gap: int | bool = False if bits else (NOT_AVAILABLE_WORD if self.hints.nan_unavailable else 0)
+        placed: set[int] = set()
+        registers: list[tuple[RegisterSpec, bool]] = []
+        for register in space.served:
+            if register.readable:
+                registers.append((register, register.address in placed))
+                placed.update(range(register.address, register.address + register.count))
+        return dict.fromkeys(space.readable, gap), registers
 
     def _encode(self, register: RegisterSpec, value: Value, current: int) -> list[int] | list[bool]:
         """encode_register, remembered: a fleet of one profile shows the same few values over and over
