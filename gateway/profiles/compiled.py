@@ -93,7 +93,8 @@ class BlockDecoder:
             return self._reference(words)
         values: dict[str, Value] = {}
         try:
-            packed = [pack(*words) for pack in self._packs]
+            packs = self._packs  # one packing or two; spelled out, a comprehension costs a frame per call
+            packed = (packs[0](*words),) if len(packs) == 1 else (packs[0](*words), packs[1](*words))
             for index, unpack_from, names, converts in self._layouts:
                 raws = unpack_from(packed[index])
                 if converts is None:

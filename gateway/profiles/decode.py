@@ -149,6 +149,9 @@ class TelemetryFields:
     problems: list[str] = field(default_factory=list)
 
 
+_NOT_READ = object()
+
+
 class TelemetryMap:
     """A profile's mapping of decoded values onto telemetry roles and its status rules, folded once."""
 
@@ -168,10 +171,10 @@ class TelemetryMap:
         values: dict[str, float | int | None] = dict.fromkeys(TELEMETRY_VALUE_ROLES)
         extra: dict[str, Value] = {}
         for name, role in self.registers:
-            if name not in decoded:
+            value = decoded.get(name, _NOT_READ)
+            if value is _NOT_READ:
                 continue
-            value = decoded[name]
-            if role is not None and not isinstance(value, str | bytes):
+            if role is not None and not isinstance(value, (str, bytes)):
                 values[role] = int(value) if isinstance(value, bool) else value
             elif isinstance(value, bytes):
                 extra[name] = value.hex()
