@@ -19,7 +19,7 @@ from gateway.modbus.connection import ChargePointConnection, ConnectionFailed, M
 from gateway.modbus.pacing import SLOW_GROUP_INTERVAL_S, Pacing, effective_pacing
 from gateway.modbus.planner import ReadRequest, plan_reads
 from gateway.profiles.codec import Value
-from gateway.profiles.decode import decode_block, to_telemetry_fields
+from gateway.profiles.compiled import compile_profile
 from gateway.profiles.encode import WriteRangeError, encode_checked_write
 from gateway.profiles.spec import ProfileSpec
 from gateway.runtime import Backoff, wait_unless_stopped
@@ -181,6 +181,7 @@ class ChargePointPoller:
         )
         self.fast_plan = plan_reads(config.profile, (PollGroup.FAST,))
         self.slow_plan = plan_reads(config.profile, (PollGroup.SLOW,))
+        self.decoder = compile_profile(config.profile, self.fast_plan + self.slow_plan)  # once, not per poll
         self.seq = seq
         self.failures = 0
         # Reconnects: twice the poll interval after the first failure, doubling up to the maximum.
@@ -280,7 +281,7 @@ class ChargePointPoller:
                 # One bad block (e.g. ILLEGAL DATA ADDRESS) loses its values, not the record.
                 problems.append(str(exc))
                 continue
-            values, errors = decode_block(request.registers, request.address, words)
+            values, errors = self.decoder.decode_block(request, words)
             decoded.update(values)
             problems += [f"{name}: {reason}" for name, reason in errors.items()]
         if read_slow:
@@ -293,7 +294,7 @@ class ChargePointPoller:
             }
         decoded = self._slow_values | decoded
         self._last_values = decoded
-        fields = to_telemetry_fields(self.config.profile, decoded)
+        fields = self.decoder.telemetry_fields(decoded)
         poll_ms = (self.clock() - started) * 1000
         return self._record(fields, error="; ".join(problems) or None, poll_ms=poll_ms)
 
