@@ -17,7 +17,8 @@ from django.core.management.base import CommandError
 
 from gateway import demo
 from gateway.management.commands.demo import Command
-from tests.conftest import free_port
+from gateway.models import ChargePoint
+from tests.conftest import free_port, shipped_profile
 
 # A child that announces itself, then runs until stopped; SIGTERM handling is chosen per test.
 CHILD = """
@@ -252,3 +253,24 @@ def test_demo_fleet_size_is_bounded_by_the_limit_and_the_ports() -> None:
         demo.check_fleet_size(0, 20_000)
     with pytest.raises(CommandError, match=r"ports 62000\.\.66999"):
         demo.check_fleet_size(5000, 62_000)
+
+
+@pytest.mark.django_db
+def test_demo_fleet_realigns_onto_shifted_ports_and_keeps_admin_edits() -> None:
+    for slug in ("alfen-eve", "abb-terra-ac", "keba-p30"):
+        shipped_profile(slug)
+    assert demo.ensure_demo_fleet(12, 40_000) == 12
+    ChargePoint.objects.filter(slug="cp-02").update(name="Gate 2", enabled=False)
+    # One port up: every charge point moves onto its neighbour's old port (same unit ids).
+    assert demo.ensure_demo_fleet(13, 40_001) == 1
+    fleet = {cp.slug: cp for cp in ChargePoint.objects.select_related("profile")}
+    assert sorted(cp.port for cp in fleet.values()) == list(range(40_001, 40_014))
+    assert {slug: fleet[slug].port for slug in ("cp-01", "cp-02", "cp-13")} == {
+        "cp-01": 40_001,
+        "cp-02": 40_002,
+        "cp-13": 40_013,
+    }
+    assert all(cp.host == "127.0.0.1" for cp in fleet.values())
+    assert (fleet["cp-02"].name, fleet["cp-02"].enabled) == ("Gate 2", False)
+    assert fleet["cp-03"].profile.slug == "keba-p30" and fleet["cp-03"].poll_interval_ms == 10_000
+    assert demo.ensure_demo_fleet(13, 40_001) == 0  # nothing to change
