@@ -580,6 +580,27 @@ def test_fleet_page_goes_live(open_page: OpenPage, site: Site, generic_profile: 
 
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True)
+def test_fleet_page_of_one_site_subscribes_to_it_and_ignores_other_sites(
+    open_page: OpenPage, site: Site, generic_profile: DeviceProfile
+) -> None:
+    here = add_charge_point(site, generic_profile, "cp-here")
+    elsewhere = add_charge_point(Site.objects.create(slug="street", name="Street"), generic_profile, "cp-elsewhere")
+    page = open_page(f"/?site={site.slug}")
+    page.wait_for_function("() => window.__sockets.length === 1")
+    assert page.evaluate("window.__sockets[0].url").endswith(f"/ws/fleet/?site={site.slug}")
+    # A server that sends the whole fleet anyway: the page keeps to the charge points it lists.
+    frame = {
+        "type": "telemetry",
+        "records": [live_record(elsewhere, 1, power_w=5000.0), live_record(here, 1, power_w=2000.0)],
+    }
+    page.evaluate("m => window.__push(m)", frame)
+    page.wait_for_function("() => document.querySelector('[data-summary-power]').textContent === '2.0 kW'")
+    assert page.locator('[data-charge-point="cp-elsewhere"]').count() == 0
+    assert page.locator("[data-fleet-shown]").text_content() == "1 charge point"
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
 def test_content_security_policy_is_enforced(open_page: OpenPage, site: Site, generic_profile: DeviceProfile) -> None:
     add_charge_point(site, generic_profile, "cp-1")
     page = open_page("/")

@@ -329,7 +329,8 @@
 
   function renderShown() {
     const filtered = Boolean(state.status || state.query.trim());
-    E.setText(shownEl, filtered ? `${order.length} of ${entries.length} shown` : `${entries.length} charge points`);
+    const all = `${entries.length} charge point${entries.length === 1 ? "" : "s"}`;
+    E.setText(shownEl, filtered ? `${order.length} of ${entries.length} shown` : all);
     if (noneEl) noneEl.hidden = order.length > 0;
   }
 
