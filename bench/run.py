@@ -100,6 +100,8 @@ def run_benchmark(name: str, quick: bool) -> Outcome:
             error = f"stopped after its budget of {budget_s} s"
             stop_group(child)
         output = log.read_text(errors="replace")
+        if error is not None and output.strip():
+            error += f"; its last output:\n{tail_lines(output, 15)}"
         if error is None and child.returncode != 0:
             error = f"exit status {child.returncode}:\n{tail_lines(output, 25)}"
         if error is None:
