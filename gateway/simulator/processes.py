@@ -121,10 +121,12 @@ def serve_in_processes(plan: FleetPlan, processes: int) -> list[str]:
     failures: list[str] = []
     try:
         for worker, part in workers.items():
+            if stopping:  # a signal arrived while the others were starting
+                break
             worker.start()
             ports = part.ports(plan.base_port)
             logger.info("%s (pid %s): %s charge points on ports %s", worker.name, worker.pid, part.count, ports)
-        running = set(workers)
+        running = {worker for worker in workers if worker.pid is not None}
         while running:
             ready = multiprocessing.connection.wait([worker.sentinel for worker in running])
             for worker in [w for w in running if w.sentinel in ready]:
