@@ -2,9 +2,10 @@
 
 pymodbus' server spends three times the CPU of this one on a read (framer, transaction manager,
 PDU objects, datastore, action hook: ~48 against ~15 µs, bench/simulator.py), and a poller
-benchmark at thousands of charge points would measure the simulator instead of the poller. This server parses the MBAP header itself and asks the same
-SimulatedChargePoint for the same words (`read_words`, cached per change of state) and hands it the
-same writes (`write_words`), so a client sees the same bytes as from the pymodbus server.
+benchmark at thousands of charge points would measure the simulator instead of the poller.
+This server parses the MBAP header itself and asks the same SimulatedChargePoint for the same
+words (`read_words`, cached per change of state) and hands it the same writes (`write_words`), so
+a client sees the same bytes as from the pymodbus server.
 
 Answers follow pymodbus 3.16's server for the requests it serves (FC 1, 2, 3, 4, 5, 6, 15, 16):
 - a unit id the charge point does not answer on (and no unit 0 to catch it): exception 04;
