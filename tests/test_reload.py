@@ -210,3 +210,25 @@ async def test_runpoller_once_reports_a_broken_profile_beside_the_polled_charge_
     assert sorted(by_slug) == ["cp-broken", "cp-good"]
     assert by_slug["cp-good"]["quality"] == "good" and by_slug["cp-good"]["values"]["power_w"] == 2222
     assert by_slug["cp-broken"]["quality"] == "bad" and "every" in by_slug["cp-broken"]["error"]
+
+
+def test_a_reload_loads_and_compiles_each_distinct_profile_once(site, generic_profile, monkeypatch) -> None:
+    from gateway.modbus import poller
+    from gateway.profiles import store
+    from tests.conftest import shipped_profile
+
+    alfen = shipped_profile("alfen-eve")
+    for index in range(30):
+        make_charge_point(site, alfen if index % 3 == 0 else generic_profile, f"cp-{index}", 21_000 + index)
+    loads, compiles = [], []
+    load_spec, plan_profile = store.load_spec, poller.plan_profile
+    monkeypatch.setattr(store, "load_spec", lambda profile: loads.append(profile.slug) or load_spec(profile))
+    monkeypatch.setattr(poller, "plan_profile", lambda spec: compiles.append(spec.slug) or plan_profile(spec))
+    configs = poller.load_configs()
+    assert len(configs) == 30
+    assert sorted(loads) == sorted(compiles) == ["alfen-eve", "generic-ev-charger"]
+    # Every charge point of a profile shares its spec and its compiled plan.
+    by_profile = {}
+    for config in configs:
+        by_profile.setdefault(config.profile.slug, set()).add((id(config.profile), id(config.plan)))
+    assert all(len(shared) == 1 for shared in by_profile.values()), by_profile

@@ -19,7 +19,7 @@ from gateway.modbus.connection import ChargePointConnection, ConnectionFailed, M
 from gateway.modbus.pacing import SLOW_GROUP_INTERVAL_S, Pacing, effective_pacing
 from gateway.modbus.planner import ReadRequest, plan_reads
 from gateway.profiles.codec import Value
-from gateway.profiles.compiled import compile_profile
+from gateway.profiles.compiled import ProfileDecoder, compile_profile
 from gateway.profiles.encode import WriteRangeError, encode_checked_write
 from gateway.profiles.spec import ProfileSpec
 from gateway.runtime import Backoff, wait_unless_stopped
@@ -36,6 +36,23 @@ Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
+class ProfilePlan:
+    """A profile's planned reads (fast and slow groups) and its decoder, compiled once per profile
+    per reload and shared by all its charge points (5,000 copies would cost memory and start-up)."""
+
+    fast: tuple[ReadRequest, ...]
+    slow: tuple[ReadRequest, ...]
+    decoder: ProfileDecoder
+
+
+def plan_profile(profile: ProfileSpec) -> ProfilePlan:
+    """Plan a profile's reads and compile its decoding; raises whatever is wrong with it."""
+    fast = tuple(plan_reads(profile, (PollGroup.FAST,)))
+    slow = tuple(plan_reads(profile, (PollGroup.SLOW,)))
+    return ProfilePlan(fast, slow, compile_profile(profile, fast + slow))
+
+
+@dataclass(frozen=True)
 class ChargePointConfig:
     """What the poller needs to know of a charge point; a change restarts its loop."""
 
@@ -47,6 +64,8 @@ class ChargePointConfig:
     interval_ms: int
     profile: ProfileSpec
     pacing: Pacing = field(default_factory=Pacing)  # the profile's vendor pacing unless the charge point overrides it
+    # Derived from `profile` (so not compared): shared by the charge points of one reload.
+    plan: ProfilePlan | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -67,16 +86,6 @@ class FleetConfig:
     unloadable: list[UnloadableChargePoint] = field(default_factory=list)
 
 
-def load_profile_for_polling(profile: object) -> ProfileSpec:
-    """A DeviceProfile as a spec the poller can plan reads for; raises whatever is wrong with it."""
-    from gateway.profiles.store import load_spec
-
-    spec = load_spec(profile)
-    plan_reads(spec, (PollGroup.FAST,))
-    plan_reads(spec, (PollGroup.SLOW,))
-    return spec
-
-
 def load_fleet(site: str | None = None) -> FleetConfig:
     """Read enabled charge points (optionally of one site) from the database.
 
@@ -84,23 +93,27 @@ def load_fleet(site: str | None = None) -> FleetConfig:
     `unloadable`), so one bad edit never freezes reloads for the whole fleet.
     """
     from gateway.models import ChargePoint
+    from gateway.profiles.store import load_spec
 
     close_old_connections()
     queryset = ChargePoint.objects.filter(enabled=True).select_related("site", "profile")
     if site:
         queryset = queryset.filter(site__slug=site)
-    specs: dict[int, ProfileSpec | str] = {}
+    # Each distinct profile is loaded, planned and compiled once, however many charge points use it.
+    specs: dict[int, tuple[ProfileSpec, ProfilePlan] | str] = {}
     fleet = FleetConfig()
     for cp in queryset.prefetch_related("profile__registers", "profile__status_rules"):
         if cp.profile_id not in specs:
             try:
-                specs[cp.profile_id] = load_profile_for_polling(cp.profile)
+                spec = load_spec(cp.profile)
+                specs[cp.profile_id] = (spec, plan_profile(spec))
             except Exception as exc:  # any defect of the stored profile is that profile's problem
                 specs[cp.profile_id] = f"profile {cp.profile.slug} cannot be loaded: {type(exc).__name__}: {exc}"
-        spec = specs[cp.profile_id]
-        if isinstance(spec, str):
-            fleet.unloadable.append(UnloadableChargePoint(cp.slug, cp.site.slug, cp.profile.slug, spec))
+        loaded = specs[cp.profile_id]
+        if isinstance(loaded, str):
+            fleet.unloadable.append(UnloadableChargePoint(cp.slug, cp.site.slug, cp.profile.slug, loaded))
             continue
+        spec, plan = loaded
         fleet.configs.append(
             ChargePointConfig(
                 slug=cp.slug,
@@ -111,6 +124,7 @@ def load_fleet(site: str | None = None) -> FleetConfig:
                 interval_ms=cp.poll_interval_ms,
                 profile=spec,
                 pacing=effective_pacing(spec, cp.request_gap_ms, cp.write_gap_ms),
+                plan=plan,
             )
         )
     return fleet
@@ -179,9 +193,8 @@ class ChargePointPoller:
         self.connection = ChargePointConnection(
             config.host, config.port, config.unit_id, setting("MODBUS_TIMEOUT_S"), pacing=config.pacing
         )
-        self.fast_plan = plan_reads(config.profile, (PollGroup.FAST,))
-        self.slow_plan = plan_reads(config.profile, (PollGroup.SLOW,))
-        self.decoder = compile_profile(config.profile, self.fast_plan + self.slow_plan)  # once, not per poll
+        plan = config.plan or plan_profile(config.profile)
+        self.fast_plan, self.slow_plan, self.decoder = plan.fast, plan.slow, plan.decoder
         self.seq = seq
         self.failures = 0
         # Reconnects: twice the poll interval after the first failure, doubling up to the maximum.
@@ -268,7 +281,7 @@ class ChargePointPoller:
     async def _read_record(self, started: float) -> Record:
         decoded: dict[str, Value] = {}
         problems: list[str] = []
-        plan: list[ReadRequest] = list(self.fast_plan)
+        plan = self.fast_plan
         read_slow = self.slow_plan and started - self._slow_read_at >= SLOW_GROUP_INTERVAL_S
         if read_slow:
             plan += self.slow_plan
