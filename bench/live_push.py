@@ -45,7 +45,7 @@ CLIENT_USER = "bench"
 FLEET_LISTENERS = 2
 # A Redis db of this benchmark's own: another benchmark's consumer pushing to "fleet" (or flushing
 # its db) at the same time would otherwise land in these listeners' counts.
-REDIS_URL = os.environ.get("BENCH_LIVE_PUSH_REDIS_URL", "redis://127.0.0.1:6379/8")
+REDIS_URL = os.environ.get("BENCH_LIVE_PUSH_REDIS_URL", "redis://127.0.0.1:6379/12")
 CHARGE_POINT_LISTENERS = 2
 
 SETUP = """
@@ -184,7 +184,8 @@ def feed(plan: Plan, batch_size: int) -> dict:
         from django.db import connections
 
         await asyncio.to_thread(connections.close_all)
-        return {"runs": results, "fleet_pushed": fleet_pushed}
+        # A batch the sinks refused is retried whole (and pushed again): say so rather than hide it.
+        return {"runs": results, "fleet_pushed": fleet_pushed, "handled": consumer.handled}
 
     return asyncio.run(main())
 
@@ -269,6 +270,8 @@ async def measure(port: int, cookie: str, plan: Plan, env: dict[str, str]) -> li
                 raise RuntimeError(f"feeder failed ({done.returncode}):\n{done.stderr[-3000:]}")
             result = json.loads(done.stdout.strip().splitlines()[-1])
             runs = result["runs"]
+            if "could not handle" in done.stderr:
+                raise RuntimeError(f"the sinks refused batches during the run:\n{done.stderr[-2000:]}")
             await settle(listeners)
             received = [listener.records - b for listener, b in zip(listeners, before, strict=True)]
             fleet_received = min(received[:FLEET_LISTENERS])
