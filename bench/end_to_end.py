@@ -186,6 +186,8 @@ def window_row(latencies: list[float], cpu: dict[str, float], wall_s: float) -> 
     count = len(latencies)
     cuts = common.percentiles(latencies, (50, 99))
     row = {"records_per_s": count / wall_s, "latency_p50_ms": cuts["p50"], "latency_p99_ms": cuts["p99"]}
+    # A record far older than a poll interval is a fault (a replay, a stuck queue), not a slow path.
+    row["records_over_1s"] = sum(1 for latency in latencies if latency > 1000)
     gateway_s = sum(seconds for name, seconds in cpu.items() if name != "client")
     row["cpu_us_per_record_all_but_client"] = gateway_s * 1e6 / count if count else math.nan
     for name, seconds in cpu.items():
@@ -203,6 +205,7 @@ def summarise(layout: str, plan: Plan, expected_per_s: float, windows: list[dict
         "latency_p50_ms": median["latency_p50_ms"],
         "latency_p99_ms": median["latency_p99_ms"],
         "latency_p99_worst_window_ms": max(w["latency_p99_ms"] for w in windows),
+        "records_over_1s_all_windows": sum(w["records_over_1s"] for w in windows),
         "records_per_s": median["records_per_s"],
         "expected_per_s": expected_per_s,
         "cpu_us_per_record_all_but_client": median["cpu_us_per_record_all_but_client"],
