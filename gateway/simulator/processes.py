@@ -132,7 +132,10 @@ def serve_in_processes(plan: FleetPlan, processes: int) -> list[str]:
             for worker in [w for w in running if w.sentinel in ready]:
                 worker.join()
                 running.discard(worker)
-                if worker.exitcode != 0:
+                # A worker still starting when the stop arrived dies of the SIGTERM itself, before its
+                # own handler is installed: that is the stop we asked for, not a failure.
+                stopped_by_us = stopping and worker.exitcode == -signal.SIGTERM
+                if worker.exitcode != 0 and not stopped_by_us:
                     failure = (
                         f"{worker.name} (pid {worker.pid}, ports {workers[worker].ports(plan.base_port)}) "
                         f"exited with code {worker.exitcode}"
