@@ -39,9 +39,12 @@ REASON_MAX_CHARS = 500
 # Tries of a failing batch before its records are tried one by one (and the bad ones dead-lettered).
 HANDLE_ATTEMPTS = 4
 # Latency before batching: getmany() returns as soon as any record is fetched (up to max_batch of
-# them), so a batch is whatever arrived since the last one; these bound only the waits when idle.
-# The broker answers a fetch at once when it has data, and after FETCH_MAX_WAIT_MS when it has none.
-FETCH_MAX_WAIT_MS = 100
+# them), so a batch is whatever arrived since the last one; nothing waits for a batch to fill.
+# A fetch that finds no data waits FETCH_MAX_WAIT_MS on the broker. Kafka answers such a fetch as
+# soon as data arrives; Tansu (the embedded broker) does not, so there this wait is added to the
+# hop: measured Kafka hop at 1,000 records/s, p50/p99 ~25/70 ms with 100 ms, ~4/15 ms with 10 ms.
+# The price is up to 100 empty fetches per second per consumer while the topic is idle.
+FETCH_MAX_WAIT_MS = 10
 GETMANY_TIMEOUT_MS = 500
 
 
@@ -115,7 +118,7 @@ class TelemetryConsumer:
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset=self.auto_offset_reset,
-            # A live dashboard: ask the broker to answer an empty fetch after 100 ms (default 500).
+            # A live dashboard: the broker answers an empty fetch after 10 ms (default 500).
             fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             **client_options(),
         )
