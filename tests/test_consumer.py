@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
@@ -300,3 +301,26 @@ async def test_a_record_postgresql_cannot_store_is_dead_lettered_and_the_others_
     assert (letter.key, letter.value) == batch[1]
     assert headers["evdash.reason"].startswith("DataError: unsupported Unicode escape sequence"), headers
     assert (headers["evdash.stage"], headers["evdash.offset"]) == ("handle", "1")
+
+
+def message_at(offset: int, value: bytes) -> ConsumerRecord:
+    return ConsumerRecord("t", 0, offset, 0, 0, b"cp-a", value, None, 4, len(value), ())
+
+
+async def test_handle_batch_hands_the_decoded_batch_to_each_sink_in_one_call() -> None:
+    calls: list[tuple[str, list[int]]] = []
+
+    def recording(name: str):
+        async def sink(records: list[Record]) -> None:
+            calls.append((name, [r["seq"] for r in records]))
+
+        return sink
+
+    consumer = TelemetryConsumer("t", sinks=[recording("store"), recording("push")])
+    await consumer.handle_batch([message_at(n, encode_record(record("cp-a", n))) for n in (1, 2, 3)])
+    # One call per sink per batch, in order: the push coalesces per batch, so it must see the batch.
+    assert calls == [("store", [1, 2, 3]), ("push", [1, 2, 3])]
+    assert consumer.handled == 3
+    # A message to dead-letter needs the producer of run(): outside it, a clear error, not a silent loss.
+    with pytest.raises(RuntimeError, match=r"cannot dead-letter t@4 outside run\(\): .*not JSON"):
+        await consumer.handle_batch([message_at(4, b"garbage")])
