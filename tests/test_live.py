@@ -411,3 +411,18 @@ async def test_a_snapshot_of_6000_charge_points_comes_in_frames_under_1_mib(site
     assert sorted(received, key=lambda r: r["charge_point"]) == records
     assert await communicator.receive_nothing(timeout=0.2)
     await communicator.disconnect()
+
+
+async def test_a_telemetry_frame_over_the_limit_is_split(site, generic_profile) -> None:
+    await sync_to_async(make_charge_point)(site, generic_profile, "cp-a", 1502)
+    page = await accepted("/ws/chargepoints/cp-a/", await logged_in_headers())
+    # 400 records with 4 kB of identity registers each: one frame would be ~1.7 MB.
+    batch = [offline_record("cp-a", seq) | {"extra": {"notes": "x" * 4000}} for seq in range(1, 401)]
+    await push_telemetry(batch)
+    seqs = []
+    while len(seqs) < len(batch):
+        output = await page.receive_output(timeout=5)
+        assert len(output["text"].encode()) < DAPHNE_MESSAGE_MAX_BYTES
+        seqs += [r["seq"] for r in orjson.loads(output["text"])["records"]]
+    assert seqs == list(range(1, 401))
+    await page.disconnect()

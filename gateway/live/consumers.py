@@ -41,9 +41,11 @@ CLOSE_NOT_FOUND = 4404
 # The user already holds settings.EVDASH["WEBSOCKETS_PER_USER"] sockets in this process.
 CLOSE_TOO_MANY_SOCKETS = 4429
 CLIENT_FRAMES_IGNORED = "this socket only sends; messages from the client are ignored"
-# daphne (autobahn) refuses frames over 1 MiB by default: a snapshot of thousands of charge points
-# (~600 bytes each) is sent in frames of at most this size.
+# daphne (autobahn) refuses messages over 1 MiB by default: a snapshot of thousands of charge points
+# (~600 bytes each) is sent in frames of at most SNAPSHOT_FRAME_MAX_BYTES, and a telemetry frame
+# over FRAME_MAX_BYTES (a big batch of records with large extras) is split.
 SNAPSHOT_FRAME_MAX_BYTES = 256 * 1024
+FRAME_MAX_BYTES = 768 * 1024
 
 
 def snapshot_frames(records: list[Record], max_bytes: int = SNAPSHOT_FRAME_MAX_BYTES) -> Iterator[dict[str, Any]]:
@@ -122,7 +124,17 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         """One consumer batch for a group this socket joined: send what the page shows, if anything."""
         records = self.select(event["records"])
         if records:
-            await self.send_json({"type": "telemetry", "records": records})
+            await self.send_telemetry(records)
+
+    async def send_telemetry(self, records: list[Record]) -> None:
+        """One frame, or halves of it while it is over the frame limit (records with large extras)."""
+        text = orjson.dumps({"type": "telemetry", "records": records}).decode()
+        if len(text) <= FRAME_MAX_BYTES or len(records) == 1:
+            await self.send(text_data=text)
+            return
+        middle = len(records) // 2
+        await self.send_telemetry(records[:middle])
+        await self.send_telemetry(records[middle:])
 
     def select(self, records: list[Record]) -> list[Record]:
         """The records of a group event that this page shows (the fleet group's are all shown)."""
