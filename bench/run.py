@@ -22,11 +22,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 try:
     from bench import common
@@ -88,17 +90,19 @@ def run_benchmark(name: str, quick: bool) -> Outcome:
         out, log = Path(scratch) / "rows.json", Path(scratch) / "output.log"
         args = [common.PYTHON, str(Path(__file__).resolve()), "--child", name, "--out", str(out)]
         args += ["--quick"] if quick else []
-        with log.open("wb") as log_file:
-            # Its own process group: on timeout the whole benchmark (and what it started) is stopped.
-            child = subprocess.Popen(
-                args, cwd=common.ROOT, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        # Its own process group: on timeout the whole benchmark (and what it started) is stopped.
+        child = subprocess.Popen(
+            args, cwd=common.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        echo = threading.Thread(target=echo_output, args=(child.stdout, log), daemon=True)
+        echo.start()
         error = None
         try:
             child.wait(budget_s)
         except subprocess.TimeoutExpired:
             error = f"stopped after its budget of {budget_s} s"
             stop_group(child)
+        echo.join(5)  # a grandchild that kept the pipe open must not hold the run up
         output = log.read_text(errors="replace")
         if error is not None and output.strip():
             error += f"; its last output:\n{tail_lines(output, 15)}"
@@ -114,9 +118,17 @@ def run_benchmark(name: str, quick: bool) -> Outcome:
             error = "no rows"
         if error is not None:
             rows = [*rows, {"error": error}]
-        elif output.strip():
-            print(tail_lines(output, 10))
     return Outcome(name, title, rows, time.monotonic() - started, load_start, os.getloadavg()[0], quick)
+
+
+def echo_output(pipe: IO[bytes], log: Path) -> None:
+    """Show a benchmark's output as it comes (indented), and keep it for the error report."""
+    with log.open("wb") as log_file:
+        for line in pipe:
+            log_file.write(line)
+            log_file.flush()
+            sys.stdout.write("   | " + line.decode(errors="replace"))
+            sys.stdout.flush()
 
 
 def stop_group(child: subprocess.Popen) -> None:
