@@ -81,15 +81,23 @@ class Backoff:
         return await wait_unless_stopped(stop, self.next_delay_s())
 
 
-def run_until_stopped(service: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run an async service with signal-driven shutdown (the body of every long-running command)."""
+def run_until_stopped(
+    service: Callable[[asyncio.Event], Awaitable[None]],
+    *,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> None:
+    """Run an async service with signal-driven shutdown (the body of every long-running command).
+
+    loop_factory: e.g. uvloop.new_event_loop for a command whose loop is the cost (runpoller).
+    """
 
     async def main() -> None:
         stop = asyncio.Event()
         install_stop_signals(stop)
         await service(stop)
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
 
 
 def die_with_parent() -> Callable[[], None] | None:

@@ -211,3 +211,20 @@ async def test_a_refused_connect_is_connection_failed_naming_the_endpoint() -> N
     connection = ChargePointConnection("127.0.0.1", port, 1, timeout_s=1)
     with pytest.raises(ConnectionFailed, match=rf"cannot connect to 127.0.0.1:{port}: connection refused"):
         await connection.ensure_connected()
+
+
+def test_the_client_runs_on_uvloop_as_runpoller_does() -> None:
+    import uvloop
+
+    async def read_over_uvloop() -> list[int]:
+        server = await asyncio.start_server(ScriptedCharger(registers).serve, "127.0.0.1", 0)
+        connection = ChargePointConnection("127.0.0.1", server.sockets[0].getsockname()[1], 1, timeout_s=1)
+        try:
+            await connection.ensure_connected()
+            return await connection.read(HOLDING)
+        finally:
+            await connection.close()
+            server.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(read_over_uvloop()) == [1100, 1101, 1102]

@@ -7,11 +7,12 @@ process exits 0 within services.STOP_WITHIN_S (15 s; README, "Stopping").
 import asyncio
 import json
 
+import uvloop
 from django.core.management.base import BaseCommand, CommandError
 
 from gateway import services
 from gateway.models import Site
-from gateway.runtime import configure_verbosity, run_until_stopped
+from gateway.runtime import configure_verbosity, raise_open_file_limit, run_until_stopped
 
 
 class Command(BaseCommand):
@@ -33,4 +34,6 @@ class Command(BaseCommand):
             for record in records:
                 self.stdout.write(json.dumps(record))
             return
-        run_until_stopped(lambda stop: services.run_poller(stop, site=site))
+        raise_open_file_limit()  # one socket per charge point: thousands, above the usual 1,024
+        # uvloop: the event loop's own work is a large share of a poll at thousands of charge points.
+        run_until_stopped(lambda stop: services.run_poller(stop, site=site), loop_factory=uvloop.new_event_loop)
