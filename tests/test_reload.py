@@ -224,9 +224,17 @@ def test_a_reload_loads_and_compiles_each_distinct_profile_once(site, generic_pr
     load_spec, plan_profile = store.load_spec, poller.plan_profile
     monkeypatch.setattr(store, "load_spec", lambda profile: loads.append(profile.slug) or load_spec(profile))
     monkeypatch.setattr(poller, "plan_profile", lambda spec: compiles.append(spec.slug) or plan_profile(spec))
-    configs = poller.load_configs()
+    known: dict = {}
+    configs = poller.load_fleet(known=known).configs
     assert len(configs) == 30
     assert sorted(loads) == sorted(compiles) == ["alfen-eve", "generic-ev-charger"]
+    # The next reload finds the profiles unchanged: same spec and plan objects, nothing recompiled,
+    # so the configs compare equal to the running ones at the cost of an identity check.
+    again = poller.load_fleet(known=known).configs
+    assert again == configs and all(
+        a.plan is c.plan and a.profile is c.profile for a, c in zip(again, configs, strict=True)
+    )
+    assert len(compiles) == 2 and len(loads) == 4
     # Every charge point of a profile shares its spec and its compiled plan.
     by_profile = {}
     for config in configs:

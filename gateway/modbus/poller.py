@@ -86,44 +86,75 @@ class FleetConfig:
     unloadable: list[UnloadableChargePoint] = field(default_factory=list)
 
 
-def load_fleet(site: str | None = None) -> FleetConfig:
+# A profile's spec and compiled plan as the last reload left them, by profile id (see load_fleet).
+KnownProfiles = dict[int, tuple[ProfileSpec, ProfilePlan]]
+
+
+def load_fleet(site: str | None = None, known: KnownProfiles | None = None) -> FleetConfig:
     """Read enabled charge points (optionally of one site) from the database.
 
     A profile that cannot be loaded takes out only its own charge points (reported in
     `unloadable`), so one bad edit never freezes reloads for the whole fleet.
+
+    Cheap at thousands of charge points, as it runs every RELOAD_INTERVAL_S: the charge points are
+    read as plain rows (no model instances), each distinct profile is loaded once, and a profile
+    equal to the one in `known` (updated here) keeps that spec and compiled plan, so comparing a
+    charge point's config with the running one is an identity check, not a walk of the profile.
     """
-    from gateway.models import ChargePoint
+    from gateway.models import ChargePoint, DeviceProfile
     from gateway.profiles.store import load_spec
 
     close_old_connections()
-    queryset = ChargePoint.objects.filter(enabled=True).select_related("site", "profile")
+    known = {} if known is None else known
+    queryset = ChargePoint.objects.filter(enabled=True)
     if site:
         queryset = queryset.filter(site__slug=site)
-    # Each distinct profile is loaded, planned and compiled once, however many charge points use it.
-    specs: dict[int, tuple[ProfileSpec, ProfilePlan] | str] = {}
+    rows = list(
+        queryset.order_by("pk").values_list(
+            "slug",
+            "site__slug",
+            "host",
+            "port",
+            "unit_id",
+            "poll_interval_ms",
+            "request_gap_ms",
+            "write_gap_ms",
+            "profile_id",
+        )
+    )
+    profiles = DeviceProfile.objects.filter(pk__in={row[-1] for row in rows})
+    loaded: dict[int, tuple[ProfileSpec, ProfilePlan] | str] = {}
+    slugs: dict[int, str] = {}
+    for profile in profiles.prefetch_related("registers", "status_rules"):
+        slugs[profile.pk] = profile.slug
+        try:
+            spec = load_spec(profile)
+            if profile.pk in known and known[profile.pk][0] == spec:
+                loaded[profile.pk] = known[profile.pk]
+            else:
+                loaded[profile.pk] = known[profile.pk] = (spec, plan_profile(spec))
+        except Exception as exc:  # any defect of the stored profile is that profile's problem
+            known.pop(profile.pk, None)
+            loaded[profile.pk] = f"profile {profile.slug} cannot be loaded: {type(exc).__name__}: {exc}"
+    for gone in known.keys() - loaded.keys():
+        del known[gone]
     fleet = FleetConfig()
-    for cp in queryset.prefetch_related("profile__registers", "profile__status_rules"):
-        if cp.profile_id not in specs:
-            try:
-                spec = load_spec(cp.profile)
-                specs[cp.profile_id] = (spec, plan_profile(spec))
-            except Exception as exc:  # any defect of the stored profile is that profile's problem
-                specs[cp.profile_id] = f"profile {cp.profile.slug} cannot be loaded: {type(exc).__name__}: {exc}"
-        loaded = specs[cp.profile_id]
-        if isinstance(loaded, str):
-            fleet.unloadable.append(UnloadableChargePoint(cp.slug, cp.site.slug, cp.profile.slug, loaded))
+    for slug, site_slug, host, port, unit_id, interval_ms, request_gap_ms, write_gap_ms, profile_id in rows:
+        entry = loaded[profile_id]
+        if isinstance(entry, str):
+            fleet.unloadable.append(UnloadableChargePoint(slug, site_slug, slugs[profile_id], entry))
             continue
-        spec, plan = loaded
+        spec, plan = entry
         fleet.configs.append(
             ChargePointConfig(
-                slug=cp.slug,
-                site=cp.site.slug,
-                host=cp.host,
-                port=cp.port,
-                unit_id=cp.unit_id,
-                interval_ms=cp.poll_interval_ms,
+                slug=slug,
+                site=site_slug,
+                host=host,
+                port=port,
+                unit_id=unit_id,
+                interval_ms=interval_ms,
                 profile=spec,
-                pacing=effective_pacing(spec, cp.request_gap_ms, cp.write_gap_ms),
+                pacing=effective_pacing(spec, request_gap_ms, write_gap_ms),
                 plan=plan,
             )
         )
@@ -368,6 +399,7 @@ class Poller:
         self._seq: dict[str, int] = {}
         self.reloads = 0  # successful reads of the charge points from the database
         self.stats = PollStats()
+        self._known_profiles: KnownProfiles = {}  # kept between reloads (load_fleet)
 
     async def poll_all_once(self) -> list[Record]:
         """Poll every enabled charge point once, concurrently (manage.py runpoller --once)."""
@@ -387,7 +419,7 @@ class Poller:
         try:
             while not stop.is_set():
                 try:
-                    fleet = await sync_to_async(load_fleet)(self.site)
+                    fleet = await sync_to_async(load_fleet)(self.site, self._known_profiles)
                 except Exception:
                     # The database being briefly unavailable must not stop polling.
                     logger.exception("could not reload charge points; keeping the current set")
