@@ -1,19 +1,21 @@
 """Consumer → live push: records/s and CPU µs per record through the real `handle_batch`, Redis layer.
 
 The production layout without Kafka in the way: a feeder process (pinned to CPU 0) runs
-`TelemetryConsumer.handle_batch` with the product's own sinks on batches of synthetic but valid
-records (encoded as the poller encodes them): decode (orjson + the compiled schema validator), the
-latest-state upsert on PostgreSQL (the bench's own database, `evdash_bench` on 127.0.0.1:5432,
-bench/common.py), and the push through the Redis channel layer (channels_redis). A real daphne
-(pinned to CPU 1, with this process) serves logged-in WebSocket listeners: fleet pages, a fleet
-page filtered to one site, and charge point pages, so every group_send has real recipients.
+`TelemetryConsumer.handle_batch` with the product's default sinks on batches of synthetic but
+valid records (encoded as the poller encodes them): decode (orjson + the compiled schema
+validator), the latest-state upsert on PostgreSQL (the bench's own database, `evdash_bench` on
+127.0.0.1:5432, bench/common.py), then the push through the Redis channel layer (channels_redis).
+A real daphne (pinned to CPU 1, with this process) serves logged-in WebSocket listeners: fleet
+pages, a fleet page filtered to one site, and charge point pages, so every group_send has real
+recipients.
 
-The fleet: 1,000 charge points over 10 sites. Each run hands RECORDS records to handle_batch in
-batches of 100 or 500 (a round of the fleet is two to ten batches); CPU is the feeder's own (every
-thread: the database work runs in asgiref's sync thread), from os.times(). Rows give the median of
-three runs per batch size, the wall time split by stage, and what the listeners received against
-what the push should have delivered. PostgreSQL, Redis and daphne share CPU 1 with the listeners:
-the machine is small and shared, so read the CPU per record before the rate.
+The fleet: 1,000 charge points over 10 sites. Each run hands `records_per_run` records to
+handle_batch in batches of 100 or 500 (a round of the fleet is two to ten batches); CPU is the
+feeder's own (every thread: the database work runs in asgiref's sync thread), from os.times().
+Rows give the median of three runs per batch size, the wall time of each stage, and what the
+listeners received against what the push should have delivered. PostgreSQL, Redis and daphne
+share CPU 1 with the listeners: the machine is small and shared, so read the CPU per record
+before the rate.
 
     .venv/bin/python bench/live_push.py [--quick]
 """
@@ -109,8 +111,7 @@ def feed(plan: Plan, batch_size: int) -> dict:
 
     from aiokafka.structs import ConsumerRecord
 
-    from gateway.kafka.consumer import TelemetryConsumer, store_latest
-    from gateway.live.push import push_telemetry
+    from gateway.kafka import consumer as consumer_module
     from gateway.profiles.decode import TelemetryFields
     from gateway.telemetry import build_record, encode_record
 
@@ -135,6 +136,7 @@ def feed(plan: Plan, batch_size: int) -> dict:
         value = encode_record(record)
         return ConsumerRecord("bench", 0, offset, 0, 0, slug_of(n).encode(), value, None, 9, len(value), ())
 
+    # Wall time in each stage; the rest of handle_batch is decoding.
     stage_s = {"store": 0.0, "push": 0.0}
 
     def timed(name: str, sink):
@@ -148,7 +150,10 @@ def feed(plan: Plan, batch_size: int) -> dict:
         return run_sink
 
     async def main() -> list[dict]:
-        consumer = TelemetryConsumer("bench", sinks=[timed("store", store_latest), timed("push", push_telemetry)])
+        # The product's default sinks, in their order, each with a timer.
+        sinks = consumer_module.default_sinks()
+        assert [sink.__name__ for sink in sinks] == ["store_latest", "push_telemetry"], sinks
+        consumer = consumer_module.TelemetryConsumer("bench", sinks=[timed("store", sinks[0]), timed("push", sinks[1])])
         seq = 0
         results = []
         fleet_pushed = 0  # records the fleet group got, warm-up included (the listeners count them too)
