@@ -33,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import free_port_range  # noqa: E402 (after the path set-up)
+
 TITLE = "Poller: N charge points at 1 Hz, one process pinned to one core"
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 MANAGE = str(ROOT / "manage.py")
@@ -81,24 +83,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def free_port_range(count: int) -> int:
-    """A base port with `count` free ports after it (checked by binding each)."""
-    for base in range(20000, 60000 - count, 1000):
-        socks = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError(f"no {count} consecutive free ports")
 
 
 def cpu_s(pid: int) -> float:
@@ -222,7 +206,6 @@ def measure(count: int, mix: str, *, warmup_s: float, window_s: float) -> dict:
             "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{kafka_port}",
             "KAFKA_ENABLE_IDEMPOTENCE": "0",
             "EVDASH_POLLER_STATS_INTERVAL_S": str(STATS_INTERVAL_S),
-            "EVDASH_RELOAD_INTERVAL_S": "30",
             "PYTHONUNBUFFERED": "1",
         }
         env.pop("DATABASE_URL", None)
