@@ -91,16 +91,17 @@ class ModbusTcpClient(asyncio.Protocol):
         assert self._transport is not None
         self._transaction_id = (self._transaction_id + 1) & 0xFFFF
         tid = self._transaction_id
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes] = loop.create_future()
         self._waiting = (tid, future)
         self._transport.write(MBAP.pack(tid, 0, len(pdu) + 1, unit_id) + pdu)
+        # A plain timer that fails the future, rather than asyncio.timeout (which cancels and
+        # un-cancels the task): one of these runs per request, thousands a second.
+        timer = loop.call_later(timeout_s, self._time_out, future, timeout_s)
         try:
-            async with asyncio.timeout(timeout_s):
-                answer = await future
-        except TimeoutError:
-            self.close()
-            raise ProtocolError(f"timed out: no answer within {timeout_s:g} s") from None
+            answer = await future
         finally:
+            timer.cancel()
             self._waiting = None
         function_code = pdu[0]
         if answer[0] == function_code | EXCEPTION_FLAG and len(answer) >= 2:
@@ -164,6 +165,10 @@ class ModbusTcpClient(asyncio.Protocol):
             # connection is already closed) is dropped.
             if waiting is not None and waiting[0] == tid and not waiting[1].done():
                 waiting[1].set_result(pdu)
+
+    def _time_out(self, future: asyncio.Future, timeout_s: float) -> None:
+        if not future.done():
+            self._garbled(f"timed out: no answer within {timeout_s:g} s")
 
     def _garbled(self, reason: str) -> None:
         if self._transport is not None:
