@@ -51,6 +51,47 @@ async def wait_unless_stopped(stop: asyncio.Event, timeout_s: float) -> bool:
     return True
 
 
+class StopWatch:
+    """wait_unless_stopped for a loop that waits on one stop event again and again (a charge
+    point's poll loop, thousands of times a second across a fleet).
+
+    One task watches the event for the loop's life; each wait is a future and a timer, and ends
+    without raising (asyncio.timeout ends every expired wait with a cancellation and a TimeoutError
+    travelling up the stack). close() when the loop ends.
+    """
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self.stop = stop
+        self._watch: asyncio.Task | None = None
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Sleep up to timeout_s, waking at once when stop is set; returns whether stop is set."""
+        if self.stop.is_set():
+            return True
+        loop = asyncio.get_running_loop()
+        if self._watch is None:
+            self._watch = loop.create_task(self.stop.wait())
+        waiter = loop.create_future()
+
+        def wake(_: object = None) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        timer = loop.call_later(max(0.0, timeout_s), wake)
+        self._watch.add_done_callback(wake)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._watch.remove_done_callback(wake)
+        return self.stop.is_set()
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+
+
 @dataclass
 class Backoff:
     """Exponential backoff: first_s, doubling up to max_s; reset() after a success.

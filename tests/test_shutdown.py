@@ -6,6 +6,7 @@ The poller gets its signal while a read of a hung charger is outstanding: that p
 (times out), and its record is flushed to Kafka with the rest before the process exits.
 """
 
+import asyncio
 import os
 import re
 import signal
@@ -242,3 +243,22 @@ def test_services_flush_commit_and_exit_zero_on_signal(
     finally:
         for service in services:
             service.kill()
+
+
+async def test_a_stop_watch_sleeps_its_time_wakes_at_once_on_stop_and_leaves_no_task() -> None:
+    from gateway.runtime import StopWatch
+
+    stop = asyncio.Event()
+    watch = StopWatch(stop)
+    started = time.monotonic()
+    assert await watch.wait(0.05) is False
+    assert time.monotonic() - started >= 0.045
+    assert await watch.wait(-1) is False  # a deadline already past: no wait, not stopped
+    sleeping = asyncio.create_task(watch.wait(30))
+    await asyncio.sleep(0)
+    stop.set()
+    assert await asyncio.wait_for(sleeping, 2) is True  # woken by stop, not after 30 s
+    assert await watch.wait(30) is True  # already stopped: returns at once
+    watch.close()
+    await asyncio.sleep(0)
+    assert {task for task in asyncio.all_tasks() if task is not asyncio.current_task()} == set()

@@ -22,7 +22,7 @@ from gateway.profiles.codec import Value
 from gateway.profiles.compiled import ProfileDecoder, compile_profile
 from gateway.profiles.encode import WriteRangeError, encode_checked_write
 from gateway.profiles.spec import ProfileSpec
-from gateway.runtime import Backoff, wait_unless_stopped
+from gateway.runtime import Backoff, StopWatch, wait_unless_stopped
 from gateway.telemetry import Record, build_record
 
 logger = logging.getLogger(__name__)
@@ -266,6 +266,7 @@ class ChargePointPoller:
         interval_s = self.config.interval_ms / 1000
         next_poll_at = self.first_poll_at(self.clock())
         self.connection.stop = stop
+        sleeper = StopWatch(stop)
         try:
             while not stop.is_set():
                 if (now := self.clock()) >= next_poll_at:
@@ -275,10 +276,11 @@ class ChargePointPoller:
                 elif self.connection.connected:
                     with contextlib.suppress(ConnectionFailed):  # the next poll reports it
                         await self._send_due_heartbeats(self.clock())
-                await wait_unless_stopped(stop, self._wake_at(next_poll_at) - self.clock())
+                await sleeper.wait(self._wake_at(next_poll_at) - self.clock())
         except PaceInterrupted:
             logger.debug("%s: stopped while pacing; the poll in progress is abandoned", self.config.slug)
         finally:
+            sleeper.close()
             await self.connection.close()
 
     def first_poll_at(self, now: float) -> float:
