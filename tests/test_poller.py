@@ -15,6 +15,7 @@ from django.core.management import call_command
 
 from gateway.modbus.poller import (
     CRASH_RESTART_FIRST_S,
+    SLOT_GRID_S,
     STAGGER_MAX_S,
     ChargePointPoller,
     Poller,
@@ -389,6 +390,8 @@ async def test_a_fleets_polls_are_spread_over_the_interval_each_in_a_stable_slot
     firsts = [ChargePointPoller(config, Collected(), clock=clock).first_poll_at(clock.now) for config in configs]
     offsets = sorted(first - clock.now for first in firsts)
     assert all(0 <= offset < 1.0 for offset in offsets)
+    # On the slot grid: the charge points of one slot wake together (one event-loop turn).
+    assert all(abs(f / SLOT_GRID_S - round(f / SLOT_GRID_S)) < 1e-6 for f in firsts)
     # Evenly spread: each tenth of the interval holds about a tenth of the fleet.
     tenths = [sum(k / 10 <= offset < (k + 1) / 10 for offset in offsets) for k in range(10)]
     assert min(tenths) >= 8 and max(tenths) <= 35, tenths
