@@ -142,13 +142,15 @@ async def test_a_reload_never_opens_a_second_connection_to_the_same_charger(
             collected = running.collected
             await wait_for(lambda: collected.of("cp"), what="cp polled")
             for edit in range(1, edits + 1):
-                polled = len(collected.of("cp"))
                 await ChargePoint.objects.filter(slug="cp").aupdate(poll_interval_ms=100 + edit)
                 await wait_for(
                     lambda edit=edit: running.poller.tasks["cp"][0].interval_ms == 100 + edit,
                     timeout_s=3,
                     what=f"edit {edit} picked up",
                 )
+                # Counted once the edit is picked up: the old loop may still publish its poll in
+                # flight, so two more records mean the new loop has connected and polled.
+                polled = len(collected.of("cp"))
                 await wait_for(
                     lambda polled=polled: len(collected.of("cp")) >= polled + 2, timeout_s=5, what="polled after edit"
                 )
