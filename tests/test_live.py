@@ -23,7 +23,7 @@ from gateway.live.consumers import (
 )
 from gateway.live.groups import FLEET_GROUP, session_group, site_group
 from gateway.live.limits import open_sockets
-from gateway.live.push import LOGOUT_EVENT, TELEMETRY_EVENT, close_session_sockets, push_telemetry
+from gateway.live.push import LOGOUT_EVENT, SENDER, TELEMETRY_EVENT, close_session_sockets, push_telemetry
 from gateway.models import ChargePoint, LatestTelemetry, Site
 from gateway.storage import save_latest
 from gateway.telemetry import build_record, decode_record, encode_record
@@ -282,10 +282,15 @@ async def test_group_event_shapes() -> None:
     await layer.group_add(site_group("site-a"), site)
     batch = [offline_record("cp-x", 1, site="site-a"), offline_record("cp-x", 2, site="site-a")]
     await push_telemetry(batch)
+    await push_telemetry(batch)
     # One event per group per batch: the fleet's has the newest record of each charge point, the
-    # site's every record (for the charge point pages).
-    assert await layer.receive(fleet) == {"type": TELEMETRY_EVENT, "records": batch[1:]}
-    assert await layer.receive(site) == {"type": TELEMETRY_EVENT, "records": batch}
+    # site's every record (for the charge point pages). Each carries its sender and a number that
+    # counts up per group, so a socket can tell that the layer dropped events.
+    first_fleet, first_site = await layer.receive(fleet), await layer.receive(site)
+    assert first_fleet == {"type": TELEMETRY_EVENT, "records": batch[1:], "sender": SENDER, "n": first_fleet["n"]}
+    assert first_site == {"type": TELEMETRY_EVENT, "records": batch, "sender": SENDER, "n": first_site["n"]}
+    assert (await layer.receive(fleet))["n"] == first_fleet["n"] + 1
+    assert (await layer.receive(site))["n"] == first_site["n"] + 1
     channel = site
 
     await layer.group_add(session_group("abc123"), channel)

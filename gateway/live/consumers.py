@@ -17,8 +17,18 @@ Pages merge snapshot frames exactly like telemetry frames: a record replaces an 
 Refusals after the handshake carry an application close code (4000-4999, RFC 6455 §7.4.2). The
 socket is accepted first and then closed, because a browser sees only 1006 for a refused
 handshake: accepting lets the page tell "log in again" from "network down" and stop retrying.
+
+"Live" must mean live. The channel layer drops events silently: Redis keeps them only `expiry`
+seconds and `capacity` deep, and a Redis restart or flush loses the groups themselves, after which
+an open socket would receive nothing, ever, while its page still said "live". So a socket
+- joins its groups again every GROUP_REFRESH_S (a lost membership comes back), and
+- checks the sender's numbers on each event (gateway/live/push.py): when one is skipped, it
+  missed records, and it closes with CLOSE_RESYNC; the page shows "reconnecting", reconnects and
+  starts again from a snapshot.
 """
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -40,6 +50,10 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
 # The user already holds settings.EVDASH["WEBSOCKETS_PER_USER"] sockets in this process.
 CLOSE_TOO_MANY_SOCKETS = 4429
+# Events for this socket were dropped (it fell behind, or its group was lost): reconnect for a snapshot.
+CLOSE_RESYNC = 4503
+# How often a socket joins its groups again: a membership lost in Redis is back within this.
+GROUP_REFRESH_S = 5.0
 CLIENT_FRAMES_IGNORED = "this socket only sends; messages from the client are ignored"
 # daphne (autobahn) refuses messages over 1 MiB by default: a snapshot of thousands of charge points
 # (~600 bytes each) is sent in frames of at most SNAPSHOT_FRAME_MAX_BYTES, and a telemetry frame
@@ -73,6 +87,8 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     groups_to_join: list[str]
     counted_user_id: int | None = None
     client_frames = 0
+    refresher: asyncio.Task | None = None
+    resyncing = False
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -92,11 +108,24 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if session_key:
             groups = [*groups, session_group(session_key)]
         self.groups_to_join = groups
+        self.last_numbers: dict[str, int] = {}  # sender -> the number of its last event
         for group in groups:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
+        self.refresher = asyncio.create_task(self.refresh_groups())
         for frame in snapshot_frames(await self.snapshot()):
             await self.send_json(frame)
+
+    async def refresh_groups(self) -> None:
+        """Join the groups again now and then: Redis may have lost them (restart, flush)."""
+        while True:
+            await asyncio.sleep(GROUP_REFRESH_S)
+            try:
+                for group in self.groups_to_join:
+                    await self.channel_layer.group_add(group, self.channel_name)
+            except Exception:
+                # The layer's own reconnects failed (Redis down): try again at the next refresh.
+                logger.warning("live socket %s: joining its groups again failed", self.channel_name, exc_info=True)
 
     async def refuse(self, code: int) -> None:
         """Accept, then close with `code`: the page can read the code and say why."""
@@ -104,6 +133,11 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await self.close(code=code)
 
     async def disconnect(self, code: int) -> None:
+        if self.refresher is not None:
+            self.refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.refresher
+            self.refresher = None
         for group in getattr(self, "groups_to_join", []):
             await self.channel_layer.group_discard(group, self.channel_name)
         if self.counted_user_id is not None:
@@ -122,6 +156,13 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 
     async def telemetry_batch(self, event: dict[str, Any]) -> None:
         """One consumer batch for a group this socket joined: send what the page shows, if anything."""
+        if self.resyncing:
+            return  # closed, waiting for the disconnect
+        if self.missed_events(event):
+            self.resyncing = True
+            logger.warning("live socket %s missed events: closing it for a fresh snapshot", self.channel_name)
+            await self.close(code=CLOSE_RESYNC)
+            return
         records = self.select(event["records"])
         if records:
             await self.send_telemetry(records)
@@ -135,6 +176,15 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         middle = len(records) // 2
         await self.send_telemetry(records[:middle])
         await self.send_telemetry(records[middle:])
+
+    def missed_events(self, event: dict[str, Any]) -> bool:
+        """Whether events of this event's sender were skipped before it (a sender's first counts as none)."""
+        sender, number = event.get("sender"), event.get("n")
+        if sender is None or number is None:
+            return False
+        last = self.last_numbers.get(sender)
+        self.last_numbers[sender] = number
+        return last is not None and number > last + 1
 
     def select(self, records: list[Record]) -> list[Record]:
         """The records of a group event that this page shows (the fleet group's are all shown)."""

@@ -7,9 +7,16 @@ One consumer batch makes one event per group, not one per record:
   page draws every record of its charge point, and a fleet page filtered to the site keeps the
   newest (gateway/live/consumers.py filters on the web server's side).
 So a batch costs 1 + (sites in the batch) group_send calls, whatever the number of charge points.
+
+Each telemetry event carries its sender's id and a number that counts up per group: the channel
+layer drops events without telling anyone (Redis: older than its expiry, over a channel's capacity,
+or the group itself lost with a restart or a flush), and a socket that sees a number skipped knows
+it missed records (gateway/live/consumers.py).
 """
 
 import asyncio
+import itertools
+import uuid
 from collections import defaultdict
 
 from channels.layers import get_channel_layer
@@ -18,10 +25,13 @@ from gateway.live.groups import FLEET_GROUP, session_group, site_group
 from gateway.telemetry import Record, newest_per_charge_point
 
 # Event shapes (checked in tests/test_live.py):
-#   {"type": "telemetry.batch", "records": [Record, ...]}
+#   {"type": "telemetry.batch", "records": [Record, ...], "sender": str, "n": int}
 #   {"type": "session.logout"}
 TELEMETRY_EVENT = "telemetry.batch"
 LOGOUT_EVENT = "session.logout"
+# This process, as a sender: a restarted consumer is a new sender, whose numbers start again.
+SENDER = uuid.uuid4().hex[:16]
+_numbers: defaultdict[str, itertools.count] = defaultdict(lambda: itertools.count(1))
 
 
 def telemetry_events(records: list[Record]) -> dict[str, dict]:
@@ -40,8 +50,11 @@ async def push_telemetry(records: list[Record]) -> None:
     layer = get_channel_layer()
     if layer is None or not records:
         return
+    events = telemetry_events(records)
+    for group, event in events.items():
+        event["sender"], event["n"] = SENDER, next(_numbers[group])
     # Concurrently: with Redis each group_send is a few round trips, and the groups are independent.
-    await asyncio.gather(*(layer.group_send(group, event) for group, event in telemetry_events(records).items()))
+    await asyncio.gather(*(layer.group_send(group, event) for group, event in events.items()))
 
 
 async def close_session_sockets(session_key: str) -> None:
