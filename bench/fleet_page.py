@@ -22,12 +22,14 @@ read the figures as orders of magnitude and compare rows of one run.
 
 import argparse
 import contextlib
+import fcntl
 import itertools
 import json
 import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -136,6 +138,25 @@ def plan_for(quick: bool, minutes: float | None) -> Plan:
     if minutes:
         return Plan(warmup_s=15, seconds=minutes * 60, gc_every_s=60)
     return Plan(warmup_s=4, seconds=8) if quick else Plan(warmup_s=10, seconds=45)
+
+
+@contextlib.contextmanager
+def only_run() -> Iterator[None]:
+    """Refuse to start while another run of this benchmark is on (`make bench` next to a --minutes run).
+
+    A second run flushes the Redis db under the first one's daphne (the fleet group is lost: before
+    the live sockets joined their groups again, the first page then got nothing while it said
+    "live") and reseeds the database under it.
+    """
+    path = Path(tempfile.gettempdir()) / "evdash-bench-fleet_page.lock"
+    with path.open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"another bench/fleet_page.py run uses {DATABASE_URL} and {REDIS_URL}: run this one after it"
+            ) from None
+        yield
 
 
 @contextlib.contextmanager
@@ -291,10 +312,10 @@ def run(quick: bool, sizes: tuple[int, ...] = SIZES, views: tuple[str, ...] = VI
 
     plan = plan_for(quick, minutes)
     load = common.load_average()
-    common.ensure_postgres_database(DATABASE_URL)
-    common.flush_redis(REDIS_URL)
     rows = []
-    with common.scratch_var_dir() as log_dir:
+    with only_run(), common.scratch_var_dir() as log_dir:
+        common.ensure_postgres_database(DATABASE_URL)
+        common.flush_redis(REDIS_URL)
         # No broker: nothing here reads Kafka, the pusher stands in for the consumer.
         env = common.production_env("127.0.0.1:9", database_url=DATABASE_URL, redis_url=REDIS_URL)
         common.run_manage(["migrate", "--verbosity", "0"], env)
