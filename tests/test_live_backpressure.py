@@ -67,6 +67,8 @@ async def site_socket(generic_profile) -> tuple[WebsocketCommunicator, str]:
     """A fleet page filtered to SITE, accepted, with its channel name."""
     from gateway.models import Site
 
+    # Redis outlives a test run: sockets of earlier runs that never disconnected may still be members.
+    await lose(site_group(SITE))
     site = await Site.objects.acreate(slug=SITE, name="Backpressure site")
     await sync_to_async(make_charge_point)(site, generic_profile, "cp-bp", 1502)
     page = await accepted(f"/ws/fleet/?site={SITE}", await logged_in_headers())
