@@ -183,6 +183,24 @@ def spawn_manage(args: Sequence[str], env: dict[str, str], log_path: Path, **pop
         )
 
 
+def spawn_daphne(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """daphne serving the product on 127.0.0.1:`port`, returned once it accepts connections."""
+    with log_path.open("ab") as log:
+        daphne = subprocess.Popen(
+            [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "evdash.asgi:application"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: port_open(port), 60, "daphne serving", interval_s=0.3)
+    except BaseException:
+        stop_process(daphne)
+        raise
+    return daphne
+
+
 def run_manage(args: Sequence[str], env: dict[str, str], timeout_s: float = 300) -> str:
     """Run `manage.py ARGS` to completion; its stdout; RuntimeError with its output if it fails."""
     done = subprocess.run(

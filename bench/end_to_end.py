@@ -295,15 +295,7 @@ def run_production_layout(plan: Plan) -> dict:
             last_port = base_port + plan.charge_points - 1
             common.wait_until(lambda: common.port_open(last_port), 120, "simulator listening", interval_s=0.5)
             started["runconsumer"] = common.spawn_manage(["runconsumer"], env, log_dir / "runconsumer.log")
-            with (log_dir / "daphne.log").open("ab") as daphne_log:
-                started["daphne"] = subprocess.Popen(
-                    [common.PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "evdash.asgi:application"],
-                    cwd=common.ROOT,
-                    env=env,
-                    stdout=daphne_log,
-                    stderr=subprocess.STDOUT,
-                )
-            common.wait_until(lambda: common.port_open(port), 60, "daphne serving", interval_s=0.3)
+            started["daphne"] = common.spawn_daphne(port, env, log_dir / "daphne.log")
             started["runpoller"] = common.spawn_manage(["runpoller"], env, log_dir / "runpoller.log")
             processes = {name: process.pid for name, process in started.items()}
             processes["broker"] = _broker_pid(bootstrap)

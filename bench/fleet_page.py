@@ -163,16 +163,8 @@ def only_run() -> Iterator[None]:
 def server(env: dict[str, str], log_dir: Path) -> Iterator[tuple[int, int]]:
     """daphne serving the product on a free port: (pid, port)."""
     port = common.free_port()
-    with (log_dir / "daphne.log").open("ab") as log:
-        daphne = subprocess.Popen(
-            [common.PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "evdash.asgi:application"],
-            cwd=common.ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    daphne = common.spawn_daphne(port, env, log_dir / "daphne.log")
     try:
-        common.wait_until(lambda: common.port_open(port), 60, "daphne serving", interval_s=0.3)
         yield daphne.pid, port
     finally:
         common.stop_process(daphne)

@@ -307,16 +307,8 @@ def run(quick: bool) -> list[dict]:
         cookie = json.loads(common.run_manage(["shell", "-c", setup], env).strip().splitlines()[-1])["cookie"]
         os.sched_setaffinity(0, {OTHERS_CPU})  # the listeners, and daphne (inherits it)
         port = common.free_port()
-        with (log_dir / "daphne.log").open("ab") as daphne_log:
-            daphne = subprocess.Popen(
-                [common.PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "evdash.asgi:application"],
-                cwd=common.ROOT,
-                env=env,
-                stdout=daphne_log,
-                stderr=subprocess.STDOUT,
-            )
+        daphne = common.spawn_daphne(port, env, log_dir / "daphne.log")
         try:
-            common.wait_until(lambda: common.port_open(port), 60, "daphne serving", interval_s=0.3)
             return asyncio.run(measure(port, cookie, plan, env))
         except Exception as exc:
             raise RuntimeError(f"{exc}\n--- daphne ---\n{common.log_tail(log_dir / 'daphne.log', 1500)}") from exc
