@@ -61,6 +61,19 @@ def manage(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
+def wait_until_serving(url: str, process: subprocess.Popen, log_path: Path, what: str) -> None:
+    """Wait until `url` serves its login page; fail with the log's tail if `process` ends or 60 s pass."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/accounts/login/", timeout=1)
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{what} did not serve: " + log_path.read_text()[-3000:]) from None
+            time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """`manage.py demo` on its own SQLite, with one extra charge point that nothing answers."""
@@ -112,15 +125,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{http_port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/accounts/login/", timeout=1)
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("demo did not serve: " + (var_dir / "demo.log").read_text()[-3000:]) from None
-            time.sleep(0.2)
+    wait_until_serving(url, process, var_dir / "demo.log", "demo")
     try:
         yield {"url": url, "process": process, "log": var_dir / "demo.log", "modbus_base_port": modbus_base_port}
     finally:
@@ -396,15 +401,7 @@ def big_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/accounts/login/", timeout=1)
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("daphne did not serve: " + (var_dir / "daphne.log").read_text()[-3000:]) from None
-            time.sleep(0.2)
+    wait_until_serving(url, process, var_dir / "daphne.log", "daphne")
     try:
         yield url
     finally:

@@ -28,6 +28,7 @@ from gateway.simulator.fleet import SimulatorFleet
 from gateway.simulator.registers import ProfileImage, WriteRefused
 from gateway.simulator.server import SimulatedChargePoint
 from tests.conftest import wait_for
+from tests.ports import free_port_run
 from tests.test_impersonation import check_impersonation
 
 UNIT = 1
@@ -331,24 +332,6 @@ def test_simulate_rejects_bad_options(args: list[str]) -> None:
 def test_simulate_rejects_unknown_profile() -> None:
     with pytest.raises(CommandError, match="no-such-charger"):
         call_command("simulate", "--profile", "no-such-charger", "--run-for", "1")
-
-
-def free_port_run(count: int) -> int:
-    """A base port with `count` consecutive free ports after it."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count > 65535:
-            continue
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise AssertionError("no run of free ports")
 
 
 @pytest.mark.django_db

@@ -23,6 +23,7 @@ from gateway.profiles.spec import ProfileSpec
 from gateway.profiles.store import SHIPPED_DIR, read_spec_file
 from gateway.simulator.fleet import SimulatorFleet
 from gateway.simulator.processes import slice_fleet
+from tests.ports import free_port_run
 
 SHIPPED = sorted(SHIPPED_DIR.glob("*.json"))
 GENERIC = read_spec_file(SHIPPED_DIR / "generic-ev-charger.json")
@@ -262,17 +263,6 @@ async def test_garbled_frame_closes_only_that_connection(
 
 
 # --- manage.py simulate --lean --processes ------------------------------------------------------
-def free_port_run(count: int) -> int:
-    """A base port with `count` consecutive free ports after it (below the ephemeral range)."""
-    for base in range(20_000, 32_000 - count, 997):
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise AssertionError("no run of free ports")
 
 
 def answers_read(port: int) -> bool:
