@@ -311,4 +311,23 @@ EVDASH = {
     "PROFILE_MAX_BYTES": int(os.environ.get("EVDASH_PROFILE_MAX_BYTES", str(1024 * 1024))),
     # Open live-dashboard WebSockets per user and web process; more are closed with code 4429.
     "WEBSOCKETS_PER_USER": int(os.environ.get("EVDASH_WEBSOCKETS_PER_USER", "20")),
+    # --- The edge path (README, "The edge path") ---
+    # Where runpoller publishes: "kafka" (direct) or "mqtt" (to the edge broker, which runbridge forwards).
+    "POLLER_OUTPUT": os.environ.get("EVDASH_POLLER_OUTPUT", "kafka"),
+    # This poller's name in evdash/pollers/<id>/state and its outbox file; default: the host name (+ site).
+    "POLLER_ID": os.environ.get("EVDASH_POLLER_ID", ""),
+    # mqtt:// or mqtts://, with user:password@ if the broker wants them (or EVDASH_MQTT_USERNAME/PASSWORD).
+    "MQTT_URL": os.environ.get("EVDASH_MQTT_URL", "mqtt://127.0.0.1:1883"),
+    "MQTT_USERNAME": os.environ.get("EVDASH_MQTT_USERNAME", ""),
+    "MQTT_PASSWORD": os.environ.get("EVDASH_MQTT_PASSWORD", ""),
+    "MQTT_CA_FILE": os.environ.get("EVDASH_MQTT_CA_FILE", ""),  # for mqtts://; default: the system's CAs
+    "MQTT_TOPIC_PREFIX": os.environ.get("EVDASH_MQTT_TOPIC_PREFIX", "evdash"),
+    # runbridge's MQTT client id: its persistent session (messages queued while it is down) is tied to it.
+    "BRIDGE_CLIENT_ID": os.environ.get("EVDASH_BRIDGE_CLIENT_ID", "evdash-bridge"),
+    "BRIDGE_STATS_INTERVAL_S": float(os.environ.get("EVDASH_BRIDGE_STATS_INTERVAL_S", "60")),
+    # Durable store-and-forward: one SQLite file per poller and per bridge in this directory.
+    "OUTBOX_DIR": os.environ.get("EVDASH_OUTBOX_DIR", str(VAR_DIR / "outbox")),
+    # Limits of each outbox; when one is hit the oldest records are dropped, counted and logged.
+    "OUTBOX_MAX_BYTES": int(os.environ.get("EVDASH_OUTBOX_MAX_BYTES", str(1024**3))),
+    "OUTBOX_MAX_AGE_S": float(os.environ.get("EVDASH_OUTBOX_MAX_AGE_S", str(7 * 86400))),
 }
