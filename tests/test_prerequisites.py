@@ -33,6 +33,7 @@ class FakeSystem:
     postgres_up: bool = True
     redis_installed: bool = True
     redis_up: bool = True
+    packages: tuple[str, ...] = ("mosquitto", "stunnel4")  # what dpkg reports installed
 
 
 def stub(bin_dir: Path, name: str, body: str) -> None:
@@ -53,6 +54,12 @@ def run_script(tmp_path: Path, system: FakeSystem, what: str = "test") -> subpro
     candidate = "1.0-1" if system.apt_candidate else "(none)"
     stub(bin_dir, "apt-cache", f'echo "$2:"; echo "  Installed: (none)"; echo "  Candidate: {candidate}"')
     stub(bin_dir, "apt-get", "exit 0")
+    installed = " ".join(system.packages)
+    dpkg_query = f'for p in {installed}; do [[ ${{@: -1}} == "$p" ]] && echo -n "install ok installed" && exit; done'
+    stub(bin_dir, "dpkg-query", f"{dpkg_query}; exit 1")
+    # A Mosquitto running on the machine: the script must never configure, start or restart it.
+    stub(bin_dir, "systemctl", 'echo "systemctl $*" >> "$0.calls"')
+    stub(bin_dir, "service", 'echo "service $*" >> "$0.calls"')
     if system.chromium:
         stub(bin_dir, "chromium", "exit 0")
     if system.python:
@@ -110,6 +117,26 @@ def test_non_root_gets_the_one_apt_command(tmp_path: Path) -> None:
     line = one_line_failure(run_script(tmp_path, FakeSystem(uid=1000, chromium=False)))
     assert "chromium is not installed" in line
     assert "sudo apt-get install -y chromium" in line
+
+
+def test_root_installs_the_mqtt_and_tls_test_servers_and_leaves_the_running_mosquitto_alone(tmp_path: Path) -> None:
+    result = run_script(tmp_path, FakeSystem(packages=()))
+    assert result.returncode == 0, result.stderr
+    assert "mosquitto and stunnel4 are not installed (MQTT and Kafka TLS tests)" in result.stdout
+    assert actions(result) == [f"{INSTALL} mosquitto stunnel4"]
+    assert not list((tmp_path / "bin").glob("*.calls"))  # no systemctl / service call
+
+
+def test_root_installs_only_the_missing_test_server(tmp_path: Path) -> None:
+    result = run_script(tmp_path, FakeSystem(packages=("mosquitto",)))
+    assert result.returncode == 0, result.stderr
+    assert actions(result) == [f"{INSTALL} stunnel4"]
+
+
+def test_non_root_gets_one_line_for_the_test_servers(tmp_path: Path) -> None:
+    line = one_line_failure(run_script(tmp_path, FakeSystem(uid=1000, packages=("stunnel4",))))
+    assert "mosquitto is not installed (MQTT and Kafka TLS tests)" in line
+    assert "sudo apt-get install -y mosquitto " in line
 
 
 def test_root_installs_python_venv_when_ensurepip_is_missing(tmp_path: Path) -> None:
