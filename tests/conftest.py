@@ -33,6 +33,15 @@ async def within(awaitable: Awaitable, timeout_s: float = 20.0):
     return await asyncio.wait_for(awaitable, timeout_s)
 
 
+@pytest.fixture(autouse=True)
+def outbox_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test's outboxes in a directory of its own: nothing left over from another test or
+    run is replayed, and parallel sessions never meet each other's outbox lock."""
+    directory = str(tmp_path_factory.mktemp("outbox"))
+    monkeypatch.setitem(settings.EVDASH, "OUTBOX_DIR", directory)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Tansu broker (Kafka protocol, in-memory storage) for the whole test session."""

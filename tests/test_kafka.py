@@ -16,10 +16,12 @@ from django.conf import settings
 from gateway.kafka.config import client_options, producer_options
 from gateway.kafka.consumer import TelemetryConsumer, default_sinks
 from gateway.kafka.embedded import start_broker, stop_broker
-from gateway.kafka.producer import TelemetryPublisher
 from gateway.kafka.topics import dead_letter_topic, ensure_topics
+from gateway.kafka.transport import KafkaTransport
 from gateway.live.groups import FLEET_GROUP
 from gateway.models import LatestTelemetry
+from gateway.publish.outbox import Outbox, outbox_path
+from gateway.publish.publisher import OutboxPublisher
 from gateway.runtime import wait_unless_stopped
 from gateway.telemetry import build_record, decode_record, encode_record
 from tests.conftest import free_port, make_charge_point, wait_for, within
@@ -33,15 +35,20 @@ def record(slug: str, seq: int) -> dict:
     return build_record(charge_point=slug, site="test-site", profile="generic-ev-charger", seq=seq, fields=None)
 
 
+def kafka_publisher(topic: str, **outbox_options) -> OutboxPublisher:
+    """The poller's publisher: an outbox of this test's own (conftest's outbox_dir) and Kafka."""
+    return OutboxPublisher(Outbox(outbox_path("test"), **outbox_options), KafkaTransport(topic))
+
+
 async def test_publisher_keys_by_charge_point_and_keeps_order(kafka) -> None:
     topic = kafka["TELEMETRY_TOPIC"]
     await ensure_topics([topic])
-    publisher = TelemetryPublisher(topic)
+    publisher = kafka_publisher(topic)
     await publisher.start()
     for seq in range(1, 21):
         publisher.publish(record("cp-a" if seq % 2 else "cp-b", seq))
-    await publisher.stop()
-    assert publisher.sent == 20
+    await publisher.close()
+    assert publisher.stats.delivered == 20
 
     messages = await read_all(topic)
     # Same key → same partition → order preserved per charge point.
@@ -56,13 +63,13 @@ async def test_batched_publishing_puts_each_key_where_the_clients_own_partitione
     topic = kafka["TELEMETRY_TOPIC"]
     await ensure_topics([topic])
     slugs = [f"cp-{index}" for index in range(40)]
-    publisher = TelemetryPublisher(topic)
+    publisher = kafka_publisher(topic)
     await publisher.start()
     for seq in range(1, 51):  # 2,000 records: many batches per partition
         for slug in slugs:
             publisher.publish(record(slug, seq))
-    await publisher.stop()
-    assert publisher.sent == 2000 and not publisher.buffer
+    await publisher.close()
+    assert publisher.stats.delivered == 2000 and not publisher.stats.buffered
 
     messages = await read_all(topic)
     partitions = sorted({m.partition for m in messages})
@@ -125,18 +132,21 @@ async def test_publisher_loses_nothing_across_a_broker_outage(kafka, monkeypatch
     port = free_port()
     monkeypatch.setitem(settings.EVDASH, "KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{port}")
     topic = kafka["TELEMETRY_TOPIC"]
-    publisher = TelemetryPublisher(topic)
+    publisher = kafka_publisher(topic)
     await publisher.start()
     publisher.publish(record("cp-a", 1))
     publisher.publish(record("cp-a", 2))
-    # No broker yet: publish() did not block and the records wait in the buffer.
-    assert len(publisher.buffer) == 2 and publisher.sent == 0
+    publisher.persist()
+    # No broker yet: publish() did not block and the records wait in the outbox.
+    assert publisher.stats.buffered == 2 and publisher.stats.delivered == 0
 
     broker = await asyncio.to_thread(start_broker, port=port, log_path=tmp_path / "tansu.log")
     try:
         await ensure_topics([topic])
-        await wait_for(lambda: publisher.sent == 2, timeout_s=60, what="buffered records sent after the outage")
-        await publisher.stop()
+        await wait_for(
+            lambda: publisher.stats.delivered == 2, timeout_s=60, what="buffered records sent after the outage"
+        )
+        await publisher.close()
         assert seqs_by_charge_point(await read_all(topic)) == {"cp-a": [1, 2]}
     finally:
         stop_broker(broker)
@@ -163,7 +173,7 @@ async def proxied_broker(kafka, monkeypatch, tmp_path) -> AsyncIterator[TcpProxy
         await asyncio.to_thread(stop_broker, broker)
 
 
-async def records_in_flight(publisher: TelemetryPublisher, timeout_s: float = 15.0) -> int:
+async def records_in_flight(publisher: OutboxPublisher, timeout_s: float = 15.0) -> int:
     """Wait (on every turn of the loop, not every 50 ms) until records are sent but not acknowledged."""
     deadline = time.monotonic() + timeout_s
     while publisher.in_flight == 0:
@@ -177,7 +187,7 @@ async def records_in_flight(publisher: TelemetryPublisher, timeout_s: float = 15
     "request_timeout_ms",
     [
         pytest.param(None, id="client-retries"),  # the default 15 s outlasts the outage: aiokafka retries
-        pytest.param(1000, id="publisher-resends"),  # sends fail during the outage: the buffer sends again
+        pytest.param(1000, id="publisher-resends"),  # sends fail during the outage: the outbox sends again
     ],
 )
 async def test_no_record_is_lost_when_the_broker_connection_breaks_mid_stream(
@@ -185,11 +195,11 @@ async def test_no_record_is_lost_when_the_broker_connection_breaks_mid_stream(
 ) -> None:
     if request_timeout_ms is not None:
         options = producer_options() | {"request_timeout_ms": request_timeout_ms}
-        monkeypatch.setattr("gateway.kafka.producer.producer_options", lambda: options)
+        monkeypatch.setattr("gateway.kafka.transport.producer_options", lambda: options)
     proxy = proxied_broker
     topic = kafka["TELEMETRY_TOPIC"]
     await ensure_topics([topic])
-    publisher = TelemetryPublisher(topic)
+    publisher = kafka_publisher(topic)
     await publisher.start()
     slugs = [f"cp-{n}" for n in range(1, 5)]
     last_seq = dict.fromkeys(slugs, 0)
@@ -207,26 +217,27 @@ async def test_no_record_is_lost_when_the_broker_connection_breaks_mid_stream(
     stop_publishing = asyncio.Event()
     publishing = asyncio.create_task(publish_like_a_poller(stop_publishing))
     try:
-        await wait_for(lambda: publisher.sent >= 400, what="records flowing before the cut")
+        await wait_for(lambda: publisher.stats.delivered >= 400, what="records flowing before the cut")
         in_flight_at_cut = await records_in_flight(publisher)
-        sent_before_cut, published_at_cut = publisher.sent, published()
+        sent_before_cut, published_at_cut = publisher.stats.delivered, published()
         connections_cut = await proxy.cut()
         # The outage lasts while 2,000 more records are published (about 2.5 s).
         await wait_for(lambda: published() >= published_at_cut + 2000, what="records published during the outage")
-        buffered_during_outage = len(publisher.buffer)
+        buffered_during_outage = publisher.stats.buffered
         await proxy.restore()
-        await wait_for(lambda: len(publisher.buffer) < 100, timeout_s=60, what="the backlog sent after the outage")
+        await wait_for(lambda: publisher.stats.buffered < 100, timeout_s=60, what="the backlog sent after the outage")
     finally:
         stop_publishing.set()
         await within(publishing)
-        await publisher.stop()
-    assert (len(publisher.buffer), publisher.dropped, publisher.sent) == (0, 0, published())
+        await publisher.close()
+    stats = publisher.stats
+    assert (stats.buffered, stats.dropped, stats.delivered) == (0, 0, published())
 
     seqs = seqs_by_charge_point(await read_all(topic))
     figures = (
         f"{published()} records of {len(slugs)} charge points, {sent_before_cut} acknowledged before the cut, "
         f"{in_flight_at_cut} in flight and {connections_cut} connections dropped at the cut, "
-        f"{buffered_during_outage} buffered at the end of the outage, {publisher.failed_sends} sends failed and resent"
+        f"{buffered_during_outage} buffered at the end of the outage, {stats.failed_sends} records resent"
     )
     duplicates = {slug: len(seqs[slug]) - len(set(seqs[slug])) for slug in slugs}
     print(f"broker outage ({request_timeout_ms=}): {figures}; duplicates per charge point {duplicates}")
@@ -235,38 +246,41 @@ async def test_no_record_is_lost_when_the_broker_connection_breaks_mid_stream(
         assert missing == [], f"{slug} lost seq {missing[:20]} ({len(missing)} in all); {figures}"
         assert set(seqs[slug]) == set(range(1, last_seq[slug] + 1)), f"{slug}: seqs never published; {figures}"
     # The variant ran the path it names (a precondition of the test, not the behaviour under test).
-    assert (publisher.failed_sends > 0) == (request_timeout_ms is not None), figures
+    assert (stats.failed_sends > 0) == (request_timeout_ms is not None), figures
     # At least once: only a record in flight when the connection broke may be written twice.
     assert sum(duplicates.values()) <= in_flight_at_cut, f"duplicates {duplicates} exceed in flight; {figures}"
 
 
-async def test_a_full_buffer_drops_the_oldest_and_delivers_the_newest_once_the_broker_is_back(
+async def test_a_full_outbox_drops_the_oldest_and_delivers_the_newest_once_the_broker_is_back(
     kafka, proxied_broker, caplog
 ) -> None:
     proxy = proxied_broker
     topic = kafka["TELEMETRY_TOPIC"]
     await ensure_topics([topic])
     await proxy.cut()  # no broker from here on: connections are refused
-    publisher = TelemetryPublisher(topic, buffer_size=50)
+    records = [record("cp-a", seq) for seq in range(1, 131)]
+    newest_50_bytes = sum(len(b"cp-a") + len(encode_record(r)) for r in records[80:])
+    publisher = kafka_publisher(topic, max_bytes=newest_50_bytes)
     await publisher.start()
-    caplog.set_level(logging.WARNING, logger="gateway.kafka.producer")
-    for seq in range(1, 131):
-        publisher.publish(record("cp-a", seq))
-    assert publisher.dropped == 80
-    assert [json.loads(value)["seq"] for _key, value in publisher.buffer] == list(range(81, 131))
-    full = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Kafka buffer full")]
-    assert full == ["Kafka buffer full (50 records): dropping the oldest telemetry; 1 dropped so far"]
+    caplog.set_level(logging.WARNING, logger="gateway.publish.outbox")
+    for published in records:
+        publisher.publish(published)
+        publisher.persist()  # one append each: the limit is hit again and again in one episode
+    assert publisher.stats.dropped == 80
+    assert [json.loads(e.value)["seq"] for e in publisher.outbox.oldest(1000)] == list(range(81, 131))
+    full = [r.getMessage() for r in caplog.records if r.getMessage().startswith("outbox")]
+    assert len(full) == 1 and full[0].startswith(f"outbox {outbox_path('test')} full ("), full
 
     await proxy.restore()
     try:
-        await wait_for(lambda: publisher.sent == 50, timeout_s=60, what="the 50 newest records sent")
+        await wait_for(lambda: publisher.stats.delivered == 50, timeout_s=60, what="the 50 newest records sent")
     finally:
-        await publisher.stop()
+        await publisher.close()
     assert seqs_by_charge_point(await read_all(topic)) == {"cp-a": list(range(81, 131))}
 
 
 def failed_attempts(caplog: pytest.LogCaptureFixture) -> int:
-    return sum(r.getMessage().startswith("Kafka unavailable") for r in caplog.records)
+    return sum(r.getMessage().startswith("kafka unavailable") for r in caplog.records)
 
 
 async def test_stop_keeps_flushing_while_the_broker_is_away_and_delivers_when_it_is_back(
@@ -276,18 +290,18 @@ async def test_stop_keeps_flushing_while_the_broker_is_away_and_delivers_when_it
     topic = kafka["TELEMETRY_TOPIC"]
     await ensure_topics([topic])
     await proxy.cut()
-    caplog.set_level(logging.WARNING, logger="gateway.kafka.producer")
-    publisher = TelemetryPublisher(topic)
+    caplog.set_level(logging.WARNING, logger="gateway.publish.publisher")
+    publisher = kafka_publisher(topic)
     await publisher.start()
     for seq in (1, 2, 3):
         publisher.publish(record("cp-a", seq))
     failed_before_stop = failed_attempts(caplog)
-    stopping = asyncio.create_task(publisher.stop(flush_timeout_s=60))
+    stopping = asyncio.create_task(publisher.close(flush_timeout_s=60))
     await wait_for(lambda: failed_attempts(caplog) > failed_before_stop, what="an attempt that failed while stopping")
-    assert not stopping.done(), "stop() gave up at the first failure instead of retrying until the flush timeout"
+    assert not stopping.done(), "close() gave up at the first failure instead of retrying until the flush timeout"
     await proxy.restore()
     await within(stopping, 60)
-    assert (publisher.sent, len(publisher.buffer)) == (3, 0)
+    assert (publisher.stats.delivered, publisher.stats.buffered) == (3, 0)
     assert seqs_by_charge_point(await read_all(topic)) == {"cp-a": [1, 2, 3]}
 
 
@@ -296,18 +310,20 @@ async def test_stop_gives_up_at_the_flush_timeout_and_says_how_many_records_were
 ) -> None:
     proxy = proxied_broker
     await proxy.cut()
-    caplog.set_level(logging.WARNING, logger="gateway.kafka.producer")
-    publisher = TelemetryPublisher(kafka["TELEMETRY_TOPIC"])
+    caplog.set_level(logging.WARNING, logger="gateway.publish.publisher")
+    publisher = kafka_publisher(kafka["TELEMETRY_TOPIC"])
     await publisher.start()
     for seq in (1, 2, 3):
         publisher.publish(record("cp-a", seq))
     started = time.monotonic()
-    await within(publisher.stop(flush_timeout_s=1.0), 10)
+    await within(publisher.close(flush_timeout_s=1.0), 10)
     stopped_in_s = time.monotonic() - started
-    assert 1.0 <= stopped_in_s < 2.0, f"stop took {stopped_in_s:.2f} s with a 1 s flush timeout"
-    assert (publisher.sent, len(publisher.buffer)) == (0, 3)
+    assert 1.0 <= stopped_in_s < 2.0, f"close took {stopped_in_s:.2f} s with a 1 s flush timeout"
+    assert (publisher.stats.delivered, publisher.stats.buffered) == (0, 3)
     gave_up = [r.getMessage() for r in caplog.records if r.getMessage().startswith("gave up flushing")]
-    assert gave_up == ["gave up flushing 3 telemetry records at shutdown"]
+    assert gave_up == [
+        f"gave up flushing 3 records at shutdown; they stay in the outbox {outbox_path('test')} for the next start"
+    ]
 
 
 async def test_the_consumer_rides_out_broker_outages_and_handles_every_record(
@@ -333,7 +349,7 @@ async def test_the_consumer_rides_out_broker_outages_and_handles_every_record(
 
     caplog.set_level(logging.WARNING, logger="gateway.kafka.consumer")
     consumer = TelemetryConsumer(topic, auto_offset_reset="earliest", sinks=[*default_sinks(), remember])
-    publisher = TelemetryPublisher(topic)
+    publisher = kafka_publisher(topic)
     stop = asyncio.Event()
     await proxy.cut()  # the broker is away when the consumer starts
     consuming = asyncio.create_task(consumer.run(stop))
@@ -354,7 +370,7 @@ async def test_the_consumer_rides_out_broker_outages_and_handles_every_record(
     finally:
         stop.set()
         await within(consuming, 30)
-        await publisher.stop()
+        await publisher.close()
     expected = {(slug, seq) for slug in ("cp-1", "cp-2") for seq in range(1, 101)}
     duplicates = len(handled) - len(set(handled))
     print(

@@ -1,0 +1,43 @@
+"""The poller's outputs: which transport goes behind its outbox (runpoller --output)."""
+
+import socket
+
+from django.core.exceptions import ImproperlyConfigured
+
+from gateway.conf import setting
+from gateway.kafka.topics import telemetry_topic
+from gateway.kafka.transport import KafkaTransport
+from gateway.publish.outbox import Outbox, outbox_path
+from gateway.publish.publisher import OutboxPublisher
+
+OUTPUTS = ("kafka", "mqtt")
+
+
+def default_poller_id(site: str | None) -> str:
+    """POLLER_ID, else the host name (+ "-" + site: one poller per site may share a host)."""
+    if configured := setting("POLLER_ID"):
+        return configured
+    return f"{socket.gethostname()}-{site}" if site else socket.gethostname()
+
+
+def build_publisher(output: str, *, poller_id: str) -> OutboxPublisher:
+    """The poller's publisher: its own outbox file, and a Kafka or MQTT transport in front of it.
+
+    Raises OutboxLocked if another poller with this id is running, ImproperlyConfigured for an
+    unknown output or one this build lacks.
+    """
+    if output not in OUTPUTS:
+        raise ImproperlyConfigured(f"unknown poller output {output!r}: choose one of {', '.join(OUTPUTS)}")
+    if output == "mqtt":
+        try:
+            from gateway.mqtt.publisher import build_mqtt_publisher
+        except ImportError as exc:
+            raise ImproperlyConfigured(f"the mqtt output is not available ({exc})") from exc
+    outbox = Outbox(outbox_path(f"poller-{poller_id}"))
+    try:
+        if output == "mqtt":
+            return build_mqtt_publisher(outbox, poller_id)
+        return OutboxPublisher(outbox, KafkaTransport(telemetry_topic()))
+    except BaseException:
+        outbox.close()
+        raise
