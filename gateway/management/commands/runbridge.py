@@ -1,0 +1,28 @@
+"""manage.py runbridge: MQTT telemetry -> durable outbox -> Kafka (gateway.mqtt.bridge).
+
+SIGTERM or SIGINT: the bridge stops taking messages (the broker keeps the rest for its persistent
+session), hands its outbox to Kafka for up to 10 s (what is left stays on disk for the next
+start) and exits 0.
+"""
+
+import uvloop
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand, CommandError
+
+from gateway.mqtt.bridge import run_bridge
+from gateway.publish.outbox import OutboxLocked
+from gateway.runtime import configure_verbosity, run_until_stopped
+
+
+class Command(BaseCommand):
+    help = "Forward telemetry from the MQTT broker to Kafka, through a durable outbox on disk."
+
+    def handle(self, *args, **options) -> None:
+        configure_verbosity(options["verbosity"])
+        try:
+            run_until_stopped(run_bridge, loop_factory=uvloop.new_event_loop)
+        except (ImproperlyConfigured, OutboxLocked) as exc:
+            raise CommandError(str(exc)) from exc
+        except Exception as exc:
+            # run_bridge logged the traceback; the exit status and this line tell the supervisor.
+            raise CommandError(f"runbridge failed: {type(exc).__name__}: {exc}") from exc

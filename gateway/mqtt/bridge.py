@@ -1,0 +1,319 @@
+"""The bridge (manage.py runbridge): MQTT telemetry -> durable outbox -> Kafka.
+
+    MQTT broker --PUBLISH (QoS 1)--> Bridge --publish_encoded, persist()--> Outbox (SQLite WAL)
+                <-------PUBACK--------  (only once persisted)                 |
+                                                   OutboxPublisher --KafkaTransport--> Kafka
+
+A message is acknowledged to the broker only once it is on disk in the outbox, and leaves the
+outbox only once Kafka acknowledged it (acks=all), so a crash anywhere loses nothing: what we did
+not acknowledge, the broker keeps for our persistent session (clean_session=False, the same client
+id) and sends again when we are back. The payload goes to Kafka as received, keyed by the charge
+point named in the topic; the consumer validates it (and dead-letters what is not telemetry).
+
+Delivery is at least once, order per charge point kept. A message is written to Kafka twice only
+if the bridge or a connection failed in one of three short windows: persisted but its PUBACK not
+yet sent (the broker sends it again), acknowledged by Kafka but not yet removed from the outbox
+(sent again on restart), or in flight to Kafka when that connection broke. The copies are
+identical, and the record's (charge point, seq, ts) tells them apart.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+import aiomqtt
+
+from gateway.conf import setting
+from gateway.kafka.topics import telemetry_topic
+from gateway.kafka.transport import KafkaTransport
+from gateway.mqtt.config import MqttConfig, mqtt_config, ssl_context
+from gateway.mqtt.topics import parse_telemetry_topic, telemetry_subscription
+from gateway.publish.outbox import Outbox, outbox_path
+from gateway.publish.publisher import OutboxPublisher
+from gateway.runtime import Backoff, wait_unless_stopped
+
+logger = logging.getLogger(__name__)
+
+# Messages taken from the client's queue per outbox transaction: one commit and one round of
+# PUBACKs each. The broker's in-flight window (Mosquitto's max_inflight_messages, 20 by default)
+# usually keeps batches far smaller.
+BATCH_AT_MOST = 5_000
+# After SIGTERM, how long the bridge keeps trying to hand the outbox to Kafka; what is left stays
+# on disk for the next start. With the MQTT disconnect, runbridge exits within services.STOP_WITHIN_S.
+FLUSH_TIMEOUT_S = 10.0
+RECONNECT_FIRST_S = 0.5
+RECONNECT_MAX_S = 10.0
+KEEPALIVE_S = 30
+# A message on a topic that names no charge point is logged at most this often (it may repeat at
+# the publisher's rate); every one is counted.
+MALFORMED_LOG_INTERVAL_S = 60.0
+# Records older than this in the outbox mean Kafka is not taking them: a backlog, replayed once it
+# is back (the publisher logs the outage; the ReplayWatch logs the replay).
+BACKLOG_AGE_S = 5.0
+CAUGHT_UP_AGE_S = 1.0  # ... and the backlog is gone when the oldest record waiting is younger than this
+WATCH_EVERY_S = 1.0
+WATCH_BACKLOG_EVERY_S = 0.05  # finer while a backlog drains, for the replay rate
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeStats:
+    """What the bridge did since it started: logged every BRIDGE_STATS_INTERVAL_S."""
+
+    received: int  # MQTT messages taken from the broker (and acknowledged to it)
+    forwarded: int  # records Kafka acknowledged
+    buffered: int  # records in the outbox, waiting for Kafka
+    oldest_buffered_age_s: float | None  # age of the oldest of them; None when none waits
+    malformed: int  # messages on a topic that names no charge point: acknowledged and dropped
+    dropped: int  # records the outbox dropped at its size or age limit (oldest first)
+    mqtt_connects: int  # successful connections to the MQTT broker
+
+    def as_dict(self) -> dict[str, int | float | None]:
+        return asdict(self)
+
+    def log_line(self) -> str:
+        age = "none" if self.oldest_buffered_age_s is None else f"{self.oldest_buffered_age_s:.1f}"
+        return (
+            f"bridge stats: received={self.received} forwarded={self.forwarded} buffered={self.buffered} "
+            f"oldest_buffered_age_s={age} malformed={self.malformed} dropped={self.dropped} "
+            f"mqtt_connects={self.mqtt_connects}"
+        )
+
+
+class ReplayWatch:
+    """Notices a backlog in the outbox (Kafka away) and logs, once it is replayed, its size and the
+    replay rate. Fed the publisher's figures a few times a second."""
+
+    def __init__(self) -> None:
+        self.in_backlog = False
+        self.peak_buffered = 0
+        self.backlog_since_s = 0.0
+        self.replay_from: tuple[float, int] | None = None  # (when, delivered then): the replay's start
+        self._last: tuple[float, int] = (0.0, 0)  # (when, delivered) at the previous observation
+
+    def observe(self, now_s: float, delivered: int, buffered: int, oldest_age_s: float | None) -> None:
+        age_s = oldest_age_s or 0.0
+        if not self.in_backlog and age_s > BACKLOG_AGE_S:
+            self.in_backlog, self.peak_buffered, self.backlog_since_s = True, buffered, now_s - age_s
+            self.replay_from = None
+        elif self.in_backlog:
+            self.peak_buffered = max(self.peak_buffered, buffered)
+            if self.replay_from is None and delivered > self._last[1]:
+                self.replay_from = self._last  # it started after the previous look
+            if age_s < CAUGHT_UP_AGE_S and self.replay_from is not None:
+                started_s, delivered_before = self.replay_from
+                replayed, took_s = delivered - delivered_before, max(now_s - started_s, 1e-3)
+                logger.info(
+                    "Kafka backlog replayed: %d records in %.2f s (%.0f records/s); up to %d records "
+                    "were buffered, for %.0f s",
+                    replayed,
+                    took_s,
+                    replayed / took_s,
+                    self.peak_buffered,
+                    started_s - self.backlog_since_s,
+                )
+                self.in_backlog = False
+        self._last = (now_s, delivered)
+
+
+class Bridge:
+    """Takes telemetry from the MQTT broker into the outbox, and from there to Kafka."""
+
+    def __init__(
+        self,
+        publisher: OutboxPublisher,
+        *,
+        kafka_topic: str,
+        config: MqttConfig,
+        client_id: str,
+        subscription: str,
+        stats_interval_s: float,
+    ) -> None:
+        self.publisher = publisher
+        self.kafka_topic = kafka_topic
+        self.config = config
+        self.client_id = client_id
+        self.subscription = subscription
+        self.stats_interval_s = stats_interval_s
+        self.received = 0
+        self.malformed = 0
+        self.mqtt_connects = 0
+        self._malformed_logged_at: float | None = None
+        self.replay_watch = ReplayWatch()
+        self._closed = False  # the outbox is closed: its age can no longer be read
+
+    @property
+    def stats(self) -> BridgeStats:
+        published = self.publisher.stats
+        return BridgeStats(
+            received=self.received,
+            forwarded=published.delivered,
+            buffered=published.buffered,
+            oldest_buffered_age_s=None if self._closed else published.oldest_age_s,
+            malformed=self.malformed,
+            dropped=published.dropped,
+            mqtt_connects=self.mqtt_connects,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Forward until stop is set; then stop taking messages, flush the outbox to Kafka, close."""
+        await self.publisher.start()
+        stats_logger = asyncio.create_task(self._watch_until_stopped(stop))
+        try:
+            await self._take_messages_until_stopped(stop)
+        finally:
+            stats_logger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stats_logger
+            await self.publisher.close(flush_timeout_s=FLUSH_TIMEOUT_S)
+            self._closed = True
+            # The tests read this line: keep the wording.
+            logger.info("bridge stopped: %s", self.stats.log_line().removeprefix("bridge stats: "))
+
+    async def _take_messages_until_stopped(self, stop: asyncio.Event) -> None:
+        """One MQTT connection after another, with backoff in between, until stop is set."""
+        backoff = Backoff(first_s=RECONNECT_FIRST_S, max_s=RECONNECT_MAX_S)
+        broker = str(self.config)  # mqtts://bridge@host:port: never the password
+        while not stop.is_set():
+            client = self._new_client()
+            connected = False
+            try:
+                async with client:
+                    connected = True
+                    self.mqtt_connects += 1
+                    backoff.reset()
+                    await client.subscribe(self.subscription, qos=1)
+                    logger.info(
+                        "connected to MQTT broker %s as %s (persistent session); forwarding %s to Kafka topic %s",
+                        broker,
+                        self.client_id,
+                        self.subscription,
+                        self.kafka_topic,
+                    )
+                    await self._take_messages(client, stop)
+            except aiomqtt.MqttError as exc:
+                delay_s = backoff.peek_s()
+                if connected:
+                    logger.warning("lost the MQTT broker %s (%s); reconnecting in %.1f s", broker, exc, delay_s)
+                else:
+                    logger.warning("MQTT broker %s unavailable (%s); retrying in %.1f s", broker, exc, delay_s)
+                if await backoff.wait(stop):
+                    break
+        logger.info("stopped taking MQTT messages")
+
+    def _new_client(self) -> aiomqtt.Client:
+        client = aiomqtt.Client(
+            self.config.host,
+            self.config.port,
+            username=self.config.username or None,
+            password=self.config.password or None,
+            identifier=self.client_id,
+            clean_session=False,  # the broker queues our QoS 1 messages while we are away
+            tls_context=ssl_context(self.config),
+            keepalive=KEEPALIVE_S,
+        )
+        # aiomqtt has no manual acknowledgement: paho's own switch. With it on, paho's
+        # _handle_publish sends no PUBACK for a QoS 1 message; `_persist_and_ack` does, via ack().
+        client._client.manual_ack_set(True)
+        return client
+
+    async def _take_messages(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        """Persist and acknowledge messages in batches until stop is set or the connection drops."""
+        taking = asyncio.create_task(self._take_batches(client))
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({taking, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not taking.done():
+                # Cancellation lands only at the wait for the next message, never between a
+                # batch's persist and its acks (they run in one go, without an await).
+                taking.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await taking
+        if not taking.cancelled():
+            taking.result()  # the connection dropped: raises aiomqtt.MqttError
+
+    async def _take_batches(self, client: aiomqtt.Client) -> None:
+        queue = client._queue  # what arrived meanwhile is taken as one batch (aiomqtt has no public way)
+        async for message in client.messages:
+            batch = [message]
+            while len(batch) < BATCH_AT_MOST and not queue.empty():
+                batch.append(queue.get_nowait())
+            self._persist_and_ack(client, batch)
+
+    def _persist_and_ack(self, client: aiomqtt.Client, batch: list[aiomqtt.Message]) -> None:
+        """Outbox first, PUBACK after: a crash in between makes the broker send them again, never lose them."""
+        for message in batch:
+            topic = message.topic.value
+            try:
+                _site, charge_point = parse_telemetry_topic(topic)
+            except ValueError as exc:
+                self._note_malformed(topic, exc)
+                continue
+            self.publisher.publish_encoded(self.kafka_topic, charge_point.encode(), bytes(message.payload))
+        self.publisher.persist()
+        paho = client._client
+        for message in batch:
+            if message.qos > 0:  # a QoS 0 publish gets no acknowledgement (and no redelivery)
+                paho.ack(message.mid, message.qos)
+        self.received += len(batch)
+
+    def _note_malformed(self, topic: str, error: ValueError) -> None:
+        """Count it and let it go (acknowledged: it can never be routed); log at most once a minute."""
+        self.malformed += 1
+        now = time.monotonic()
+        if self._malformed_logged_at is None or now - self._malformed_logged_at >= MALFORMED_LOG_INTERVAL_S:
+            self._malformed_logged_at = now
+            logger.warning(
+                "dropped a message on %r, it cannot be routed (%s); %d such messages so far",
+                topic,
+                error,
+                self.malformed,
+            )
+
+    async def _watch_until_stopped(self, stop: asyncio.Event) -> None:
+        """The stats line every stats_interval_s; the replay watch in between."""
+        next_stats_s = time.monotonic() + self.stats_interval_s
+        watch_every_s = WATCH_EVERY_S
+        while not await wait_unless_stopped(stop, min(watch_every_s, max(0.0, next_stats_s - time.monotonic()))):
+            now_s = time.monotonic()
+            stats = self.stats
+            self.replay_watch.observe(now_s, stats.forwarded, stats.buffered, stats.oldest_buffered_age_s)
+            watch_every_s = WATCH_BACKLOG_EVERY_S if self.replay_watch.in_backlog else WATCH_EVERY_S
+            if now_s >= next_stats_s:
+                logger.info("%s", stats.log_line())
+                next_stats_s = now_s + self.stats_interval_s
+
+
+def build_bridge() -> Bridge:
+    """The bridge as the settings describe it; its outbox is named after its MQTT client id."""
+    client_id = setting("BRIDGE_CLIENT_ID")
+    topic = telemetry_topic()
+    outbox = Outbox(outbox_path(f"bridge-{client_id}"))
+    return Bridge(
+        OutboxPublisher(outbox, KafkaTransport(topic)),
+        kafka_topic=topic,
+        config=mqtt_config(),
+        client_id=client_id,
+        subscription=telemetry_subscription(),
+        stats_interval_s=setting("BRIDGE_STATS_INTERVAL_S"),
+    )
+
+
+async def run_bridge(stop: asyncio.Event) -> None:
+    """Forward MQTT telemetry to Kafka until stop is set (manage.py runbridge).
+
+    A failure other than a broker outage (which it rides out) is logged here and raised: runbridge
+    exits non-zero, and the messages it did not acknowledge stay with the MQTT broker.
+    """
+    from gateway.services import prepare_topics  # services imports the poller; only runbridge needs this
+
+    await prepare_topics()
+    bridge = build_bridge()
+    try:
+        await bridge.run(stop)
+    except Exception:
+        logger.critical("the bridge failed; MQTT telemetry no longer reaches Kafka", exc_info=True)
+        raise
