@@ -93,11 +93,13 @@ async def test_records_arrive_on_their_topics_qos1_not_retained_in_order(mosquit
         assert result.error is None
         assert list(result.acked) == [e.id for e in entries]
         got = await receive(client, len(published))
-    await transport.close()
     assert [str(m.topic) for m in got] == [f"evdash/depot/{r['charge_point']}/telemetry" for r in published]
     assert [m.payload for m in got] == [encode_record(r) for r in published]  # the same bytes as on Kafka
     assert {m.qos for m in got} == {1}
-    assert not any(m.retain for m in got)
+    async with watcher(mosquitto, "evdash/+/+/telemetry") as late:  # live messages never carry the retain flag
+        with pytest.raises(AssertionError, match="received 0 of 1"):
+            await receive(late, 1, timeout_s=0.5)  # nothing retained for a new subscriber
+    await transport.close()
 
 
 async def test_poller_state_online_then_offline_on_clean_close(mosquitto: Mosquitto) -> None:
@@ -228,3 +230,18 @@ def test_acked_is_a_prefix_per_key() -> None:
     assert MqttTransport._confirmed(entries, {1, 2, 4, 5, 6}) == [1, 2, 4, 6]  # a's 5 waits behind 3
     assert MqttTransport._confirmed(entries, {2, 3, 4, 5, 6}) == [2, 4, 6]  # a's 3 and 5 wait behind 1
     assert MqttTransport._confirmed(entries, {1, 3, 4, 5, 6}) == [1, 3, 5, 6]  # b's 4 waits behind 2
+
+
+async def test_an_entry_no_broker_could_take_is_dropped_not_retried_forever(
+    mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = make_transport(mosquitto)
+    entries = [
+        OutboxEntry(1, "evdash/depot/cp-1/telemetry", b"cp-1", b"1"),
+        OutboxEntry(2, "evdash/+/cp-1/telemetry", b"cp-1", b"2"),  # a wildcard: no PUBLISH can carry it
+        OutboxEntry(3, "evdash/depot/cp-1/telemetry", b"cp-1", b"3"),
+    ]
+    result = await transport.send(entries)
+    assert result.error is None and list(result.acked) == [1, 2, 3]
+    assert "dropping an outbox entry for MQTT topic 'evdash/+/cp-1/telemetry'" in caplog.text
+    await transport.close()
