@@ -53,8 +53,8 @@ class _Connection(asyncio.Protocol):
         return self.lost_reason is None and self.transport is not None and self.connack.done()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # No isinstance check: uvloop's TCPTransport (runpoller's loop) is not an asyncio.Transport subclass.
+        self.transport = transport  # type: ignore[assignment]
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None
