@@ -10,8 +10,6 @@ import asyncio
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,6 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from asgiref.sync import async_to_sync
-from django.conf import settings
 
 from gateway.kafka.config import client_options
 from gateway.kafka.topics import ensure_topics
@@ -27,57 +24,13 @@ from gateway.profiles.store import SHIPPED_DIR, read_spec_file
 from gateway.services import STOP_WITHIN_S
 from gateway.simulator.fleet import SimulatorFleet
 from tests.faults import ThreadedHungCharger
+from tests.processes import Service, manage
 
 GENERIC = read_spec_file(SHIPPED_DIR / "generic-ev-charger.json")
 REDIS_DB = 14  # a database of its own: nothing else listens to the groups this consumer pushes to
 RECORDS_BEFORE_SIGNAL = 12
 POLLER_STOPPED = re.compile(r"poller stopped: (\d+) records published, (\d+) records sent, (\d+) dropped, (\d+) unsent")
 CONSUMER_STOPPED = re.compile(r"consumer stopped: (\d+) records handled")
-
-
-def manage(args: list[str], env: dict[str, str]) -> None:
-    subprocess.run(
-        [sys.executable, "manage.py", *args],
-        env=env,
-        cwd=settings.BASE_DIR,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-
-
-class Service:
-    """A long-running manage.py command with its output in a log file."""
-
-    def __init__(self, command: str, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self._out = log.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "manage.py", command, "-v", "1"],
-            env=env,
-            cwd=settings.BASE_DIR,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def stop(self, signum: int) -> tuple[int, float]:
-        """Send the signal; returns the exit code and the seconds it took to exit."""
-        started = time.monotonic()
-        self.process.send_signal(signum)
-        try:
-            code = self.process.wait(STOP_WITHIN_S + 5)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"{self.log.stem} ignored {signum!r}:\n{self.output()[-3000:]}") from None
-        return code, time.monotonic() - started
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self._out.close()
 
 
 @pytest.fixture

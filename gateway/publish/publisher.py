@@ -17,6 +17,9 @@ logger = logging.getLogger(__name__)
 # and it bounds what a kill -9 can lose: records published but not yet in the outbox.
 LINGER_S = 0.01
 SEND_AT_MOST = 20_000  # messages per round
+# Retries after a failed round back off from 0.5 s up to this: the end of an outage is noticed
+# within it, and an attempt every few seconds costs nothing.
+RETRY_MAX_S = 5.0
 
 
 @dataclass
@@ -70,7 +73,7 @@ class OutboxPublisher:
         self._progress = asyncio.Event()  # a round ended, or the sender went idle
         self._last_id = 0  # of the last message appended
         self._abandon = asyncio.Event()  # close() gave up flushing
-        self._backoff = Backoff()
+        self._backoff = Backoff(max_s=RETRY_MAX_S)
         self._task: asyncio.Task | None = None
         self._closing = False
 
