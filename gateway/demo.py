@@ -1,8 +1,13 @@
-"""The embedded demo: broker, simulated fleet, poller, consumer and web server from one command.
+"""The embedded demo: brokers, simulated fleet, poller, bridge, consumer and web server from one command.
+
+By default the demo runs the edge path, as a site would: poller -> MQTT broker (amqtt, embedded)
+-> runbridge -> Kafka (Tansu, embedded) -> consumer. EVDASH_DEMO_DIRECT=1 runs the direct path
+instead: poller -> Kafka, no MQTT broker, no bridge.
 
 Why one web process hosts the consumer: the embedded mode has no Redis, and the in-memory channel
 layer only reaches WebSockets of its own process. So the Kafka consumer runs as a task inside the
-daphne process; the broker, simulator and poller run as child processes exactly as in production.
+daphne process; the brokers, simulator, poller and bridge run as child processes exactly as in
+production.
 """
 
 import asyncio
@@ -13,17 +18,24 @@ import secrets
 import signal
 import subprocess
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiomqtt
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import CommandError
 from django.db import transaction
 from django.utils import timezone
 
+from gateway.conf import setting
+from gateway.kafka.embedded import EmbeddedBrokerError, start_broker, stop_broker
 from gateway.modbus.pacing import fitting_interval_ms
 from gateway.models import ChargePoint, DeviceProfile, Site
+from gateway.mqtt.embedded import DEFAULT_PORT as DEFAULT_MQTT_PORT
+from gateway.mqtt.embedded import start_mqtt_broker
+from gateway.mqtt.topics import telemetry_subscription
 from gateway.profiles.store import load_spec
 from gateway.runtime import die_with_parent
 
@@ -51,6 +63,9 @@ MAX_CHARGE_POINTS = 10_000
 MAX_PORT = 65535
 
 
+DIRECT_VARIABLE = "EVDASH_DEMO_DIRECT"
+
+
 @dataclass
 class DemoOptions:
     charge_points: int
@@ -60,6 +75,23 @@ class DemoOptions:
     modbus_base_port: int
     speedup: float
     seed: int | None
+    mqtt_port: int = DEFAULT_MQTT_PORT
+    direct: bool = False  # poller -> Kafka, without the MQTT broker and the bridge
+
+    @property
+    def mqtt_url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.mqtt_port}"
+
+    def describe_path(self) -> str:
+        """One line for the banner: which path the records take."""
+        if self.direct:
+            return f"direct: poller -> Kafka ({DIRECT_VARIABLE}=1)"
+        return f"edge: poller -> MQTT {self.mqtt_url} -> bridge -> Kafka"
+
+
+def direct_path_requested() -> bool:
+    """EVDASH_DEMO_DIRECT=1 (or true/yes): the demo skips MQTT, as a direct deployment would."""
+    return os.environ.get(DIRECT_VARIABLE, "").strip().lower() in ("1", "true", "yes")
 
 
 def check_fleet_size(count: int, base_port: int) -> None:
@@ -87,6 +119,10 @@ def demo_profiles() -> list[DeviceProfile]:
     """The profiles of the demo fleet, in the order the simulator cycles through them."""
     by_slug = DeviceProfile.objects.in_bulk(DEMO_PROFILES, field_name="slug")
     return [by_slug[slug] for slug in DEMO_PROFILES if slug in by_slug]
+
+
+def demo_profile_slugs() -> list[str]:
+    return [profile.slug for profile in demo_profiles()]
 
 
 def ensure_demo_fleet(count: int, base_port: int) -> int:
@@ -166,12 +202,60 @@ def take_admin_password() -> str | None:
 
 
 def child_environment(options: DemoOptions) -> dict[str, str]:
-    """Environment of the demo's child processes: the embedded broker, no idempotence (Tansu)."""
-    return os.environ | {
+    """Environment of the demo's child processes: the embedded brokers, no idempotence (Tansu).
+
+    Poller and bridge keep their outboxes in the embedded mode's var/ (EVDASH_OUTBOX_DIR), so
+    records a stopped demo could not deliver are sent by the next one.
+    """
+    env = os.environ | {
         "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{options.kafka_port}",
         "KAFKA_ENABLE_IDEMPOTENCE": "0",
+        "EVDASH_OUTBOX_DIR": str(setting("OUTBOX_DIR")),
         "PYTHONUNBUFFERED": "1",
     }
+    if not options.direct:
+        # The embedded broker, which trusts loopback clients: no login, no TLS (a CA file meant for
+        # another broker would make the mqtt:// URL a configuration error).
+        env |= {
+            "EVDASH_MQTT_URL": options.mqtt_url,
+            "EVDASH_MQTT_USERNAME": "",
+            "EVDASH_MQTT_PASSWORD": "",
+            "EVDASH_MQTT_CA_FILE": "",
+        }
+    return env
+
+
+def poller_args(options: DemoOptions) -> list[str]:
+    return ["runpoller", "--output", "kafka" if options.direct else "mqtt"]
+
+
+def start_brokers(options: DemoOptions) -> dict[str, subprocess.Popen]:
+    """The embedded Kafka broker, and the MQTT broker unless direct; CommandError if one cannot start."""
+    brokers: dict[str, subprocess.Popen] = {}
+    try:
+        brokers["kafka-broker"] = start_broker(port=options.kafka_port)
+        if not options.direct:
+            brokers["mqtt-broker"] = start_mqtt_broker(port=options.mqtt_port)
+    except EmbeddedBrokerError as exc:
+        for process in brokers.values():
+            stop_broker(process)
+        raise CommandError(str(exc)) from exc
+    return brokers
+
+
+async def open_bridge_session(options: DemoOptions) -> None:
+    """Create the bridge's persistent session before the poller starts publishing.
+
+    The MQTT broker queues messages only for a session that exists: without this, the records the
+    poller publishes before the bridge's first subscription (both start in parallel, and the bridge
+    first checks the Kafka topics) would be lost. A failure here costs only those first records.
+    """
+    client_id = setting("BRIDGE_CLIENT_ID")
+    try:
+        async with aiomqtt.Client("127.0.0.1", options.mqtt_port, identifier=client_id, clean_session=False) as client:
+            await client.subscribe(telemetry_subscription(), qos=1)
+    except (aiomqtt.MqttError, OSError) as exc:
+        logger.warning("could not open the bridge's MQTT session ahead of the poller: %s", exc)
 
 
 def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -213,6 +297,34 @@ def describe_returncode(returncode: int) -> str:
         except ValueError:
             return f"signal {-returncode}"
     return f"exit status {returncode}"
+
+
+# The order of shutdown: each stage flushes into the next, which is still running.
+STOP_ORDER = ("runpoller", "runbridge", "simulate", "mqtt-broker", "kafka-broker")
+STOP_DESCRIPTIONS = {
+    "runpoller": "poller (flushing to MQTT)",
+    "runbridge": "bridge (flushing to Kafka)",
+    "simulate": "simulator",
+    "mqtt-broker": "MQTT broker",
+    "kafka-broker": "Kafka broker",
+}
+# The brokers stop at once on SIGTERM (amqtt takes about a second); the others may flush for 10 s.
+STOP_TIMEOUT_S = {"mqtt-broker": 10.0, "kafka-broker": 5.0}
+
+
+def describe_stopping(children: Collection[str], *, direct: bool) -> str:
+    """'Stopping: poller (flushing to MQTT), bridge (flushing to Kafka), ... ...' for these children."""
+    descriptions = STOP_DESCRIPTIONS | ({"runpoller": "poller (flushing to Kafka)"} if direct else {})
+    return "Stopping: " + ", ".join(descriptions[name] for name in STOP_ORDER if name in children) + " ..."
+
+
+def stop_children(children: dict[str, subprocess.Popen]) -> list[ChildExit]:
+    """Stop the demo's children in STOP_ORDER, each after the previous one has ended."""
+    return [
+        stop_child(children[name], name, timeout_s=STOP_TIMEOUT_S.get(name, 15.0))
+        for name in STOP_ORDER
+        if name in children
+    ]
 
 
 def stop_child(process: subprocess.Popen, name: str, timeout_s: float = 15.0) -> ChildExit:

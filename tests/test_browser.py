@@ -112,6 +112,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             str(http_port),
             "--kafka-port",
             str(free_port()),
+            "--mqtt-port",
+            str(free_port()),
             "--modbus-base-port",
             str(modbus_base_port),
             "--speedup",

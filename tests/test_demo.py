@@ -1,16 +1,24 @@
 """manage.py demo's child processes: what they inherit, and how their shutdown is reported."""
 
+import asyncio
+import contextlib
 import io
+import json
 import logging
 import os
+import re
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import aiomqtt
 import pytest
 from django.conf import settings
 from django.core.management.base import CommandError
@@ -18,6 +26,7 @@ from django.core.management.base import CommandError
 from gateway import demo
 from gateway.management.commands.demo import Command
 from gateway.models import ChargePoint
+from gateway.mqtt.embedded import start_mqtt_broker, stop_mqtt_broker
 from tests.conftest import free_port, shipped_profile
 
 # A child that announces itself, then runs until stopped; SIGTERM handling is chosen per test.
@@ -172,12 +181,36 @@ def child_running(parent_pid: int, command: str) -> int | None:
     return None
 
 
-def test_demo_reports_a_dead_poller_and_exits_non_zero(tmp_path: Path) -> None:
-    """The whole demo: its poller is killed; the demo says so at once, and again when stopped."""
-    http_port = free_port()
+@dataclass
+class RunningDemo:
+    process: subprocess.Popen
+    http_port: int
+    mqtt_port: int
+    log_path: Path
+    database: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stored_charge_points(self) -> int:
+        """Charge points with a LatestTelemetry row: records that went all the way to the consumer."""
+        with contextlib.closing(sqlite3.connect(self.database, timeout=5)) as connection:
+            return connection.execute("SELECT COUNT(*) FROM gateway_latesttelemetry").fetchone()[0]
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGINT)
+        return self.process.wait(60)
+
+
+@contextlib.contextmanager
+def running_demo(tmp_path: Path, **environment: str) -> Iterator[RunningDemo]:
+    """`manage.py demo` with one charge point on free ports, once it serves pages; killed if left running."""
+    http_port, mqtt_port = free_port(), free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith(("DJANGO_", "EVDASH_"))}
-    env |= {"EVDASH_VAR_DIR": str(tmp_path), "EVDASH_ADMIN_PASSWORD": "demo-test-pw-5531"}
+    env |= {"EVDASH_VAR_DIR": str(tmp_path), "EVDASH_ADMIN_PASSWORD": "demo-test-pw-5531"} | environment
     log_path = tmp_path / "demo.log"
+    ports = ["--port", str(http_port), "--kafka-port", str(free_port()), "--mqtt-port", str(mqtt_port)]
+    ports += ["--modbus-base-port", str(free_port())]
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [
@@ -186,10 +219,7 @@ def test_demo_reports_a_dead_poller_and_exits_non_zero(tmp_path: Path) -> None:
                 "demo",
                 "--charge-points",
                 "1",
-                "--port",
-                str(http_port),
-                "--kafka-port",
-                str(free_port()),
+                *ports,
                 "--modbus-base-port",
                 str(free_port()),
             ],
@@ -198,27 +228,119 @@ def test_demo_reports_a_dead_poller_and_exits_non_zero(tmp_path: Path) -> None:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    running = RunningDemo(process, http_port, mqtt_port, log_path, tmp_path / "db.sqlite3")
     try:
         wait_until(lambda: serves(f"http://127.0.0.1:{http_port}/accounts/login/"), 90, "the demo to serve")
-        poller = child_running(process.pid, "manage.py runpoller")
-        assert poller is not None, log_path.read_text()[-2000:]
-        os.kill(poller, signal.SIGKILL)
-        message = "runpoller ended by itself (signal SIGKILL); the demo keeps serving, Ctrl-C stops it"
-        wait_until(lambda: message in log_path.read_text(), 10, "the demo to log the dead poller")
-        assert serves(f"http://127.0.0.1:{http_port}/accounts/login/")  # it keeps serving
-        process.send_signal(signal.SIGINT)
-        assert process.wait(60) == 1
+        yield running
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(10)
-    lines = log_path.read_text().splitlines()
+
+
+async def first_telemetry_message(port: int) -> aiomqtt.Message:
+    async with aiomqtt.Client("127.0.0.1", port) as subscriber:
+        await subscriber.subscribe("evdash/+/+/telemetry", qos=1)
+        async for message in subscriber.messages:
+            if message.topic.matches("evdash/+/+/telemetry"):  # amqtt also sends others' retained states
+                return message
+    raise AssertionError("the subscription ended")
+
+
+def test_demo_runs_the_edge_path_by_default(tmp_path: Path) -> None:
+    """poller -> embedded MQTT broker -> bridge -> Kafka -> consumer, and an orderly stop."""
+    with running_demo(tmp_path) as running:
+        message = asyncio.run(asyncio.wait_for(first_telemetry_message(running.mqtt_port), 30))
+        assert message.topic.value == "evdash/demo-site/cp-01/telemetry"
+        assert json.loads(message.payload)["charge_point"] == "cp-01"
+        wait_until(lambda: running.stored_charge_points() == 1, 30, "a record stored by the consumer")
+        assert child_running(running.process.pid, "manage.py runbridge") is not None
+        assert child_running(running.process.pid, "manage.py runpoller --output mqtt") is not None
+        assert running.stop() == 0, running.log()[-3000:]
+    lines = running.log().splitlines()
+    assert f"  path: edge: poller -> MQTT mqtt://127.0.0.1:{running.mqtt_port} -> bridge -> Kafka" in lines
+    stopping = (
+        "Stopping: poller (flushing to MQTT), bridge (flushing to Kafka), simulator, MQTT broker, Kafka broker ..."
+    )
+    assert stopping in lines
+    assert lines[-1] == "Stopped."
+    # The bridge carried the records to Kafka (its closing line counts them) and kept none back.
+    [closing] = [line for line in lines if "gateway.mqtt.bridge: bridge stopped: " in line]
+    assert re.search(r"received=[1-9]\d* forwarded=[1-9]\d* buffered=0 ", closing), closing
+
+
+def test_direct_demo_has_no_mqtt_and_reports_a_dead_poller(tmp_path: Path) -> None:
+    """EVDASH_DEMO_DIRECT=1: poller -> Kafka, no MQTT broker, no bridge. Then its poller is killed:
+    the demo says so at once, and again when stopped, and exits non-zero."""
+    with running_demo(tmp_path, EVDASH_DEMO_DIRECT="1") as running:
+        wait_until(lambda: running.stored_charge_points() == 1, 30, "a record stored by the consumer")
+        poller = child_running(running.process.pid, "manage.py runpoller --output kafka")
+        assert poller is not None, running.log()[-2000:]
+        assert child_running(running.process.pid, "manage.py runbridge") is None
+        assert child_running(running.process.pid, "gateway.mqtt.embedded") is None
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", running.mqtt_port)) != 0  # nobody listens there
+        os.kill(poller, signal.SIGKILL)
+        message = "runpoller ended by itself (signal SIGKILL); the demo keeps serving, Ctrl-C stops it"
+        wait_until(lambda: message in running.log(), 10, "the demo to log the dead poller")
+        assert serves(f"http://127.0.0.1:{running.http_port}/accounts/login/")  # it keeps serving
+        assert running.stop() == 1
+    lines = running.log().splitlines()
+    assert "  path: direct: poller -> Kafka (EVDASH_DEMO_DIRECT=1)" in lines
+    assert "Stopping: poller (flushing to MQTT), simulator, Kafka broker ..." not in lines  # no MQTT words
+    assert "Stopping: poller (flushing to Kafka), simulator, Kafka broker ..." in lines
     assert "runpoller had ended by itself before the demo stopped (signal SIGKILL)" in lines
     assert "CommandError: Stopped, but not cleanly: runpoller (above)." in lines
     assert "Stopped." not in lines
 
 
-def demo_options(count: int, base_port: int = 20_000) -> demo.DemoOptions:
+def test_children_get_the_mqtt_broker_and_an_outbox_under_var(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVDASH_MQTT_URL", "mqtts://elsewhere:8883")
+    monkeypatch.setenv("EVDASH_MQTT_CA_FILE", "/etc/elsewhere-ca.pem")
+    monkeypatch.setenv("EVDASH_MQTT_PASSWORD", "elsewhere-pw")
+    edge = demo_options(1, mqtt_port=21883)
+    env = demo.child_environment(edge)
+    assert env["EVDASH_MQTT_URL"] == "mqtt://127.0.0.1:21883"  # the demo's broker, not the shell's
+    assert env["EVDASH_MQTT_CA_FILE"] == env["EVDASH_MQTT_PASSWORD"] == ""  # nor its TLS and login
+    assert Path(env["EVDASH_OUTBOX_DIR"]) == Path(settings.EVDASH["OUTBOX_DIR"])
+    assert demo.poller_args(edge) == ["runpoller", "--output", "mqtt"]
+    direct = demo_options(1, direct=True)
+    assert demo.child_environment(direct)["EVDASH_MQTT_URL"] == "mqtts://elsewhere:8883"  # untouched, unused
+    assert demo.poller_args(direct) == ["runpoller", "--output", "kafka"]
+
+
+@pytest.mark.parametrize(("value", "direct"), [("1", True), ("yes", True), ("TRUE", True), ("0", False), ("", False)])
+def test_direct_path_is_chosen_by_the_environment(monkeypatch: pytest.MonkeyPatch, value: str, direct: bool) -> None:
+    monkeypatch.setenv("EVDASH_DEMO_DIRECT", value)
+    assert demo.direct_path_requested() is direct
+
+
+def test_children_stop_in_the_order_the_records_flow(children: list[subprocess.Popen]) -> None:
+    """Each stage flushes into the next, which must still run: poller, bridge, then the rest."""
+    names = ["kafka-broker", "mqtt-broker", "simulate", "runbridge", "runpoller"]  # started in this order
+    started = {name: start_child(children, STOPS_CLEANLY) for name in names}
+    exits = demo.stop_children(started)
+    assert [child.name for child in exits] == ["runpoller", "runbridge", "simulate", "mqtt-broker", "kafka-broker"]
+    assert all(child.clean for child in exits)
+
+
+async def test_the_bridge_session_is_opened_before_the_poller_publishes(tmp_path: Path) -> None:
+    """What the poller publishes before runbridge first connects waits in the bridge's session."""
+    options = demo_options(1, mqtt_port=free_port())
+    broker = start_mqtt_broker(port=options.mqtt_port, log_path=tmp_path / "amqtt.log")
+    try:
+        await demo.open_bridge_session(options)
+        async with aiomqtt.Client("127.0.0.1", options.mqtt_port) as poller:
+            await poller.publish("evdash/demo-site/cp-01/telemetry", b'{"seq": 1}', qos=1)
+        bridge_id = settings.EVDASH["BRIDGE_CLIENT_ID"]
+        async with aiomqtt.Client("127.0.0.1", options.mqtt_port, identifier=bridge_id, clean_session=False) as bridge:
+            message = await asyncio.wait_for(anext(aiter(bridge.messages)), 10)
+        assert (message.topic.value, message.payload) == ("evdash/demo-site/cp-01/telemetry", b'{"seq": 1}')
+    finally:
+        stop_mqtt_broker(broker)
+
+
+def demo_options(count: int, base_port: int = 20_000, **extra: object) -> demo.DemoOptions:
     return demo.DemoOptions(
         charge_points=count,
         http_host="127.0.0.1",
@@ -227,6 +349,7 @@ def demo_options(count: int, base_port: int = 20_000) -> demo.DemoOptions:
         modbus_base_port=base_port,
         speedup=1.0,
         seed=7,
+        **extra,
     )
 
 

@@ -1,5 +1,6 @@
 """manage.py demo: the whole product on the embedded default, stopped by one Ctrl-C."""
 
+import asyncio
 import os
 
 from django.conf import settings
@@ -7,12 +8,14 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from gateway import demo
-from gateway.kafka.embedded import EmbeddedBrokerError, start_broker
 from gateway.runtime import configure_verbosity
 
 
 class Command(BaseCommand):
-    help = "Run broker, simulated charge points, poller, consumer and dashboard together (embedded mode)."
+    help = (
+        "Run the brokers, simulated charge points, poller, MQTT bridge, consumer and dashboard together "
+        "(embedded mode; EVDASH_DEMO_DIRECT=1: poller straight to Kafka, no MQTT)."
+    )
 
     def add_arguments(self, parser) -> None:
         parser.add_argument(
@@ -23,7 +26,13 @@ class Command(BaseCommand):
         )
         parser.add_argument("--host", default="127.0.0.1", help="Web server address.")
         parser.add_argument("--port", type=int, default=8000, help="Web server port.")
-        parser.add_argument("--kafka-port", type=int, default=9092, help="Embedded broker port.")
+        parser.add_argument("--kafka-port", type=int, default=9092, help="Embedded Kafka broker port.")
+        parser.add_argument(
+            "--mqtt-port",
+            type=int,
+            default=demo.DEFAULT_MQTT_PORT,
+            help=f"Embedded MQTT broker port (default {demo.DEFAULT_MQTT_PORT}: 1883 is often a Mosquitto's).",
+        )
         parser.add_argument("--modbus-base-port", type=int, default=15020, help="First simulator port.")
         parser.add_argument("--speedup", type=float, default=1.0, help="Simulated time speed-up.")
         parser.add_argument("--seed", type=int, default=None, help="Simulator random seed.")
@@ -42,44 +51,43 @@ class Command(BaseCommand):
             modbus_base_port=options["modbus_base_port"],
             speedup=options["speedup"],
             seed=options["seed"],
+            mqtt_port=options["mqtt_port"],
+            direct=demo.direct_path_requested(),
         )
         call_command("migrate", interactive=False, verbosity=0)
         created = demo.ensure_demo_fleet(count, opts.modbus_base_port)
-        # Taken out of the environment before the first child starts (the broker, just below).
+        # Taken out of the environment before the first child starts (the brokers, just below).
         password, _ = demo.ensure_admin(demo.take_admin_password())
         self.stdout.write(f"Demo fleet: {count} charge points ({created} new).")
 
-        try:
-            broker = start_broker(port=opts.kafka_port)
-        except EmbeddedBrokerError as exc:
-            raise CommandError(str(exc)) from exc
+        children = demo.start_brokers(opts)  # name -> process, for watching and stopping
         settings.EVDASH["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{opts.kafka_port}"
         settings.EVDASH["KAFKA_ENABLE_IDEMPOTENCE"] = False
         env = demo.child_environment(opts)
-        simulator = demo.spawn(demo.simulator_args(opts, [profile.slug for profile in demo.demo_profiles()]), env)
-        poller = demo.spawn(["runpoller"], env)
-        url = f"http://{opts.http_host}:{opts.http_port}/"
-        banner = [
+        try:
+            children["simulate"] = demo.spawn(demo.simulator_args(opts, demo.demo_profile_slugs()), env)
+            if not opts.direct:
+                asyncio.run(demo.open_bridge_session(opts))
+                children["runbridge"] = demo.spawn(["runbridge"], env)
+            children["runpoller"] = demo.spawn(demo.poller_args(opts), env)
+            self.stdout.write("\n".join(self.banner(opts, password)))
+            demo.serve_web_with_consumer(opts.http_host, opts.http_port, children)
+        finally:
+            self.stdout.write(demo.describe_stopping(children, direct=opts.direct))
+            exits = demo.stop_children(children)
+        self.report_shutdown(exits)
+
+    @staticmethod
+    def banner(opts: demo.DemoOptions, password: str | None) -> list[str]:
+        return [
             "",
-            f"  evdash is running: {url}",
+            f"  evdash is running: http://{opts.http_host}:{opts.http_port}/",
             "  user: admin",
             f"  password: {password}" if password else "  password: unchanged (set EVDASH_ADMIN_PASSWORD to reset it)",
+            f"  path: {opts.describe_path()}",
             "  Ctrl-C stops everything.",
             "",
         ]
-        self.stdout.write("\n".join(banner))
-        try:
-            children = {"runpoller": poller, "simulate": simulator, "broker": broker}
-            demo.serve_web_with_consumer(opts.http_host, opts.http_port, children)
-        finally:
-            self.stdout.write("Stopping: poller (flushing), simulator, broker ...")
-            exits = [
-                demo.stop_child(poller, "runpoller"),
-                demo.stop_child(simulator, "simulate"),
-                # Last: the poller flushes to it. Tansu exits 0 on SIGTERM at once.
-                demo.stop_child(broker, "broker", timeout_s=5.0),
-            ]
-        self.report_shutdown(exits)
 
     def report_shutdown(self, exits: list[demo.ChildExit]) -> None:
         """'Stopped.' only when every child stopped cleanly; otherwise say which did not, and fail."""
