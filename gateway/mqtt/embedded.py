@@ -17,7 +17,8 @@ Quirks of amqtt 0.12.1 (seen in tests/test_embedded_mqtt.py and by hand; Mosquit
   the subscriber returns, so a bridge killed mid-flight misses those few messages; nor is one whose
   PUBACK takes over 5 s (amqtt gives up on it);
 - a connecting client is sent the retained messages matching ANY client's subscription, not only
-  its own: clients must ignore topics they did not subscribe to.
+  its own. Fixed here (LoopbackBroker): the poller, which subscribes to nothing, drops a connection
+  on which a PUBLISH arrives, so one `evdash/#` subscriber would keep every restarted poller out.
 """
 
 import argparse
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from amqtt.broker import Broker
 from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 
@@ -46,6 +48,18 @@ DEFAULT_PORT = 11883
 
 class EmbeddedMqttBrokerError(EmbeddedBrokerError):
     """The embedded MQTT broker could not be started."""
+
+
+class LoopbackBroker(Broker):
+    """amqtt's broker, sending a client only the retained messages of its own subscriptions."""
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        # amqtt calls this on every connect with each filter ANY session subscribed to.
+        subscribers = self._subscriptions.get(subscription[0], ())
+        if any(subscriber.client_id == session.client_id for subscriber, _ in subscribers):
+            await super()._publish_retained_messages_for_subscription(subscription, session)
 
 
 class TrustLoopbackClients(BaseAuthPlugin):
@@ -65,13 +79,11 @@ def broker_config(host: str, port: int) -> dict[str, Any]:
 
 async def serve(host: str, port: int) -> None:
     """Run the broker until SIGTERM or SIGINT, then shut it down (its sessions are dropped)."""
-    from amqtt.broker import Broker  # the child only: the demo and tests just start the process
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    broker = Broker(broker_config(host, port))
+    broker = LoopbackBroker(broker_config(host, port))
     await broker.start()
     logger.info("embedded MQTT broker (amqtt) on %s:%d", host, port)
     await stop.wait()
