@@ -309,6 +309,16 @@ def test_children_get_the_mqtt_broker_and_an_outbox_under_var(monkeypatch: pytes
     assert demo.poller_args(direct) == ["runpoller", "--output", "kafka"]
 
 
+def test_a_fleet_too_large_for_the_embedded_mqtt_broker_is_pointed_to_the_direct_path() -> None:
+    assert demo.edge_path_warning(demo_options(1000)) is None
+    assert demo.edge_path_warning(demo_options(5000, direct=True)) is None
+    warning = demo.edge_path_warning(demo_options(5000))
+    assert warning == (
+        "5,000 charge points through the embedded MQTT broker (amqtt) cost about 100% of a core; "
+        "for a large fleet set EVDASH_DEMO_DIRECT=1 (the direct path)"
+    )
+
+
 @pytest.mark.parametrize(("value", "direct"), [("1", True), ("yes", True), ("TRUE", True), ("0", False), ("", False)])
 def test_direct_path_is_chosen_by_the_environment(monkeypatch: pytest.MonkeyPatch, value: str, direct: bool) -> None:
     monkeypatch.setenv("EVDASH_DEMO_DIRECT", value)

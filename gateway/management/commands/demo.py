@@ -59,6 +59,8 @@ class Command(BaseCommand):
         # Taken out of the environment before the first child starts (the brokers, just below).
         password, _ = demo.ensure_admin(demo.take_admin_password())
         self.stdout.write(f"Demo fleet: {count} charge points ({created} new).")
+        if warning := demo.edge_path_warning(opts):
+            self.stderr.write(warning)
 
         children = demo.start_brokers(opts)  # name -> process, for watching and stopping
         settings.EVDASH["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{opts.kafka_port}"
