@@ -11,14 +11,18 @@ published while it restarts. Our plugin accepts the client without marking it an
 sessions follow MQTT 3.1.1: a clean_session=False subscriber gets its QoS 1 messages on return.
 
 Quirks of amqtt 0.12.1 (seen in tests/test_embedded_mqtt.py and by hand; Mosquitto has none of them):
-- messages queued for an offline session live in memory only (lost when the broker stops), and
-  reach the returning client with the retain flag set;
+- messages queued for an offline session live in memory only (lost when the broker stops);
 - a QoS 1 message sent to a subscriber that disconnects before its PUBACK is not sent again when
   the subscriber returns, so a bridge killed mid-flight misses those few messages; nor is one whose
   PUBACK takes over 5 s (amqtt gives up on it);
-- a connecting client is sent the retained messages matching ANY client's subscription, not only
-  its own. Fixed here (LoopbackBroker): the poller, which subscribes to nothing, drops a connection
-  on which a PUBLISH arrives, so one `evdash/#` subscriber would keep every restarted poller out.
+- when a persistent session returns, the first live messages can overtake the queued ones.
+Two more are fixed here (LoopbackBroker):
+- a connecting client was sent the retained messages matching ANY client's subscription, not only
+  its own; the poller, which subscribes to nothing, drops a connection on which a PUBLISH arrives,
+  so one `evdash/#` subscriber would have kept every restarted poller out;
+- a returning persistent session got its queued messages, flagged retained, before amqtt even
+  read its SUBSCRIBE, and amqtt awaited their PUBACKs first: the bridge, which acknowledges once
+  subscribed, stalled 5 s at every reconnect while amqtt timed out on each message.
 """
 
 import argparse
@@ -51,7 +55,26 @@ class EmbeddedMqttBrokerError(EmbeddedBrokerError):
 
 
 class LoopbackBroker(Broker):
-    """amqtt's broker, sending a client only the retained messages of its own subscriptions."""
+    """amqtt's broker with two fixes (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._backlog_deliveries: set[asyncio.Task] = set()
+
+    async def _publish_session_retained_messages(self, session: Session) -> None:
+        """Send what was queued for a returning session, in order, without awaiting the PUBACKs
+        (amqtt handles the client's SUBSCRIBE only after this returns), as plain messages."""
+        handler = self._get_handler(session)
+        while handler and not session.retained_messages.empty():
+            queued = session.retained_messages.get_nowait()
+            delivery = asyncio.ensure_future(handler.mqtt_publish(queued.topic, queued.data, queued.qos, retain=False))
+            self._backlog_deliveries.add(delivery)  # a reference until done; failures as in amqtt's own
+            delivery.add_done_callback(self._delivery_done)
+
+    def _delivery_done(self, delivery: asyncio.Task) -> None:
+        self._backlog_deliveries.discard(delivery)
+        if not delivery.cancelled() and (error := delivery.exception()) is not None:
+            logger.warning("a queued message was not delivered: %s", error)
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session
