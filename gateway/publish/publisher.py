@@ -181,6 +181,17 @@ class OutboxPublisher:
                 )
                 if await self._backoff.wait(self._abandon):
                     return
+            except Exception:
+                # A bug or a broken outbox file must not end delivery for good: said loudly, retried.
+                self._progress.set()
+                logger.exception(
+                    "%s publisher round failed; %d records buffered, retrying in %.1f s",
+                    self.transport.name,
+                    self.outbox.count,
+                    self._backoff.peek_s(),
+                )
+                if await self._backoff.wait(self._abandon):
+                    return
 
     async def _send_round(self) -> None:
         await self.transport.connect()
