@@ -90,3 +90,47 @@ async def test_close_keeps_what_was_not_delivered_and_the_next_publisher_deliver
         await successor.close()
     assert successor.stats.delivered == 51
     assert seqs_by_charge_point(await read_all(topic)) == {"cp-a": list(range(1, 52))}
+
+
+def test_runpoller_refuses_an_unknown_output() -> None:
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="Unknown output 'amqp': choose one of kafka, mqtt"):
+        call_command("runpoller", "--output", "amqp")
+
+
+async def test_a_second_poller_with_the_same_id_is_refused_while_the_first_runs(kafka) -> None:
+    from gateway.publish.outbox import OutboxLocked
+    from gateway.publish.outputs import build_publisher
+
+    first = build_publisher("kafka", poller_id="twin")
+    try:
+        with pytest.raises(OutboxLocked, match=r"poller-twin\.sqlite3 is in use by another process"):
+            build_publisher("kafka", poller_id="twin")
+    finally:
+        await first.close()
+    await build_publisher("kafka", poller_id="twin").close()
+
+
+def test_the_mqtt_output_missing_from_a_build_is_a_clear_configuration_error(monkeypatch) -> None:
+    import sys
+
+    from django.core.exceptions import ImproperlyConfigured
+
+    from gateway.publish.outputs import build_publisher
+
+    monkeypatch.setitem(sys.modules, "gateway.mqtt.publisher", None)  # as if the module were absent
+    with pytest.raises(ImproperlyConfigured, match="the mqtt output is not available"):
+        build_publisher("mqtt", poller_id="p")
+
+
+def test_the_default_poller_id_is_the_setting_else_the_host_name_and_site(monkeypatch) -> None:
+    import socket
+
+    from gateway.publish.outputs import default_poller_id
+
+    monkeypatch.setitem(settings.EVDASH, "POLLER_ID", "")
+    assert default_poller_id(None) == socket.gethostname()
+    assert default_poller_id("depot") == f"{socket.gethostname()}-depot"
+    monkeypatch.setitem(settings.EVDASH, "POLLER_ID", "edge-7")
+    assert default_poller_id("depot") == "edge-7"
