@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_PORT = 11883
 
 
+READY_LINE = "embedded MQTT broker (amqtt) listening on %s:%d"
+
+
 class EmbeddedMqttBrokerError(EmbeddedBrokerError):
     """The embedded MQTT broker could not be started."""
 
@@ -108,7 +111,7 @@ async def serve(host: str, port: int) -> None:
         loop.add_signal_handler(signum, stop.set)
     broker = LoopbackBroker(broker_config(host, port))
     await broker.start()
-    logger.info("embedded MQTT broker (amqtt) on %s:%d", host, port)
+    logger.info(READY_LINE, host, port)  # start_mqtt_broker waits for this line
     await stop.wait()
     await broker.shutdown()
 
@@ -134,19 +137,22 @@ def start_mqtt_broker(
     log_path = log_path or Path(tempfile.gettempdir()) / f"evdash-amqtt-{port}.log"
     if _port_open(host, port):
         raise EmbeddedMqttBrokerError(f"{host}:{port} is already in use; set --mqtt-port or stop what uses it")
-    process = subprocess.Popen(  # noqa: S603 - our interpreter and module, arguments are ours
-        [sys.executable, "-m", __name__, "--host", host, "--port", str(port)],
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # Ctrl-C reaches the demo only; it stops the broker after the bridge.
-        preexec_fn=die_with_parent(),
-    )
+    with log_path.open("wb") as output:
+        process = subprocess.Popen(  # noqa: S603 - our interpreter and module, arguments are ours
+            [sys.executable, "-m", __name__, "--host", host, "--port", str(port)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the demo only; it stops the broker after the bridge.
+            preexec_fn=die_with_parent(),
+        )
+    # Ready when the child says so: probing the port would make amqtt log an error per probe.
+    ready = READY_LINE % (host, port)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        output = log_path.read_text(errors="replace")
         if process.poll() is not None:
-            output = log_path.read_text(errors="replace")
             raise EmbeddedMqttBrokerError(f"embedded MQTT broker exited with {process.returncode}: {output[-500:]}")
-        if _port_open(host, port):
+        if ready in output:
             logger.info("embedded MQTT broker (amqtt) on %s:%d", host, port)
             return process
         time.sleep(0.05)
