@@ -84,6 +84,8 @@ async def test_close_keeps_what_was_not_delivered_and_the_next_publisher_deliver
     assert successor.stats.buffered == 50
     await successor.start()
     try:
+        assert await successor.flush(30)  # what the predecessor left counts as published before the flush
+        assert successor.stats.delivered == 50
         successor.publish(record("cp-a", 51))
         assert await successor.flush(30)
     finally:

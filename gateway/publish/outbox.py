@@ -163,6 +163,11 @@ class Outbox:
         return self._size
 
     @property
+    def last_id(self) -> int:
+        """The id of the newest message appended (0 if none): delivered up to it, the outbox is flushed."""
+        return self._next_id - 1
+
+    @property
     def dropped(self) -> int:
         """Messages dropped by the limits since this outbox was opened."""
         return self._dropped

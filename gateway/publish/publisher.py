@@ -71,7 +71,6 @@ class OutboxPublisher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup = asyncio.Event()  # something was appended, or closing
         self._progress = asyncio.Event()  # a round ended, or the sender went idle
-        self._last_id = 0  # of the last message appended
         self._abandon = asyncio.Event()  # close() gave up flushing
         self._backoff = Backoff(max_s=RETRY_MAX_S)
         self._task: asyncio.Task | None = None
@@ -96,11 +95,10 @@ class OutboxPublisher:
             return
         pending, self._pending = self._pending, []
         try:
-            ids = self.outbox.append(pending)
+            self.outbox.append(pending)
         except BaseException:
             self._pending = pending + self._pending  # kept in order for the next attempt
             raise
-        self._last_id = ids[-1]
         self._wakeup.set()
 
     async def start(self) -> None:
@@ -112,7 +110,7 @@ class OutboxPublisher:
     async def flush(self, timeout_s: float) -> bool:
         """Wait until everything published so far is delivered; False if the timeout came first."""
         self.persist()
-        target = self._last_id
+        target = self.outbox.last_id  # what an earlier run left in the outbox included
         try:
             async with asyncio.timeout(timeout_s):
                 while not self._delivered_up_to(target):
