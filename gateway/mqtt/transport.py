@@ -10,6 +10,7 @@ sends it again on the next connection (clean session: the broker forgot the old 
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from gateway.telemetry import Record
 logger = logging.getLogger(__name__)
 
 MAX_CACHED_TOPICS = 100_000  # encoded topic fields kept; one per charge point in practice
+QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
 class _Connection(asyncio.Protocol):
@@ -47,6 +49,7 @@ class _Connection(asyncio.Protocol):
         self._last_write = time.monotonic()
         self._ping_sent_at: float | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._socket: socket.socket | None = None
 
     @property
     def usable(self) -> bool:
@@ -55,6 +58,19 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # No isinstance check: uvloop's TCPTransport (runpoller's loop) is not an asyncio.Transport subclass.
         self.transport = transport  # type: ignore[assignment]
+        self._socket = transport.get_extra_info("socket")
+        self._quickack()
+
+    def _quickack(self) -> None:
+        """ACK the broker's segments at once (Linux TCP_QUICKACK; the kernel turns it off again, so
+        after every read). Why: Mosquitto leaves Nagle on by default (set_tcp_nodelay false): after
+        the first PUBACK of a burst it holds the rest until that one is ACKed, and our delayed ACK
+        made every round wait ~40 ms (measured: 1,100 records/s instead of 5,000)."""
+        if QUICKACK is not None and self._socket is not None:
+            try:
+                self._socket.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
+            except OSError:  # not TCP after all: never mind
+                self._socket = None
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None
@@ -62,6 +78,7 @@ class _Connection(asyncio.Protocol):
         self._last_write = time.monotonic()
 
     def data_received(self, data: bytes) -> None:
+        self._quickack()
         if self._buffer:
             data = self._buffer + data
         try:
