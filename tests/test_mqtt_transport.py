@@ -268,3 +268,29 @@ async def test_a_round_is_not_held_by_nagle_and_delayed_acks(mosquitto: Mosquitt
         await asyncio.sleep(0.01)  # the publisher's linger between rounds
     await transport.close()
     assert statistics.median(durations) < 0.02, f"median round {statistics.median(durations) * 1000:.0f} ms"
+
+
+async def test_the_demo_broker_amqtt_takes_the_same_client(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The demo's embedded broker (amqtt, no TLS, no password): telemetry in order, the poller's state retained."""
+    from gateway.mqtt.embedded import start_mqtt_broker, stop_mqtt_broker
+    from tests.conftest import free_port
+
+    port = free_port()
+    broker = start_mqtt_broker(port=port, log_path=tmp_path / "amqtt.log")
+    try:
+        transport = MqttTransport("demo", parse_mqtt_url(f"mqtt://127.0.0.1:{port}"))
+        async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V311) as client:
+            await client.subscribe("evdash/+/+/telemetry", qos=1)
+            await transport.connect()
+            published = records(["cp-1", "cp-2"], 200)
+            result = await transport.send(entries_of(transport, published))
+            assert result.error is None and len(result.acked) == len(published)
+            got = await receive(client, len(published))
+        assert [m.payload for m in got] == [encode_record(r) for r in published]
+        async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V311) as late:
+            await late.subscribe("evdash/pollers/demo/state", qos=1)
+            (state,) = await receive(late, 1)
+        assert orjson.loads(state.payload)["state"] == "online"
+        await transport.close()
+    finally:
+        stop_mqtt_broker(broker)

@@ -185,3 +185,13 @@ def _amqtt_decode(packet_class: type, data: bytes):
     import asyncio
 
     return asyncio.run(packet_class.from_stream(BufferReader(data)))
+
+
+def test_packet_id_of_a_received_publish_3_3_2_2() -> None:
+    topic = wire.encode_topic("a/b")
+    packets = wire.read_packets(
+        wire.encode_publish(topic, b"x", qos=0)
+        + wire.encode_publish(topic, b"x", qos=1, packet_id=10)
+        + b"\x34\x07" + bytes([0x00, 0x03, 0x61, 0x2F, 0x62, 0x00, 0x0B])  # QoS 2: not ours to acknowledge
+    )[1]  # fmt: skip
+    assert [wire.publish_packet_id(p) for p in packets] == [0, 10, None]

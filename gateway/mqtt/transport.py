@@ -101,7 +101,12 @@ class _Connection(asyncio.Protocol):
                 self.connack.set_result(packet)
             elif packet.kind == wire.PINGRESP:
                 self._ping_sent_at = None
-            else:  # this client subscribes to nothing: a PUBLISH or a second CONNACK is a broker bug
+            elif packet.kind == wire.PUBLISH and (packet_id := wire.publish_packet_id(packet)) is not None:
+                # We subscribe to nothing, but some brokers (amqtt) have sent retained messages of
+                # others' subscriptions: acknowledge and ignore rather than drop the connection.
+                if packet_id:
+                    self.write(wire.encode_puback(packet_id))
+            else:  # a second CONNACK, a QoS 2 PUBLISH, a SUBACK...: the broker is confused
                 self.fail(f"unexpected MQTT packet type {packet.kind} from the broker")
                 return
 

@@ -169,6 +169,17 @@ def encode_publish(
     return bytes((first,)) + encode_remaining_length(len(variable) + len(payload)) + variable + payload
 
 
+def publish_packet_id(packet: Packet) -> int | None:
+    """The packet id of a received PUBLISH: 0 for QoS 0, None for QoS 2 (which needs PUBREC) or a bad one."""
+    qos = (packet.flags >> 1) & 0x03
+    if qos == 0:
+        return 0
+    topic_length = int.from_bytes(packet.body[:2], "big")
+    if qos != 1 or len(packet.body) < topic_length + 4:
+        return None
+    return int.from_bytes(packet.body[2 + topic_length : 4 + topic_length], "big")
+
+
 def encode_puback(packet_id: int) -> bytes:
     """PUBACK, section 3.4 (the broker sends these; here for tests and symmetry)."""
     return b"\x40\x02" + packet_id.to_bytes(2, "big")
