@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 # The memory copy of the unsent tail holds at most this many bytes (keys + values); an outage that
 # buffers more is read back from disk, a round at a time, once the transport is back.
-MEMORY_TAIL_MAX_BYTES = 64 * 1024 * 1024
+MEMORY_TAIL_MAX_BYTES = 32 * 1024 * 1024
 # Drops read the oldest messages' sizes from disk in chunks of this many.
 DROP_CHUNK = 1000
 # The age limit is checked at most this often (it is counted in days; the check costs a query).
