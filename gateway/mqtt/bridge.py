@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 # PUBACKs each. The broker's in-flight window (Mosquitto's max_inflight_messages, 20 by default)
 # usually keeps batches far smaller.
 BATCH_AT_MOST = 5_000
+GATHER_TURNS_AT_MOST = 100
 # After SIGTERM, how long the bridge keeps trying to hand the outbox to Kafka; what is left stays
 # on disk for the next start. With the MQTT disconnect, runbridge exits within services.STOP_WITHIN_S.
 FLUSH_TIMEOUT_S = 10.0
@@ -236,6 +237,14 @@ class Bridge:
     async def _take_batches(self, client: aiomqtt.Client) -> None:
         queue = client._queue  # what arrived meanwhile is taken as one batch (aiomqtt has no public way)
         async for message in client.messages:
+            # paho reads one packet per turn of the event loop: let it read what the broker has
+            # already sent (up to its in-flight window) before storing, or every message would
+            # cost a transaction of its own. At a low rate the first turn brings nothing: no delay.
+            for _ in range(GATHER_TURNS_AT_MOST):
+                queued = queue.qsize()
+                await asyncio.sleep(0)
+                if queue.qsize() == queued:
+                    break
             batch = [message]
             while len(batch) < BATCH_AT_MOST and not queue.empty():
                 batch.append(queue.get_nowait())
