@@ -44,6 +44,9 @@ GATHER_TURNS_AT_MOST = 100
 # After SIGTERM, how long the bridge keeps trying to hand the outbox to Kafka; what is left stays
 # on disk for the next start. With the MQTT disconnect, runbridge exits within services.STOP_WITHIN_S.
 FLUSH_TIMEOUT_S = 10.0
+# Connect, subscribe and disconnect each wait at most this long: with FLUSH_TIMEOUT_S, a stop
+# ends within services.STOP_WITHIN_S even with an unresponsive broker.
+MQTT_TIMEOUT_S = 5.0
 RECONNECT_FIRST_S = 0.5
 RECONNECT_MAX_S = 10.0
 KEEPALIVE_S = 30
@@ -211,6 +214,7 @@ class Bridge:
             clean_session=False,  # the broker queues our QoS 1 messages while we are away
             tls_context=ssl_context(self.config),
             keepalive=KEEPALIVE_S,
+            timeout=MQTT_TIMEOUT_S,
         )
         # aiomqtt has no manual acknowledgement: paho's own switch. With it on, paho's
         # _handle_publish sends no PUBACK for a QoS 1 message; `_persist_and_ack` does, via ack().
