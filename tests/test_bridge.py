@@ -6,7 +6,6 @@ its own user, which may only read telemetry.
 
 import asyncio
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,10 +32,6 @@ from tests.bridge_harness import (
 from tests.kafka_read import read_all
 from tests.mosquitto import Mosquitto
 
-# Bridge CPU per record at a steady few thousand messages a second must stay below this (measured
-# 75-85 us on the 2-core test machine; the bound leaves room for a busy machine).
-CPU_PER_RECORD_BOUND_US = 300.0
-
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Mosquitto]:
@@ -46,13 +41,6 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 
 def read_records(topic: str) -> list:
     return asyncio.run(read_all(topic))
-
-
-def next_stats_forwarded(bridge: BridgeProcess) -> int:
-    """Wait for the bridge's next stats line; its forwarded count."""
-    lines = bridge.output().count("bridge stats: ")
-    wait_until(lambda: bridge.output().count("bridge stats: ") > lines, 5, "a stats line", bridge.check_alive)
-    return forwarded(bridge)
 
 
 def test_bridge_forwards_telemetry_keyed_by_charge_point_with_payloads_unchanged(
@@ -141,40 +129,6 @@ def test_a_persistent_session_keeps_what_is_published_while_the_bridge_is_down(
     assert seqs == {slug: list(range(1, 101)) for slug in source.slugs}
     assert duplicates == 0  # a clean stop acknowledges exactly what it stored
     assert last_stats(second.output())["received"] == "360"
-
-
-def test_bridge_cpu_per_record_at_a_few_thousand_messages_a_second(
-    tmp_path: Path, kafka: dict, broker: Mosquitto
-) -> None:
-    """The bridge's own CPU (from /proc) per record, at a steady 3,000 messages a second for 8 s."""
-    rate, measure_s = 3000, 8.0
-    source = TelemetrySource(broker, charge_points=50)
-    bridge = BridgeProcess(bridge_env(tmp_path, kafka, broker.url("bridge", tls=False)), tmp_path / "runbridge.log")
-    try:
-        bridge.wait_connected()
-        source.start_steady(rate)
-        wait_until(lambda: forwarded(bridge) >= rate, 30, "the bridge to warm up", bridge.check_alive)
-        # Both ends on a fresh stats line (one a second), so CPU and count cover the same span.
-        forwarded_before = next_stats_forwarded(bridge)
-        cpu_before, started = bridge.cpu_s(), time.monotonic()
-        time.sleep(measure_s)
-        count = next_stats_forwarded(bridge) - forwarded_before
-        cpu_s, elapsed_s = bridge.cpu_s() - cpu_before, time.monotonic() - started
-        source.stop_steady()
-        source.wait_all_acknowledged()
-        wait_until(lambda: forwarded(bridge) >= source.sent, 30, "the bridge to catch up", bridge.check_alive)
-        code, _ = bridge.stop()
-        assert code == 0
-    finally:
-        bridge.kill()
-        source.close()
-    per_record_us = cpu_s / count * 1e6
-    print(
-        f"bridge at {count / elapsed_s:.0f} records/s: {per_record_us:.1f} us CPU per record "
-        f"({cpu_s / elapsed_s * 100:.0f}% of a core)"
-    )
-    assert count >= rate * measure_s * 0.7, "the bridge did not keep up"
-    assert per_record_us < CPU_PER_RECORD_BOUND_US
 
 
 class DiskFullPublisher(OutboxPublisher):
