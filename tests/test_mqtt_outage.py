@@ -19,12 +19,12 @@ import pytest
 from gateway.simulator.fleet import SimulatorFleet
 from gateway.telemetry import decode_record
 from tests.mosquitto import Mosquitto
+from tests.processes import wait_until_async
 from tests.test_mqtt_poller import (
     POLLER_PASSWORD,
     Poller,
     chargers_fixture,  # noqa: F401 (the `chargers` fixture)
     poller_env,
-    wait_until,
 )
 
 OUTAGE_S = 30
@@ -61,7 +61,7 @@ async def test_broker_down_30_s_the_poller_buffers_and_replays(tmp_path: Path, c
     collector = asyncio.create_task(collect_across_restarts(broker, records, stop))
     poller = Poller(env, tmp_path / "runpoller.log")
     try:
-        await wait_until(lambda: len(records) >= 10, 60, "telemetry before the outage", poller)
+        await wait_until_async(lambda: len(records) >= 10, 60, "telemetry before the outage", poller)
         broker.stop()
         outage_started = time.time()
         before = len(records)
@@ -73,9 +73,9 @@ async def test_broker_down_30_s_the_poller_buffers_and_replays(tmp_path: Path, c
         # Everything polled up to now reaches the subscriber: at 4 polls/s per charge point, > 200 in the outage.
         expected = before + int(OUTAGE_S * 2 * 1000 / 250 * 0.8)
         replay_started = time.monotonic()
-        await wait_until(lambda: len(records) >= expected, 60, f"{expected} records after the outage", poller)
+        await wait_until_async(lambda: len(records) >= expected, 60, f"{expected} records after the outage", poller)
         replay_s = time.monotonic() - replay_started
-        assert poller.stop(signal.SIGTERM) == 0
+        assert poller.stop(signal.SIGTERM)[0] == 0
         await asyncio.sleep(1)  # the last records on their way to the subscriber
     finally:
         poller.kill()

@@ -3,19 +3,15 @@
 and no credential in the process's output."""
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 
 import aiomqtt
 import orjson
 import pytest
-from django.conf import settings
 
 from gateway.profiles.store import SHIPPED_DIR, read_spec_file
 from gateway.simulator.fleet import SimulatorFleet
@@ -26,6 +22,7 @@ from tests.mosquitto import (
     Mosquitto,
     mosquitto_fixture,  # noqa: F401 (the `mosquitto` fixture)
 )
+from tests.processes import Service, create_charge_points, process_env, wait_until_async
 
 GENERIC = read_spec_file(SHIPPED_DIR / "generic-ev-charger.json")
 POLLER_PASSWORD = DEFAULT_USERS["poller"].password
@@ -34,46 +31,11 @@ POLL_INTERVAL_MS = 250
 pytestmark = pytest.mark.timeout(120)
 
 
-def manage(args: list[str], env: dict[str, str]) -> None:
-    subprocess.run(
-        [sys.executable, "manage.py", *args],
-        env=env,
-        cwd=settings.BASE_DIR,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+class Poller(Service):
+    """runpoller --output mqtt in its own process, logging at -v 3."""
 
-
-class Poller:
-    """runpoller --output mqtt in its own process, its output in a log file."""
-
-    def __init__(self, env: dict[str, str], log: Path, *args: str) -> None:
-        self.log = log
-        self._out = log.open("a")
-        self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "runpoller", "--output", "mqtt", "-v", "3", *args],
-            env=env,
-            cwd=settings.BASE_DIR,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def stop(self, signum: int = signal.SIGTERM, timeout_s: float = 30) -> int:
-        self.process.send_signal(signum)
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"runpoller ignored {signum!r}:\n{self.output()[-3000:]}") from None
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self._out.close()
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        super().__init__("runpoller", env, log, "--output", "mqtt", verbosity=3)
 
 
 @pytest.fixture(name="chargers")
@@ -84,11 +46,8 @@ def chargers_fixture() -> Iterator[SimulatorFleet]:
 
 @pytest.fixture
 def hung() -> Iterator[ThreadedHungCharger]:
-    charger = ThreadedHungCharger()
-    try:
+    with closing(ThreadedHungCharger()) as charger:
         yield charger
-    finally:
-        charger.close()
 
 
 def poller_env(tmp_path: Path, broker: Mosquitto, ports: list[int]) -> dict[str, str]:
@@ -97,34 +56,17 @@ def poller_env(tmp_path: Path, broker: Mosquitto, ports: list[int]) -> dict[str,
     The password comes from EVDASH_MQTT_PASSWORD (the URL names only the user), as a deployment
     would keep it in a secret.
     """
-    env = os.environ | {
-        "DJANGO_DEBUG": "1",
-        "EVDASH_VAR_DIR": str(tmp_path),
-        "EVDASH_OUTBOX_DIR": str(tmp_path / "outbox"),
-        "EVDASH_MQTT_URL": broker.url().replace("mqtts://", "mqtts://poller@"),
-        "EVDASH_MQTT_PASSWORD": POLLER_PASSWORD,
-        "EVDASH_MQTT_CA_FILE": str(broker.ca_file),
-        "EVDASH_POLLER_ID": "edge-1",
-        "EVDASH_MODBUS_TIMEOUT_S": "1",
-        "EVDASH_RECONNECT_BACKOFF_MAX_S": "1",
-        "EVDASH_POLLER_STATS_INTERVAL_S": "5",
-    }
-    env.pop("DATABASE_URL", None)
-    manage(["migrate", "-v", "0"], env)
-    manage(
-        [
-            "shell",
-            "-c",
-            "from gateway.models import *; s = Site.objects.create(slug='depot', name='Depot'); "
-            "p = DeviceProfile.objects.get(slug='generic-ev-charger'); "
-            + "; ".join(
-                f"ChargePoint.objects.create(slug='cp-{i}', name='CP {i}', site=s, host='127.0.0.1', port={port}, "
-                f"poll_interval_ms={POLL_INTERVAL_MS}, profile=p)"
-                for i, port in enumerate(ports)
-            ),
-        ],
-        env,
+    env = process_env(
+        tmp_path,
+        EVDASH_MQTT_URL=broker.url().replace("mqtts://", "mqtts://poller@"),
+        EVDASH_MQTT_PASSWORD=POLLER_PASSWORD,
+        EVDASH_MQTT_CA_FILE=str(broker.ca_file),
+        EVDASH_POLLER_ID="edge-1",
+        EVDASH_MODBUS_TIMEOUT_S="1",
+        EVDASH_RECONNECT_BACKOFF_MAX_S="1",
+        EVDASH_POLLER_STATS_INTERVAL_S="5",
     )
+    create_charge_points(env, ports, POLL_INTERVAL_MS)
     return env
 
 
@@ -171,17 +113,6 @@ async def retained_state(broker: Mosquitto, topic: str) -> str | None:
     return orjson.loads(inbox.messages[0].payload)["state"]
 
 
-async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, poller: Poller) -> None:
-    """Poll the condition; fail early if the poller died (unless it was meant to: returncode -9)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if poller.process.poll() not in (None, -signal.SIGKILL):
-            raise AssertionError(f"runpoller exited ({poller.process.returncode}):\n{poller.output()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}:\n{poller.output()[-3000:]}")
-        await asyncio.sleep(0.05)
-
-
 async def test_runpoller_publishes_telemetry_and_states_with_a_will_on_kill_and_offline_on_stop(
     tmp_path: Path, mosquitto: Mosquitto, chargers: SimulatorFleet, hung: ThreadedHungCharger
 ) -> None:
@@ -190,7 +121,7 @@ async def test_runpoller_publishes_telemetry_and_states_with_a_will_on_kill_and_
     async with subscribed(mosquitto) as inbox:
         poller = Poller(env, tmp_path / "runpoller.log")
         try:
-            await wait_until(
+            await wait_until_async(
                 lambda: len(inbox.on("evdash/depot/cp-0/telemetry")) >= 5 and inbox.on("evdash/depot/cp-1/telemetry"),
                 60,
                 "telemetry of both charge points",
@@ -207,18 +138,17 @@ async def test_runpoller_publishes_telemetry_and_states_with_a_will_on_kill_and_
             assert await retained_state(mosquitto, "evdash/depot/cp-1/state") == "offline"  # the hung charger
             assert inbox.states("evdash/depot/cp-0/state") == ["online"]  # once, not per record
 
-            poller.process.kill()  # kill -9: no DISCONNECT, the broker publishes the will
-            poller.process.wait(10)
-            await wait_until(lambda: inbox.states(poller_topic)[-1:] == ["offline"], 10, "the last will", poller)
+            poller.kill()  # kill -9: no DISCONNECT, the broker publishes the will
+            await wait_until_async(lambda: inbox.states(poller_topic)[-1:] == ["offline"], 10, "the last will")
         finally:
             poller.kill()
         assert await retained_state(mosquitto, poller_topic) == "offline"
 
         poller = Poller(env, tmp_path / "runpoller.log")  # its outbox is the same file: a restart
         try:
-            await wait_until(lambda: inbox.states(poller_topic)[-1:] == ["online"], 30, "online again", poller)
+            await wait_until_async(lambda: inbox.states(poller_topic)[-1:] == ["online"], 30, "online again", poller)
             changes = len(inbox.on(poller_topic))
-            assert poller.stop(signal.SIGTERM) == 0
+            assert poller.stop(signal.SIGTERM)[0] == 0
             await asyncio.sleep(0.5)
         finally:
             poller.kill()

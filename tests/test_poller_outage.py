@@ -11,7 +11,6 @@ through a TcpProxy, which the test cuts and restores.
 
 import asyncio
 import json
-import os
 import re
 import signal
 import sqlite3
@@ -28,7 +27,7 @@ from gateway.profiles.store import SHIPPED_DIR, read_spec_file
 from gateway.simulator.fleet import SimulatorFleet
 from tests.conftest import free_port
 from tests.kafka_read import read_all
-from tests.processes import Service, manage
+from tests.processes import Service, create_charge_points, process_env, wait_until_async
 from tests.tcp_proxy import TcpProxy
 
 GENERIC = read_spec_file(SHIPPED_DIR / "generic-ev-charger.json")
@@ -68,45 +67,18 @@ async def proxy(kafka: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 @pytest.fixture
 def poller_env(tmp_path: Path, kafka: dict, proxy: TcpProxy, chargers: SimulatorFleet) -> dict[str, str]:
     """runpoller's environment: own database with the charge points, the proxied broker, the outbox dir."""
-    env = os.environ | {
-        "DJANGO_DEBUG": "1",
-        "EVDASH_VAR_DIR": str(tmp_path),
-        "EVDASH_OUTBOX_DIR": str(tmp_path / "outbox"),
-        "EVDASH_POLLER_ID": POLLER_ID,
-        "EVDASH_POLLER_STATS_INTERVAL_S": "1",
-        "KAFKA_BOOTSTRAP_SERVERS": settings.EVDASH["KAFKA_BOOTSTRAP_SERVERS"],
-        "KAFKA_ENABLE_IDEMPOTENCE": "0",
-        "EVDASH_TELEMETRY_TOPIC": kafka["TELEMETRY_TOPIC"],
-        "EVDASH_TOPIC_PARTITIONS": str(kafka["TOPIC_PARTITIONS"]),
-        "EVDASH_MODBUS_TIMEOUT_S": "1",
-    }
-    env.pop("DATABASE_URL", None)
-    manage(["migrate", "-v", "0"], env)
-    manage(
-        [
-            "shell",
-            "-c",
-            "from gateway.models import *; s = Site.objects.create(slug='depot', name='Depot'); "
-            "p = DeviceProfile.objects.get(slug='generic-ev-charger'); "
-            + "; ".join(
-                f"ChargePoint.objects.create(slug='cp-{i}', name='CP {i}', site=s, host='127.0.0.1', port={sim.port}, "
-                "poll_interval_ms=250, profile=p)"
-                for i, sim in enumerate(chargers.charge_points)
-            ),
-        ],
-        env,
+    env = process_env(
+        tmp_path,
+        EVDASH_POLLER_ID=POLLER_ID,
+        EVDASH_POLLER_STATS_INTERVAL_S="1",
+        KAFKA_BOOTSTRAP_SERVERS=settings.EVDASH["KAFKA_BOOTSTRAP_SERVERS"],
+        KAFKA_ENABLE_IDEMPOTENCE="0",
+        EVDASH_TELEMETRY_TOPIC=kafka["TELEMETRY_TOPIC"],
+        EVDASH_TOPIC_PARTITIONS=str(kafka["TOPIC_PARTITIONS"]),
+        EVDASH_MODBUS_TIMEOUT_S="1",
     )
+    create_charge_points(env, [sim.port for sim in chargers.charge_points])
     return env
-
-
-async def wait_until(condition, timeout_s: float, what: str, services: tuple[Service, ...] = ()) -> None:
-    """Wait on the event loop (the proxy runs on it) until condition() holds."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        for service in services:
-            assert service.process.poll() is None, f"{service.log.stem} exited early:\n{service.output()[-3000:]}"
-        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 def last_outbox_line(service: Service) -> tuple[int, int] | None:
@@ -142,29 +114,28 @@ async def test_a_kafka_outage_with_a_poller_kill_9_in_the_middle_loses_nothing(
     first = Service("runpoller", poller_env, tmp_path / "runpoller-1.log")
     second: Service | None = None
     try:
-        await wait_until(
+        await wait_until_async(
             lambda: (last_outbox_line(first) or (0, 0))[0] == 0 and "connected to Kafka" in first.output(),
             60,
             "the first poller delivering",
-            (first,),
+            first,
         )
         await asyncio.sleep(1)  # a few rounds delivered before the cut
         await proxy.cut()
         outage_started = time.monotonic()
         await asyncio.sleep(KILL_AFTER_S)
-        first.process.send_signal(signal.SIGKILL)
-        await asyncio.to_thread(first.process.wait, 10)
+        await asyncio.to_thread(first.kill)  # kill -9
         killed_at = time.time()
         left_behind = outbox_contents(tmp_path / "outbox" / f"poller-{POLLER_ID}.sqlite3")
         assert len(left_behind) >= KILL_AFTER_S * CHARGE_POINTS * 2, "the outage's records were not in the outbox"
 
         second = Service("runpoller", poller_env, tmp_path / "runpoller-2.log")
-        await wait_until(lambda: last_outbox_line(second) is not None, 30, "the second poller running", (second,))
+        await wait_until_async(lambda: last_outbox_line(second) is not None, 30, "the second poller running", second)
         assert last_outbox_line(second)[0] >= len(left_behind)  # it took over the outbox, still in the outage
         await asyncio.sleep(max(0.0, outage_started + OUTAGE_S - time.monotonic()))
         await proxy.restore()
         restored, restored_wall_ms = time.monotonic(), time.time() * 1000
-        await wait_until(lambda: last_outbox_line(second)[0] < 20, 60, "the backlog delivered", (second,))
+        await wait_until_async(lambda: last_outbox_line(second)[0] < 20, 60, "the backlog delivered", second)
         replay_s = time.monotonic() - restored
         published, sent, dropped, unsent = await stop_poller(second)
     finally:
@@ -221,13 +192,13 @@ async def test_a_full_outbox_drops_the_oldest_warns_once_and_the_poller_keeps_po
     env = poller_env | {"EVDASH_OUTBOX_MAX_BYTES": "20000"}  # about 30 records
     poller = Service("runpoller", env, tmp_path / "runpoller.log")
     try:
-        await wait_until(lambda: (last_outbox_line(poller) or (0, 0))[1] >= 50, 60, "50 records dropped", (poller,))
+        await wait_until_async(lambda: (last_outbox_line(poller) or (0, 0))[1] >= 50, 60, "50 records dropped", poller)
         output = poller.output()
         # Polling goes on while the oldest records are dropped.
         dropping_from = output.index("dropping the oldest records")
         assert any(int(n) > 0 for n in POLLER_STATS.findall(output[dropping_from:])), output[-3000:]
         await proxy.restore()
-        await wait_until(lambda: "no longer full" in poller.output(), 60, "the end of the episode", (poller,))
+        await wait_until_async(lambda: "no longer full" in poller.output(), 60, "the end of the episode", poller)
         published, sent, dropped, unsent = await stop_poller(poller)
     finally:
         poller.kill()

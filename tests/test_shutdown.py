@@ -7,11 +7,11 @@ The poller gets its signal while a read of a hung charger is outstanding: that p
 """
 
 import asyncio
-import os
 import re
 import signal
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ from gateway.profiles.store import SHIPPED_DIR, read_spec_file
 from gateway.services import STOP_WITHIN_S
 from gateway.simulator.fleet import SimulatorFleet
 from tests.faults import ThreadedHungCharger
-from tests.processes import Service, manage
+from tests.processes import Service, create_charge_points, process_env, wait_until
 
 GENERIC = read_spec_file(SHIPPED_DIR / "generic-ev-charger.json")
 REDIS_DB = 14  # a database of its own: nothing else listens to the groups this consumer pushes to
@@ -41,45 +41,25 @@ def chargers() -> Iterator[SimulatorFleet]:
 
 @pytest.fixture
 def hung() -> Iterator[ThreadedHungCharger]:
-    charger = ThreadedHungCharger()
-    try:
+    with closing(ThreadedHungCharger()) as charger:
         yield charger
-    finally:
-        charger.close()
 
 
 @pytest.fixture
 def service_env(tmp_path: Path, kafka: dict, chargers: SimulatorFleet, hung: ThreadedHungCharger) -> dict[str, str]:
     """Environment of both services: own SQLite with three charge points, the test broker, Redis."""
-    env = os.environ | {
-        "DJANGO_DEBUG": "1",
-        "EVDASH_VAR_DIR": str(tmp_path),
-        "KAFKA_BOOTSTRAP_SERVERS": kafka["KAFKA_BOOTSTRAP_SERVERS"],
-        "KAFKA_ENABLE_IDEMPOTENCE": "0",
-        "EVDASH_TELEMETRY_TOPIC": kafka["TELEMETRY_TOPIC"],
-        "EVDASH_CONSUMER_GROUP": kafka["CONSUMER_GROUP"],
-        "EVDASH_TOPIC_PARTITIONS": str(kafka["TOPIC_PARTITIONS"]),
-        "EVDASH_MODBUS_TIMEOUT_S": "1",
-        "EVDASH_RECONNECT_BACKOFF_MAX_S": "1",
-        "REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
-    }
-    env.pop("DATABASE_URL", None)
-    manage(["migrate", "-v", "0"], env)
-    ports = [sim.port for sim in chargers.charge_points] + [hung.port]
-    manage(
-        [
-            "shell",
-            "-c",
-            "from gateway.models import *; s = Site.objects.create(slug='depot', name='Depot'); "
-            "p = DeviceProfile.objects.get(slug='generic-ev-charger'); "
-            + "; ".join(
-                f"ChargePoint.objects.create(slug='cp-{i}', name='CP {i}', site=s, host='127.0.0.1', port={port}, "
-                "poll_interval_ms=250, profile=p)"
-                for i, port in enumerate(ports)
-            ),
-        ],
-        env,
+    env = process_env(
+        tmp_path,
+        KAFKA_BOOTSTRAP_SERVERS=kafka["KAFKA_BOOTSTRAP_SERVERS"],
+        KAFKA_ENABLE_IDEMPOTENCE="0",
+        EVDASH_TELEMETRY_TOPIC=kafka["TELEMETRY_TOPIC"],
+        EVDASH_CONSUMER_GROUP=kafka["CONSUMER_GROUP"],
+        EVDASH_TOPIC_PARTITIONS=str(kafka["TOPIC_PARTITIONS"]),
+        EVDASH_MODBUS_TIMEOUT_S="1",
+        EVDASH_RECONNECT_BACKOFF_MAX_S="1",
+        REDIS_URL=f"redis://127.0.0.1:6379/{REDIS_DB}",
     )
+    create_charge_points(env, [sim.port for sim in chargers.charge_points] + [hung.port])
     return env
 
 
@@ -134,15 +114,6 @@ async def read_all(topic: str) -> list[bytes]:
     return values
 
 
-def wait_until(condition, timeout_s: float, what: str, services: list[Service]) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        for service in services:
-            assert service.process.poll() is None, f"{service.log.stem} exited early:\n{service.output()[-3000:]}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_services_flush_commit_and_exit_zero_on_signal(
     signum: int, service_env: dict[str, str], kafka: dict, hung: ThreadedHungCharger, tmp_path: Path
@@ -160,7 +131,7 @@ def test_services_flush_commit_and_exit_zero_on_signal(
             committed, end = async_to_sync(committed_and_end_offsets)(topic, group)
             return end >= RECORDS_BEFORE_SIGNAL and committed > 0
 
-        wait_until(flowing, 60, "records to reach Kafka and the consumer to commit some", services)
+        wait_until(flowing, 60, "records to reach Kafka and the consumer to commit some", *services)
 
         # The consumer stops while the poller keeps producing: it commits what it handled.
         code, consumer_s = consumer.stop(signum)
@@ -174,7 +145,7 @@ def test_services_flush_commit_and_exit_zero_on_signal(
 
         # The poller stops while a poll is in flight: everything it published reaches Kafka.
         requests = hung.requests()
-        wait_until(lambda: hung.requests() > requests, 10, "a read sent to the hung charger", [poller])
+        wait_until(lambda: hung.requests() > requests, 10, "a read sent to the hung charger", poller)
         code, poller_s = poller.stop(signum)
         output = poller.output()
         assert code == 0, output[-3000:]
