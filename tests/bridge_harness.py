@@ -1,25 +1,18 @@
 """What the bridge tests share: a telemetry source publishing to MQTT, runbridge as a real process,
 and reading back what reached Kafka."""
 
-import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as paho
-from django.conf import settings
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.services import STOP_WITHIN_S
 from gateway.telemetry import build_record, encode_record
 from tests.mosquitto import Mosquitto
+from tests.processes import Service, process_env, wait_until, wait_until_async
 
 BRIDGE_STOPPED = "bridge stopped: received="
 
@@ -114,89 +107,41 @@ class TelemetrySource:
         self.client.loop_stop()
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, check: Callable[[], None] = lambda: None):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        check()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
-
-
 def bridge_env(tmp_path: Path, kafka: dict, mqtt_url: str, **extra: str) -> dict[str, str]:
     """runbridge's environment: the test's Kafka topic, the test's MQTT broker, an outbox in tmp_path."""
-    env = os.environ | {
-        "DJANGO_DEBUG": "1",
-        "EVDASH_VAR_DIR": str(tmp_path),
-        "EVDASH_OUTBOX_DIR": str(tmp_path / "outbox"),
-        "KAFKA_BOOTSTRAP_SERVERS": kafka["KAFKA_BOOTSTRAP_SERVERS"],
-        "KAFKA_ENABLE_IDEMPOTENCE": "0",
-        "EVDASH_TELEMETRY_TOPIC": kafka["TELEMETRY_TOPIC"],
-        "EVDASH_TOPIC_PARTITIONS": str(kafka["TOPIC_PARTITIONS"]),
-        "EVDASH_MQTT_URL": mqtt_url,
-        "EVDASH_BRIDGE_CLIENT_ID": f"bridge-{kafka['TELEMETRY_TOPIC']}",
-        "EVDASH_BRIDGE_STATS_INTERVAL_S": "1",
-    }
-    env.pop("DATABASE_URL", None)
-    return env | extra
+    return process_env(
+        tmp_path,
+        KAFKA_BOOTSTRAP_SERVERS=kafka["KAFKA_BOOTSTRAP_SERVERS"],
+        KAFKA_ENABLE_IDEMPOTENCE="0",
+        EVDASH_TELEMETRY_TOPIC=kafka["TELEMETRY_TOPIC"],
+        EVDASH_TOPIC_PARTITIONS=str(kafka["TOPIC_PARTITIONS"]),
+        EVDASH_MQTT_URL=mqtt_url,
+        EVDASH_BRIDGE_CLIENT_ID=f"bridge-{kafka['TELEMETRY_TOPIC']}",
+        EVDASH_BRIDGE_STATS_INTERVAL_S="1",
+        **extra,
+    )
 
 
-class BridgeProcess:
-    """manage.py runbridge as a real process, its output in a log file (appended across restarts)."""
+class BridgeProcess(Service):
+    """manage.py runbridge as a real process, logging at -v 2."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self._out = log.open("a")
-        self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "runbridge", "-v", "2"],
-            env=env,
-            cwd=settings.BASE_DIR,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def check_alive(self) -> None:
-        assert self.process.poll() is None, f"runbridge exited early:\n{self.output()[-3000:]}"
+        super().__init__("runbridge", env, log, verbosity=2)
 
     def wait_connected(self, connects: int = 1, timeout_s: float = 30.0) -> None:
         wait_until(
             lambda: self.output().count("connected to MQTT broker") >= connects,
             timeout_s,
             "runbridge to subscribe",
-            self.check_alive,
+            self,
         )
 
     def wait_forwarded(self, count: int, timeout_s: float = 30.0) -> None:
-        wait_until(lambda: forwarded(self) >= count, timeout_s, f"{count} records forwarded", self.check_alive)
+        wait_until(lambda: forwarded(self) >= count, timeout_s, f"{count} records forwarded", self)
 
     async def logged(self, text: str, timeout_s: float = 30.0, *, times: int = 1) -> None:
         """Wait (without blocking the event loop) until the log holds `text` `times` times."""
-        await wait_until_async(lambda: self.output().count(text) >= times, timeout_s, repr(text), self.check_alive)
-
-    def stop(self, signum: int = signal.SIGTERM) -> tuple[int, float]:
-        """Send the signal; returns the exit code and the seconds it took to exit."""
-        started = time.monotonic()
-        self.process.send_signal(signum)
-        try:
-            code = self.process.wait(STOP_WITHIN_S + 5)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"runbridge ignored {signum!r}:\n{self.output()[-3000:]}") from None
-        self._out.close()
-        return code, time.monotonic() - started
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self._out.close()
-
-    def cpu_s(self) -> float:
-        """User + system CPU the process has used so far (/proc/<pid>/stat)."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        await wait_until_async(lambda: self.output().count(text) >= times, timeout_s, repr(text), self)
 
 
 def first_occurrences_in_order(records: list[dict]) -> tuple[dict[str, list[int]], int]:
@@ -233,15 +178,3 @@ def last_stats(output: str) -> dict[str, str]:
 
 def forwarded(bridge: "BridgeProcess") -> int:
     return int(last_stats(bridge.output()).get("forwarded", 0))
-
-
-async def wait_until_async(
-    condition: Callable[[], bool], timeout_s: float, what: str, check: Callable[[], None] = lambda: None
-) -> None:
-    """wait_until for a test whose event loop must keep running meanwhile (a TcpProxy lives on it)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        check()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.1)

@@ -6,7 +6,6 @@ its own user, which may only read telemetry.
 
 import asyncio
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,17 +25,10 @@ from tests.bridge_harness import (
     first_occurrences_in_order,
     forwarded,
     last_stats,
-    wait_until,
-    wait_until_async,
 )
 from tests.kafka_read import read_all
-from tests.mosquitto import Mosquitto
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    with Mosquitto(tmp_path / "mosquitto") as running:
-        yield running
+from tests.mosquitto import Mosquitto, mosquitto_fixture  # noqa: F401 (the `mosquitto` fixture)
+from tests.processes import wait_until, wait_until_async
 
 
 def read_records(topic: str) -> list:
@@ -44,11 +36,11 @@ def read_records(topic: str) -> list:
 
 
 def test_bridge_forwards_telemetry_keyed_by_charge_point_with_payloads_unchanged(
-    tmp_path: Path, kafka: dict, broker: Mosquitto
+    tmp_path: Path, kafka: dict, mosquitto: Mosquitto
 ) -> None:
     """Over TLS with the bridge's user; a message on a malformed topic is dropped, counted and logged once."""
-    source = TelemetrySource(broker)
-    env = bridge_env(tmp_path, kafka, broker.url("bridge"), EVDASH_MQTT_CA_FILE=str(broker.ca_file))
+    source = TelemetrySource(mosquitto)
+    env = bridge_env(tmp_path, kafka, mosquitto.url("bridge"), EVDASH_MQTT_CA_FILE=str(mosquitto.ca_file))
     bridge = BridgeProcess(env, tmp_path / "runbridge.log")
     try:
         bridge.wait_connected()
@@ -60,7 +52,7 @@ def test_bridge_forwards_telemetry_keyed_by_charge_point_with_payloads_unchanged
         for _ in range(25):
             source.publish_round()
         source.wait_all_acknowledged()
-        wait_until(lambda: forwarded(bridge) >= source.sent, 30, "the bridge to forward everything", bridge.check_alive)
+        wait_until(lambda: forwarded(bridge) >= source.sent, 30, "the bridge to forward everything", bridge)
         code, took_s = bridge.stop()
         output = bridge.output()
         assert code == 0, output[-3000:]
@@ -89,23 +81,23 @@ def test_bridge_forwards_telemetry_keyed_by_charge_point_with_payloads_unchanged
     assert output.count("dropped a message on 'evdash//cp-1/telemetry'") == 1
     assert "dropped a message on 'evdash/depot//telemetry'" not in output
     assert "mqtts://bridge@127.0.0.1" in output
-    assert broker.users["bridge"].password not in output
+    assert mosquitto.users["bridge"].password not in output
     assert "Traceback" not in output
     print(f"runbridge stopped in {took_s:.2f} s")
 
 
 def test_a_persistent_session_keeps_what_is_published_while_the_bridge_is_down(
-    tmp_path: Path, kafka: dict, broker: Mosquitto
+    tmp_path: Path, kafka: dict, mosquitto: Mosquitto
 ) -> None:
-    source = TelemetrySource(broker)
-    env = bridge_env(tmp_path, kafka, broker.url("bridge", tls=False))
+    source = TelemetrySource(mosquitto)
+    env = bridge_env(tmp_path, kafka, mosquitto.url("bridge", tls=False))
     first = BridgeProcess(env, tmp_path / "runbridge-1.log")
     second: BridgeProcess | None = None
     try:
         first.wait_connected()
         for _ in range(10):
             source.publish_round()
-        wait_until(lambda: forwarded(first) >= 40, 30, "the first records forwarded", first.check_alive)
+        wait_until(lambda: forwarded(first) >= 40, 30, "the first records forwarded", first)
         code, _ = first.stop(signal.SIGTERM)
         assert code == 0, first.output()[-3000:]
 
@@ -115,7 +107,7 @@ def test_a_persistent_session_keeps_what_is_published_while_the_bridge_is_down(
 
         second = BridgeProcess(env, tmp_path / "runbridge-2.log")
         second.wait_connected()
-        wait_until(lambda: forwarded(second) >= 360, 30, "the queued records forwarded", second.check_alive)
+        wait_until(lambda: forwarded(second) >= 360, 30, "the queued records forwarded", second)
         code, _ = second.stop(signal.SIGTERM)
         assert code == 0, second.output()[-3000:]
     finally:
@@ -151,14 +143,14 @@ def bridge_in_process(publisher_class: type[OutboxPublisher], outbox: Path, brok
 
 
 async def test_nothing_is_acknowledged_to_the_broker_before_it_is_stored(
-    tmp_path: Path, kafka: dict, broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, kafka: dict, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The outbox cannot store: the bridge fails without a PUBACK, and the next one gets every message again."""
     monkeypatch.setattr("gateway.mqtt.bridge.FLUSH_TIMEOUT_S", 1.0)  # the failing one has nothing to flush
     topic, outbox = kafka["TELEMETRY_TOPIC"], tmp_path / "bridge.sqlite3"
-    source = TelemetrySource(broker)
+    source = TelemetrySource(mosquitto)
     try:
-        failing = bridge_in_process(DiskFullPublisher, outbox, broker, topic)
+        failing = bridge_in_process(DiskFullPublisher, outbox, mosquitto, topic)
         running = asyncio.create_task(failing.run(asyncio.Event()))
         await wait_until_async(lambda: failing.mqtt_connects == 1, 10, "the bridge to subscribe")
         for _ in range(5):
@@ -168,7 +160,7 @@ async def test_nothing_is_acknowledged_to_the_broker_before_it_is_stored(
         assert failing.received == 0
 
         stop = asyncio.Event()
-        healthy = bridge_in_process(OutboxPublisher, outbox, broker, topic)
+        healthy = bridge_in_process(OutboxPublisher, outbox, mosquitto, topic)
         running = asyncio.create_task(healthy.run(stop))
         await wait_until_async(lambda: healthy.stats.forwarded >= 20, 20, "the messages sent again")
         stop.set()

@@ -6,9 +6,8 @@ allowed (at least once) and counted; run with -s for the figures.
 """
 
 import asyncio
-import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 
@@ -24,21 +23,14 @@ from tests.bridge_harness import (
     first_occurrences_in_order,
     forwarded,
     last_stats,
-    wait_until,
-    wait_until_async,
 )
 from tests.conftest import free_port
 from tests.kafka_read import read_all
-from tests.mosquitto import Mosquitto
+from tests.mosquitto import Mosquitto, mosquitto_fixture  # noqa: F401 (the `mosquitto` fixture)
+from tests.processes import wait_until, wait_until_async
 from tests.tcp_proxy import TcpProxy
 
 KAFKA_OUTAGE_S = 60.0
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    with Mosquitto(tmp_path / "mosquitto") as running:
-        yield running
 
 
 def assert_complete_and_in_order(records: list[dict], source: TelemetrySource) -> int:
@@ -49,15 +41,38 @@ def assert_complete_and_in_order(records: list[dict], source: TelemetrySource) -
     return duplicates
 
 
+async def stream_through(bridge: BridgeProcess, source: TelemetrySource, messages_per_s: float) -> None:
+    """Once the bridge has subscribed, publish at a steady rate; return when a second's worth is forwarded."""
+    await bridge.logged("connected to MQTT")
+    source.start_steady(messages_per_s)
+    await wait_until_async(lambda: forwarded(bridge) >= messages_per_s, 30, "records forwarded", bridge)
+
+
+async def drain_and_stop(bridge: BridgeProcess, source: TelemetrySource) -> str:
+    """Stop publishing; once the bridge has forwarded every record, SIGTERM it (it must exit 0). Its output."""
+    source.stop_steady()
+    await asyncio.to_thread(source.wait_all_acknowledged)
+    await wait_until_async(
+        lambda: forwarded(bridge) >= source.sent and last_stats(bridge.output())["buffered"] == "0",
+        30,
+        "everything forwarded",
+        bridge,
+    )
+    code, _ = await asyncio.to_thread(bridge.stop)
+    output = bridge.output()
+    assert code == 0, output[-3000:]
+    return output
+
+
 def unique_in_kafka(topic: str) -> int:
     return len({(r["charge_point"], r["seq"]) for r in decoded(asyncio.run(read_all(topic)))})
 
 
-def test_kill_9_mid_stream_loses_nothing(tmp_path: Path, kafka: dict, broker: Mosquitto) -> None:
+def test_kill_9_mid_stream_loses_nothing(tmp_path: Path, kafka: dict, mosquitto: Mosquitto) -> None:
     """Three kill -9s at 400 messages a second; each restart takes what the broker queued meanwhile."""
     topic = kafka["TELEMETRY_TOPIC"]
-    source = TelemetrySource(broker, charge_points=8)
-    env = bridge_env(tmp_path, kafka, broker.url("bridge", tls=False))
+    source = TelemetrySource(mosquitto, charge_points=8)
+    env = bridge_env(tmp_path, kafka, mosquitto.url("bridge", tls=False))
     bridge = BridgeProcess(env, tmp_path / "runbridge-0.log")
     kills = 3
     try:
@@ -67,15 +82,14 @@ def test_kill_9_mid_stream_loses_nothing(tmp_path: Path, kafka: dict, broker: Mo
             # Let it forward for a while (a different moment each time), then kill it outright.
             bridge.wait_forwarded(400)
             time.sleep(0.37 * kill)
-            bridge.process.send_signal(signal.SIGKILL)
-            bridge.kill()
+            bridge.kill()  # kill -9
             # The next one takes over the outbox (what was stored and not yet sent) and the session.
             bridge = BridgeProcess(env, tmp_path / f"runbridge-{kill}.log")
             bridge.wait_connected()
         bridge.wait_forwarded(400)
         source.stop_steady()
         source.wait_all_acknowledged()
-        wait_until(lambda: unique_in_kafka(topic) >= source.sent, 60, "every record in Kafka", bridge.check_alive)
+        wait_until(lambda: unique_in_kafka(topic) >= source.sent, 60, "every record in Kafka", bridge)
         code, _ = bridge.stop()
         assert code == 0, bridge.output()[-3000:]
     finally:
@@ -108,16 +122,14 @@ async def proxied_kafka(kafka: dict, tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 @pytest.mark.timeout(300)
 async def test_kafka_away_for_60_s_everything_buffered_arrives_in_order(
-    tmp_path: Path, kafka: dict, broker: Mosquitto, proxied_kafka: TcpProxy
+    tmp_path: Path, kafka: dict, mosquitto: Mosquitto, proxied_kafka: TcpProxy
 ) -> None:
     rate = 500
     topic = kafka["TELEMETRY_TOPIC"]
-    source = TelemetrySource(broker, charge_points=10)
-    bridge = BridgeProcess(bridge_env(tmp_path, kafka, broker.url("bridge", tls=False)), tmp_path / "runbridge.log")
+    source = TelemetrySource(mosquitto, charge_points=10)
+    bridge = BridgeProcess(bridge_env(tmp_path, kafka, mosquitto.url("bridge", tls=False)), tmp_path / "runbridge.log")
     try:
-        await wait_until_async(lambda: "connected to MQTT" in bridge.output(), 30, "the bridge", bridge.check_alive)
-        source.start_steady(rate)
-        await wait_until_async(lambda: forwarded(bridge) >= rate, 30, "records forwarded", bridge.check_alive)
+        await stream_through(bridge, source, rate)
 
         await proxied_kafka.cut()
         cut_at = time.monotonic()
@@ -127,20 +139,8 @@ async def test_kafka_away_for_60_s_everything_buffered_arrives_in_order(
         await proxied_kafka.restore()
         restored_at = time.time()
 
-        await wait_until_async(
-            lambda: "Kafka backlog replayed" in bridge.output(), 90, "the backlog replayed", bridge.check_alive
-        )
-        source.stop_steady()
-        await asyncio.to_thread(source.wait_all_acknowledged)
-        await wait_until_async(
-            lambda: forwarded(bridge) >= source.sent and last_stats(bridge.output())["buffered"] == "0",
-            30,
-            "everything forwarded",
-            bridge.check_alive,
-        )
-        code, _ = await asyncio.to_thread(bridge.stop)
-        output = bridge.output()
-        assert code == 0, output[-3000:]
+        await bridge.logged("Kafka backlog replayed", 90)
+        output = await drain_and_stop(bridge, source)
     finally:
         await asyncio.to_thread(bridge.kill)
         source.close()
@@ -160,8 +160,8 @@ async def test_kafka_away_for_60_s_everything_buffered_arrives_in_order(
 
 
 @pytest.fixture
-async def proxied_mqtt(broker: Mosquitto) -> AsyncIterator[TcpProxy]:
-    proxy = TcpProxy("127.0.0.1", broker.port, free_port())
+async def proxied_mqtt(mosquitto: Mosquitto) -> AsyncIterator[TcpProxy]:
+    proxy = TcpProxy("127.0.0.1", mosquitto.port, free_port())
     await proxy.start()
     try:
         yield proxy
@@ -170,35 +170,27 @@ async def proxied_mqtt(broker: Mosquitto) -> AsyncIterator[TcpProxy]:
 
 
 async def test_the_bridge_reconnects_when_its_mqtt_link_breaks_and_loses_nothing(
-    tmp_path: Path, kafka: dict, broker: Mosquitto, proxied_mqtt: TcpProxy
+    tmp_path: Path, kafka: dict, mosquitto: Mosquitto, proxied_mqtt: TcpProxy
 ) -> None:
     """The link between bridge and broker is cut for 5 s (publishers still reach the broker)."""
     topic = kafka["TELEMETRY_TOPIC"]
-    source = TelemetrySource(broker)
-    env = bridge_env(tmp_path, kafka, f"mqtt://bridge:{broker.users['bridge'].password}@127.0.0.1:{proxied_mqtt.port}")
+    source = TelemetrySource(mosquitto)
+    env = bridge_env(
+        tmp_path, kafka, f"mqtt://bridge:{mosquitto.users['bridge'].password}@127.0.0.1:{proxied_mqtt.port}"
+    )
     bridge = BridgeProcess(env, tmp_path / "runbridge.log")
     try:
-        await wait_until_async(lambda: "connected to MQTT" in bridge.output(), 30, "the bridge", bridge.check_alive)
-        source.start_steady(200)
-        await wait_until_async(lambda: forwarded(bridge) >= 200, 30, "records forwarded", bridge.check_alive)
+        await stream_through(bridge, source, 200)
         await proxied_mqtt.cut()
         await bridge.logged("lost the MQTT broker")
         await asyncio.sleep(5)
         await proxied_mqtt.restore()
-        await wait_until_async(
-            lambda: bridge.output().count("connected to MQTT broker") >= 2, 30, "a reconnect", bridge.check_alive
-        )
-        source.stop_steady()
-        await asyncio.to_thread(source.wait_all_acknowledged)
-        sent = source.sent
-        await wait_until_async(lambda: forwarded(bridge) >= sent, 30, "everything forwarded", bridge.check_alive)
-        code, _ = await asyncio.to_thread(bridge.stop)
-        output = bridge.output()
-        assert code == 0, output[-3000:]
+        await bridge.logged("connected to MQTT broker", times=2)  # a reconnect
+        output = await drain_and_stop(bridge, source)
     finally:
         await asyncio.to_thread(bridge.kill)
         source.close()
 
     duplicates = assert_complete_and_in_order(decoded(await read_all(topic)), source)
-    assert broker.users["bridge"].password not in output
+    assert mosquitto.users["bridge"].password not in output
     print(f"MQTT link cut 5 s at 200 msg/s: {source.sent} records, {duplicates} duplicates")
