@@ -6,7 +6,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from gateway.runtime import die_with_parent
+from gateway.runtime import die_with_parent, stop_child_process
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +70,8 @@ def start_broker(
 
 
 def stop_broker(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """Stop the broker that start_broker started."""
+    stop_child_process(process)
 
 
 def _port_open(host: str, port: int) -> bool:

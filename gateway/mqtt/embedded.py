@@ -42,7 +42,7 @@ from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 
 from gateway.kafka.embedded import EmbeddedBrokerError
-from gateway.runtime import die_with_parent
+from gateway.runtime import die_with_parent, stop_child_process
 
 logger = logging.getLogger(__name__)
 
@@ -161,14 +161,8 @@ def start_mqtt_broker(
 
 
 def stop_mqtt_broker(process: subprocess.Popen, timeout_s: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL if it has not stopped within `timeout_s`."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """Stop the broker that start_mqtt_broker started: SIGTERM, then SIGKILL after `timeout_s`."""
+    stop_child_process(process, timeout_s)
 
 
 def _port_open(host: str, port: int) -> bool:
