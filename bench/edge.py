@@ -15,7 +15,7 @@ The poller runs pinned to core 0, everything else on core 1, as in bench/poller.
 The CPU rows run without the tail reader (it would share core 1 with the bridge); the delay rows run at a
 size the reader keeps up with.
 
-    .venv/bin/python bench/edge.py [--quick] [--sizes 2000,5000] [--delay-size 1000]
+    .venv/bin/python bench/edge.py [--quick] [--sizes 2000,5000] [--delay-size 1000] [--runs 3]
 """
 
 import argparse
@@ -221,15 +221,22 @@ def measure(count: int, layout: str, *, warmup_s: float, window_s: float, tail: 
         return row
 
 
-def run(quick: bool, sizes: tuple[int, ...] | None = None, delay_size: int | None = None) -> list[dict]:
+def run(
+    quick: bool, sizes: tuple[int, ...] | None = None, delay_size: int | None = None, runs: int | None = None
+) -> list[dict]:
+    """CPU rows: each size `runs` times, the layouts taking turns, so that a noisy minute of the
+    shared machine falls on both; a row is the median of its runs. Then one delay row per layout."""
     sizes = sizes or ((2000,) if quick else (2000, 5000))
     delay_size = delay_size or (500 if quick else 1000)
-    warmup_s, window_s = (10.0, 15.0) if quick else (15.0, 30.0)
-    rows = [
-        measure(count, layout, warmup_s=warmup_s, window_s=window_s, tail=False)
-        for count in sizes
-        for layout in ("direct", "edge")
-    ]
+    runs = runs or (1 if quick else 3)
+    warmup_s, window_s = (10.0, 15.0) if quick else (15.0, 20.0)
+    rows = []
+    for count in sizes:
+        measured: dict[str, list[dict]] = {"direct": [], "edge": []}
+        for _ in range(runs):
+            for layout in measured:
+                measured[layout].append(measure(count, layout, warmup_s=warmup_s, window_s=window_s, tail=False))
+        rows += [common.rounded(common.median_rows(results)) | {"runs": runs} for results in measured.values()]
     delays = {
         layout: measure(delay_size, layout, warmup_s=warmup_s, window_s=window_s, tail=True)
         for layout in ("direct", "edge")
@@ -239,7 +246,7 @@ def run(quick: bool, sizes: tuple[int, ...] | None = None, delay_size: int | Non
         if layout == "edge":
             for cut in ("p50", "p99"):
                 row[f"extra_{cut}_ms"] = round(row[f"delay_{cut}_ms"] - delays["direct"][f"delay_{cut}_ms"], 1)
-        rows.append(row)
+        rows.append(row | {"runs": 1})
     return rows
 
 
@@ -248,9 +255,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sizes", help="comma-separated fleet sizes for the CPU rows")
     parser.add_argument("--delay-size", type=int, help="fleet size of the delay rows")
+    parser.add_argument("--runs", type=int, help="runs of each CPU row (median), default 3 (quick: 1)")
     args = parser.parse_args()
     sizes = tuple(int(size) for size in args.sizes.split(",")) if args.sizes else None
-    common.print_rows(TITLE, run(args.quick, sizes, args.delay_size))
+    common.print_rows(TITLE, run(args.quick, sizes, args.delay_size, args.runs))
 
 
 if __name__ == "__main__":
