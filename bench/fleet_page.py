@@ -91,7 +91,7 @@ def record(slug, site, seq):
         return build_record(charge_point=slug, site=site, profile="generic-ev-charger", seq=seq, fields=None)
     status = "faulted" if n % 97 == 0 else "charging"
     power = 0.0 if status == "faulted" else 3000.0 + rng.random() * 19000.0
-    values = {"power_w": power, "session_energy_wh": seq * 3.1, "max_current_a": 32.0}
+    values = {"power_w": power, "session_energy_wh": seq * 3.1, "current_limit_a": 32.0}
     fields = TelemetryFields(status, "C", values, extra={})
     return build_record(charge_point=slug, site=site, profile="generic-ev-charger", seq=seq, fields=fields)
 

@@ -300,6 +300,11 @@ EVDASH = {
     # Records the consumer could not decode or handle (with the reason in a header); empty means
     # the telemetry topic + ".dlq", i.e. evdash.telemetry.dlq.
     "DEAD_LETTER_TOPIC": os.environ.get("EVDASH_DEAD_LETTER_TOPIC", ""),
+    # Operator commands to the pollers and their results back (README, "Commands"), keyed by charge point.
+    "COMMANDS_TOPIC": os.environ.get("EVDASH_COMMANDS_TOPIC", "evdash.commands"),
+    "COMMAND_RESULTS_TOPIC": os.environ.get("EVDASH_COMMAND_RESULTS_TOPIC", "evdash.command-results"),
+    # A command not executed within this many seconds of its creation is never executed.
+    "COMMAND_EXPIRY_S": float(os.environ.get("EVDASH_COMMAND_EXPIRY_S", "30")),
     "TOPIC_PARTITIONS": int(os.environ.get("EVDASH_TOPIC_PARTITIONS", "3")),
     "CONSUMER_GROUP": os.environ.get("EVDASH_CONSUMER_GROUP", "evdash-consumer"),
     "RELOAD_INTERVAL_S": float(os.environ.get("EVDASH_RELOAD_INTERVAL_S", "5")),

@@ -104,7 +104,7 @@ class Role(models.TextChoices):
     ENERGY_TOTAL_WH = "energy_total_wh", "energy meter total, Wh"
     SESSION_ENERGY_WH = "session_energy_wh", "session energy, Wh"
     TEMPERATURE_C = "temperature_c", "temperature, °C"
-    MAX_CURRENT_A = "max_current_a", "current limit setpoint, A"
+    CURRENT_LIMIT_A = "current_limit_a", "current limit in force (read back), A"
     ERROR_CODE = "error_code", "error code"
     SET_CURRENT_A = "set_current_a", "current limit command (written by operators)"
 
@@ -115,3 +115,35 @@ TELEMETRY_VALUE_ROLES: tuple[str, ...] = tuple(
 )
 # Values a profile may declare as derived from others (see profiles/decode.py).
 DERIVABLE_ROLES: tuple[str, ...] = (Role.POWER_W.value,)
+
+
+class CommandAction(models.TextChoices):
+    """What an operator can ask of a charge point (a profile declares how each is done, or that it is not)."""
+
+    SET_CURRENT_LIMIT = "set_current_limit", "Set current limit"
+    PAUSE = "pause", "Pause charging"
+    RESUME = "resume", "Resume charging"
+
+
+class CommandStatus(models.TextChoices):
+    """Where a command stands: pending until the poller's result (or the expiry) arrives."""
+
+    PENDING = "pending", "Pending"
+    APPLIED = "applied", "Applied"
+    FAILED = "failed", "Failed"
+
+
+class FailureReason(models.TextChoices):
+    """Why a command failed (the result's reason_code; its reason says the details)."""
+
+    NOT_PERMITTED = "not_permitted", "not permitted"
+    OUT_OF_RANGE = "out_of_range", "out of range"
+    UNSUPPORTED = "unsupported", "unsupported by the charger"
+    EXPIRED = "expired", "expired"
+    OFFLINE = "offline", "charge point offline"
+    TIMEOUT = "timeout", "timeout"
+    MODBUS_EXCEPTION = "modbus_exception", "Modbus exception"
+    READBACK_MISMATCH = "readback_mismatch", "read-back mismatch"
+    INTERRUPTED = "interrupted", "interrupted by a poller restart"
+    NO_ANSWER = "no_answer", "no poller answered"
+    INVALID = "invalid", "invalid command"

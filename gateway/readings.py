@@ -88,7 +88,7 @@ CARDS: tuple[ValueFormat, ...] = (
     ValueFormat("energy_total_wh", "Energy total", "kWh", scale=0.001, decimals=1),
     SESSION_ENERGY,
     ValueFormat("temperature_c", "Temperature", "°C", decimals=1),
-    ValueFormat("max_current_a", "Current limit", "A", decimals=0),
+    ValueFormat("current_limit_a", "Current limit", "A", decimals=0),
 )
 
 

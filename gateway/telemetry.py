@@ -13,8 +13,11 @@ import orjson
 from gateway.choices import TELEMETRY_VALUE_ROLES, OperatorStatus
 from gateway.profiles.decode import TelemetryFields
 
-SCHEMA_VERSION = 1
-SCHEMA_PATH = Path(__file__).parent / "schemas" / "telemetry.v1.schema.json"
+SCHEMA_VERSION = 2
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "telemetry.v2.schema.json"
+# Version 1 named the current limit values.max_current_a and had no active_limit_a. Records of it
+# may still sit in outboxes and topics written before an upgrade: decode_record upgrades them.
+V1_RENAMED_VALUES = {"max_current_a": "current_limit_a"}
 
 Record = dict[str, Any]
 
@@ -42,6 +45,7 @@ def build_record(
     error: str | None = None,
     poll_ms: float | None = None,
     moment: datetime | None = None,
+    active_limit_a: float | None = None,
 ) -> Record:
     """Assemble a record; with no fields (nothing could be read) the charge point is offline."""
     moment = moment or datetime.now(UTC)
@@ -68,6 +72,7 @@ def build_record(
         "quality": quality,
         "error": error,
         "poll_ms": None if poll_ms is None else round(poll_ms, 1),
+        "active_limit_a": active_limit_a,
     }
 
 
@@ -91,6 +96,8 @@ def decode_record(payload: bytes | None) -> Record:
     except orjson.JSONDecodeError as exc:
         # Also invalid UTF-8, nesting deeper than orjson's limit (1024) and numbers beyond a double.
         raise InvalidRecord(f"not JSON: {type(exc).__name__}: {_shorten(str(exc))}") from exc
+    if isinstance(record, dict) and record.get("schema_version") == 1:
+        record = upgrade_v1(record)
     try:
         compiled_validator()(record)
     except fastjsonschema.JsonSchemaException as exc:
@@ -100,6 +107,14 @@ def decode_record(payload: bytes | None) -> Record:
     except ValueError as exc:
         raise InvalidRecord(f"ts: {record['ts']!r} is not a real UTC time: {exc}") from exc
     return record
+
+
+def upgrade_v1(record: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 record in version 2's shape (then validated like any other)."""
+    values = record.get("values")
+    if isinstance(values, dict):
+        values = {V1_RENAMED_VALUES.get(key, key): value for key, value in values.items()}
+    return record | {"schema_version": SCHEMA_VERSION, "values": values, "active_limit_a": None}
 
 
 def explain_invalid(record: Any, exc: Exception) -> str:

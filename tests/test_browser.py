@@ -262,7 +262,7 @@ def test_charge_point_page_shows_the_limit_pinned_in_the_charger(demo: dict, pag
     log_in(page, demo["url"])
     page.goto(f"{demo['url']}/chargepoints/{ABB_SLUG}/")
     page.wait_for_selector("[data-live-indicator][data-state=live]", timeout=20_000)
-    limit = '[data-value="max_current_a"]'
+    limit = '[data-value="current_limit_a"]'
     for limit_a in (11, 7):
         set_abb_current_limit(demo, limit_a)
         # Exactly the value written to the charger, read back by the poller, through Kafka and the socket.

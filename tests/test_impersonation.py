@@ -42,7 +42,7 @@ PINNED: dict[str, float] = {
     Role.ENERGY_TOTAL_WH: 1_234_567,
     Role.SESSION_ENERGY_WH: 4_321,
     Role.TEMPERATURE_C: 35.4,
-    Role.MAX_CURRENT_A: 20.4,
+    Role.CURRENT_LIMIT_A: 20.4,
     Role.ERROR_CODE: 16,
 }
 
@@ -214,7 +214,7 @@ async def check_limit_writes(client: AsyncModbusTcpClient, sim: SimulatedChargeP
     """A limit within range is taken and honoured; outside it is refused; multi-register halves too."""
     target = spec.register_for(Role.SET_CURRENT_A)
     if target is None:
-        target = spec.register_for(Role.MAX_CURRENT_A)
+        target = spec.register_for(Role.CURRENT_LIMIT_A)
     assert target is not None and target.writable, f"{spec.slug} has no current setpoint"
     sim.connect_vehicle(phases=3)  # no-op if it is already in a session
     await wait_for(lambda: sim.behaviour.phase == Phase.CHARGING, what=f"{spec.slug} charging")
@@ -398,7 +398,7 @@ async def test_refused_writes_never_reach_the_wire(path: Path) -> None:
                     )
             assert sim.last_writes == [], sim.last_writes
             # Positive control: an allowed value on the same path does arrive.
-            target = spec.register_for(Role.SET_CURRENT_A) or spec.register_for(Role.MAX_CURRENT_A)
+            target = spec.register_for(Role.SET_CURRENT_A) or spec.register_for(Role.CURRENT_LIMIT_A)
             await connection.write_registers(target.address, encode_checked_write(target, 10), target.unit_id)
             assert [(write.register, write.value) for write in sim.last_writes] == [(target.name, pytest.approx(10))]
         finally:

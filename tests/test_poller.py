@@ -46,7 +46,7 @@ async def test_values_set_on_the_charger_are_decoded(site, generic_profile) -> N
             "energy_total_wh": 4_294_000_000,
             "session_energy_wh": 12_345,
             "temperature_c": -3.5,
-            "max_current_a": 16.0,
+            "current_limit_a": 16.0,
             "error_code": 0,
         }.items():
             sim.set_value(role, value)

@@ -71,7 +71,7 @@ ROLE_UNITS = {
     Role.ENERGY_TOTAL_WH: "Wh",
     Role.SESSION_ENERGY_WH: "Wh",
     Role.TEMPERATURE_C: "°C",
-    Role.MAX_CURRENT_A: "A",
+    Role.CURRENT_LIMIT_A: "A",
     Role.SET_CURRENT_A: "A",
 }
 
@@ -203,8 +203,8 @@ def test_roles_are_in_the_record_units(path: Path) -> None:
         if reg.role == Role.SET_CURRENT_A:
             assert reg.writable
     if spec.register_for(Role.SET_CURRENT_A) is None:
-        # Documented rule: without set_current_a, the writable max_current_a register takes limits.
-        assert spec.register_for(Role.MAX_CURRENT_A).writable
+        # Documented rule: without set_current_a, the writable current_limit_a register takes limits.
+        assert spec.register_for(Role.CURRENT_LIMIT_A).writable
 
 
 @pytest.mark.parametrize("path", SHIPPED_FILES, ids=FILE_IDS)
@@ -357,7 +357,7 @@ def test_alfen_big_endian_floats_strings_and_unavailable_markers() -> None:
     assert fields.values["power_w"] == 3680.0
     assert fields.values["energy_total_wh"] == pytest.approx(79542.8)
     assert fields.values["temperature_c"] == 41.5
-    assert fields.values["max_current_a"] == 16.0
+    assert fields.values["current_limit_a"] == 16.0
     assert (fields.status, fields.iec61851_state) == ("charging", "C")
 
 
@@ -402,7 +402,7 @@ def test_keba_energy_is_in_tenths_of_a_watt_hour() -> None:
     assert fields.values["power_w"] == pytest.approx(7_360.0)
     assert fields.values["current_l1_a"] == 16.0
     assert fields.values["voltage_l1_v"] == 230
-    assert fields.values["max_current_a"] == 16.0
+    assert fields.values["current_limit_a"] == 16.0
     assert (fields.status, fields.iec61851_state) == ("charging", "C")
     assert encode_for_write(spec.register("set_charging_current"), 16) == [16_000]
 
@@ -480,7 +480,7 @@ def test_mennekes_byte_swapped_name_and_low_word_first_values() -> None:
     fields = to_telemetry_fields(spec, decoded)
     assert fields.values["session_energy_wh"] == 4_300
     assert fields.values["power_w"] == 73_216
-    assert fields.values["max_current_a"] == 16
+    assert fields.values["current_limit_a"] == 16
     assert (fields.status, fields.iec61851_state) == ("charging", "C")
 
 
@@ -900,7 +900,7 @@ def test_every_writable_register_has_its_vendor_range(path: Path) -> None:
 def test_current_setpoints_pause_with_zero_where_the_vendor_says_so(path: Path) -> None:
     """All but KEBA P30 disable by writing 0 A (reference); KEBA P30 uses 5014."""
     spec = read_spec_file(path)
-    target = spec.register_for(Role.SET_CURRENT_A) or spec.register_for(Role.MAX_CURRENT_A)
+    target = spec.register_for(Role.SET_CURRENT_A) or spec.register_for(Role.CURRENT_LIMIT_A)
     assert target is not None and target.writable
     if spec.slug == "keba-p30":
         with pytest.raises(WriteRangeError):

@@ -30,7 +30,7 @@ PINNED = {
     "energy_total_wh": 1_234_500,
     "session_energy_wh": 4_300,
     "temperature_c": 35.0,
-    "max_current_a": 16.0,
+    "current_limit_a": 16.0,
     "error_code": 0,
 }
 

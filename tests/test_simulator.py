@@ -64,7 +64,7 @@ def test_behaviour_invariants_over_simulated_days() -> None:
 
             power = sum(v * i for v, i in zip(voltages, currents, strict=True))
             assert values["power_w"] == pytest.approx(power, abs=0.06)
-            assert all(0 <= current <= values["max_current_a"] for current in currents)
+            assert all(0 <= current <= values["current_limit_a"] for current in currents)
             assert all(220 <= voltage <= 240 for voltage in voltages)
             assert 0 < values["temperature_c"] < 70
             assert (behaviour.status, behaviour.iec61851_state) == PHASE_STATUS[behaviour.phase]
@@ -193,7 +193,7 @@ async def test_pinned_values_read_back_over_modbus(fleet: SimulatorFleet, client
         "energy_total_wh": 1_234_567,
         "session_energy_wh": 4321,
         "temperature_c": -5.3,
-        "max_current_a": 20.5,
+        "current_limit_a": 20.5,
         "error_code": 7,
         "serial_number": "TEST-0001",
     }
@@ -384,7 +384,7 @@ ALFEN_LIKE = quirk_profile(
         reg("energy_delivered", 374, "float64", length=4, role="energy_total_wh"),
         reg("availability", 1200, enum={"1": "operative", "0": "inoperative"}),
         reg("mode3_state", 1201, "string", length=5, role="iec61851_state"),
-        reg("applied_max_current", 1206, **F32, role="max_current_a"),
+        reg("applied_max_current", 1206, **F32, role="current_limit_a"),
         reg("max_current_setpoint", 1210, **F32, role="set_current_a", access="rw", write_min=0, write_max=32),
         reg("station_serial", 157, "string", length=11, unit_id=200, poll_group="slow"),
         reg("table_version", 122, "int16", unit_id=200, poll_group="slow"),
@@ -412,7 +412,7 @@ ABB_LIKE = quirk_profile(
         reg("error_code", 16392, **U32, role="error_code"),
         reg("socket_lock_state", 16394, **U32, enum={"0x0000": "no cable", "0x0101": "locked", "0x0111": "locked"}),
         reg("charging_state", 16396, **U32, mask=0x7F00, enum={str(n): f"state {n}" for n in range(6)}),
-        reg("charging_current_limit", 16398, **U32, scale=0.001, role="max_current_a"),
+        reg("charging_current_limit", 16398, **U32, scale=0.001, role="current_limit_a"),
         *(reg(f"current_l{n}", 16398 + 2 * n, **U32, scale=0.001, role=f"current_l{n}_a") for n in (1, 2, 3)),
         *(reg(f"voltage_l{n}", 16404 + 2 * n, **U32, scale=0.1, role=f"voltage_l{n}_v") for n in (1, 2, 3)),
         reg("active_power", 16412, **U32, role="power_w"),
@@ -449,7 +449,7 @@ KEBA_LIKE = quirk_profile(
         reg("active_power", 1020, **U32, scale=0.001, role="power_w"),
         reg("total_energy", 1036, **U32, scale=0.1, role="energy_total_wh"),
         reg("voltage_l1", 1040, **U32, role="voltage_l1_v"),
-        reg("max_charging_current", 1100, **U32, scale=0.001, role="max_current_a"),
+        reg("max_charging_current", 1100, **U32, scale=0.001, role="current_limit_a"),
         reg("set_charging_current", 5004, scale=0.001, access="w", role="set_current_a", write_min=6, write_max=32),
         reg("enable", 5014, access="w", enum={"0": "disabled", "1": "enabled"}),
         reg("set_failsafe_timeout", 5018, access="w"),
@@ -529,7 +529,7 @@ BITS_LIKE = quirk_profile(
         reg("charging_enabled", 0, "bool", function="coil", access="rw"),
         reg("cable_plugged", 5, "bool", function="discrete_input"),
         # IEC 61851 limits: 6 A to 32 A, 0 pauses
-        reg("max_current", 6, role="max_current_a", access="rw", write_min=6, write_max=32, write_values=[0]),
+        reg("max_current", 6, role="current_limit_a", access="rw", write_min=6, write_max=32, write_values=[0]),
     ],
     [
         ("cable_plugged", "0", "A", "available"),

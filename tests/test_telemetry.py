@@ -62,7 +62,7 @@ def test_generic_block_decodes_scaled_values_and_status() -> None:
     assert fields.values["voltage_l1_v"] == 230.1
     assert fields.values["energy_total_wh"] == 123_456_789
     assert fields.values["temperature_c"] == -5.5
-    assert fields.values["max_current_a"] == 16.0
+    assert fields.values["current_limit_a"] == 16.0
     assert fields.problems == []
 
 
@@ -126,7 +126,7 @@ def test_wrong_status_value_names_the_field() -> None:
 def test_schema_file_is_where_the_readme_says() -> None:
     relative = SCHEMA_PATH.relative_to(settings.BASE_DIR).as_posix()
     assert relative in (settings.BASE_DIR / "README.md").read_text()
-    assert json.loads(SCHEMA_PATH.read_text())["properties"]["schema_version"] == {"const": 1}
+    assert json.loads(SCHEMA_PATH.read_text())["properties"]["schema_version"] == {"const": 2}
 
 
 def test_power_is_derived_only_where_the_profile_declares_it() -> None:
@@ -160,7 +160,7 @@ INVALID = [
     pytest.param(valid_record(status="exploded"), "status", id="status-not-in-enum"),
     pytest.param(valid_record(seq=-1), "seq", id="negative-seq"),
     pytest.param(valid_record(seq=1.5), "seq", id="fractional-seq"),
-    pytest.param(valid_record(schema_version=2), "schema_version", id="other-version"),
+    pytest.param(valid_record(schema_version=3), "schema_version", id="other-version"),
     pytest.param(valid_record(type="alert"), "type", id="other-type"),
     pytest.param(valid_record(charge_point="cp 01"), "charge_point", id="slug-with-space"),
     pytest.param(valid_record(ts="2026-11-24 12:00:00"), "ts", id="ts-without-T-and-ms"),
@@ -203,3 +203,20 @@ def test_newest_per_charge_point_orders_by_ts_then_seq() -> None:
     b = base | {"charge_point": "cp-02"}
     assert newest_per_charge_point([a2, b, a1]) == [a2, b]
     assert newest_per_charge_point([a_restarted, a2]) == [a_restarted]
+
+
+def test_a_version_1_record_is_upgraded_not_dead_lettered() -> None:
+    """Records written before the upgrade (still in an outbox or a topic) keep their current limit."""
+    v1 = valid_record(schema_version=1)
+    v1["values"] = {"power_w": 7200.0, "max_current_a": 16.0}
+    v1.pop("active_limit_a", None)
+    record = decode_record(json.dumps(v1).encode())
+    assert record["schema_version"] == 2
+    assert record["values"] == {"power_w": 7200.0, "current_limit_a": 16.0}
+    assert record["active_limit_a"] is None
+
+
+def test_a_version_1_record_is_still_checked() -> None:
+    v1 = valid_record(schema_version=1, status="exploded")
+    with pytest.raises(InvalidRecord, match=r"^status: "):
+        decode_record(json.dumps(v1).encode())

@@ -356,7 +356,7 @@ def test_charge_point_page(admin_client: Client, site: Site, generic_profile: De
     assert re.search(r'data-value="power_w">11\.0<', html)
     assert re.search(r'data-value="energy_total_wh">1234\.6<', html)
     assert re.search(r'data-value="temperature_c">41\.5<', html)
-    assert re.search(r'data-value="max_current_a">—<', html)
+    assert re.search(r'data-value="current_limit_a">—<', html)
     assert "C: charging" in html
     assert "SN-1" in html
     assert 'id="power-chart"' in html and 'id="current-chart"' in html

@@ -20,6 +20,16 @@ def dead_letter_topic() -> str:
     return setting("DEAD_LETTER_TOPIC") or f"{telemetry_topic()}.dlq"
 
 
+def commands_topic() -> str:
+    """Operator commands to the pollers (gateway/commands/messages.py), key = charge point."""
+    return setting("COMMANDS_TOPIC")
+
+
+def command_results_topic() -> str:
+    """The pollers' results of commands, key = charge point."""
+    return setting("COMMAND_RESULTS_TOPIC")
+
+
 async def ensure_topics(topics: list[str], partitions: int | None = None) -> None:
     """Create missing topics (keyed by charge point, so partitions give consumers parallelism).
 

@@ -27,6 +27,40 @@ def charge_point_state_topic(site: str, charge_point: str) -> str:
     return f"{_prefix()}/{_segment(site, 'site')}/{_segment(charge_point, 'charge point')}/state"
 
 
+def commands_topic(site: str, charge_point: str) -> str:
+    """Commands for one charge point, from the bridge to the poller that owns it (QoS 1)."""
+    return f"{_prefix()}/{_segment(site, 'site')}/{_segment(charge_point, 'charge point')}/commands"
+
+
+def command_results_topic(site: str, charge_point: str) -> str:
+    """Results of one charge point's commands, from its poller to the bridge (QoS 1)."""
+    return f"{_prefix()}/{_segment(site, 'site')}/{_segment(charge_point, 'charge point')}/command-results"
+
+
+def commands_subscription(site: str | None = None) -> str:
+    """What a poller subscribes to: its site's commands, or every site's."""
+    return f"{_prefix()}/{_segment(site, 'site') if site else '+'}/+/commands"
+
+
+def command_results_subscription() -> str:
+    """Every charge point's command results (the bridge subscribes to this)."""
+    return f"{_prefix()}/+/+/command-results"
+
+
+def parse_charge_point_topic(topic: str, kind: str) -> tuple[str, str]:
+    """(site, charge point) of a topic <prefix>/<site>/<charge point>/<kind>; ValueError for anything else."""
+    prefix = f"{_prefix()}/"
+    levels = topic[len(prefix) :].split("/") if topic.startswith(prefix) else []
+    if (
+        len(levels) != 3
+        or levels[2] != kind
+        or levels[0] == "pollers"
+        or any(not level or RESERVED.intersection(level) or "\0" in level for level in levels[:2])
+    ):
+        raise ValueError(f"not a {kind} topic ({prefix}<site>/<charge point>/{kind}): {topic!r}")
+    return levels[0], levels[1]
+
+
 def poller_state_topic(poller_id: str) -> str:
     """Retained online/offline of one poller; its last will sets it offline."""
     return f"{_prefix()}/pollers/{_segment(poller_id, 'poller id')}/state"

@@ -101,6 +101,40 @@ class Heartbeat:
 
 
 @dataclass(frozen=True)
+class CommandSpec:
+    """How a charger model carries out one operator command (docs/profiles.md, "Commands").
+
+    The poller writes `value` (or the command's own value) to `register`, waits `settle_s`, reads
+    `verify_register` back and compares: applied only if the charger shows it did it.
+    """
+
+    action: str  # a CommandAction value
+    register: str = ""  # the register written; "" when unsupported
+    # Written as is (a pause or resume flag); None: the command's value, i.e. the limit asked for
+    # (set_current_limit) or, for a resume, the limit held (the operator's, else max_value of the
+    # profile's set_current_limit).
+    value: float | None = None
+    min_value: float | None = None  # set_current_limit: the range an operator may ask for, in A
+    max_value: float | None = None
+    verify_register: str = ""  # read back after settle_s; "" = `register` itself (if readable)
+    verify_value: float | None = None  # the read-back expected; None = the value written
+    verify_values: tuple[float, ...] = ()  # or: any of these (e.g. the status codes of "not charging")
+    tolerance: float = 0.0  # |read back - expected| allowed (float registers, mA rounding)
+    settle_s: float = 1.0  # what the charger needs to apply it (vendor doc, else measured or evcc's wait)
+    unsupported: str = ""  # why the charger has no such command (then register is "")
+    source: str = ""  # source ids of the profile's `source`, with pages or sections
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.verify_values, list):
+            object.__setattr__(self, "verify_values", tuple(self.verify_values))
+
+    @property
+    def supported(self) -> bool:
+        return bool(self.register) and not self.unsupported
+
+
+@dataclass(frozen=True)
 class ReadBlock:
     """An explicit read a quirky charger insists on; registers inside it are read with it."""
 
@@ -130,6 +164,7 @@ class ProfileSpec:
     read_blocks: tuple[ReadBlock, ...] = ()
     derived: tuple[str, ...] = ()
     heartbeats: tuple[Heartbeat, ...] = ()
+    commands: tuple[CommandSpec, ...] = ()
     simulator: dict[str, Any] = field(default_factory=dict)
     # Vendor pacing (docs/profiles.md "Pacing"): the least time from one request's answer to the
     # next request, and from one write's answer to the next write; 0 = back to back.
@@ -142,6 +177,13 @@ class ProfileSpec:
             if register.name == name:
                 return register
         raise KeyError(name)
+
+    def command(self, action: str) -> CommandSpec | None:
+        """How this charger does `action` (a CommandAction value); None if the profile does not say."""
+        for command in self.commands:
+            if command.action == action:
+                return command
+        return None
 
     def register_for(self, role: str) -> RegisterSpec | None:
         """The register that feeds a telemetry role, if the profile has one."""
@@ -168,6 +210,11 @@ class ProfileSpec:
         ]
         data["heartbeats"] = [_compact(asdict(hb), _HEARTBEAT_DEFAULTS) for hb in self.heartbeats]
         data["read_blocks"] = [_compact(asdict(block), {"unit_id": None}) for block in self.read_blocks]
+        data["commands"] = [
+            {**compacted, **({"verify_values": list(cmd.verify_values)} if "verify_values" in compacted else {})}
+            for cmd in self.commands
+            for compacted in [_compact(asdict(cmd), _COMMAND_DEFAULTS)]
+        ]
         data["derived"] = list(self.derived)
         return data
 
@@ -199,6 +246,7 @@ class ProfileSpec:
             ),
             read_blocks=entries_from_json(ReadBlock, data.get("read_blocks", []), "read_blocks"),
             heartbeats=entries_from_json(Heartbeat, data.get("heartbeats", []), "heartbeats"),
+            commands=entries_from_json(CommandSpec, data.get("commands", []), "commands"),
             derived=derived_from_json(data.get("derived", [])),
             **scalars,
         )
@@ -210,6 +258,7 @@ _ENTRY_KINDS = {
     "status_rules": StatusRule,
     "read_blocks": ReadBlock,
     "heartbeats": Heartbeat,
+    "commands": CommandSpec,
 }
 
 
@@ -306,6 +355,7 @@ def _show(value: Any) -> str:
 
 
 _REGISTER_DEFAULTS = asdict(RegisterSpec(name="", address=0))
+_COMMAND_DEFAULTS = {key: value for key, value in asdict(CommandSpec(action="")).items() if key != "action"}
 _HEARTBEAT_DEFAULTS = {"value": None, "value_from": None, "description": ""}
 
 

@@ -140,7 +140,7 @@ class ChargePointBehaviour:
             Role.ENERGY_TOTAL_WH.value: round(self.energy_total_wh, 1),
             Role.SESSION_ENERGY_WH.value: round(self.session_energy_wh, 1),
             Role.TEMPERATURE_C.value: self.temperature_c,
-            Role.MAX_CURRENT_A.value: self.max_current_a,
+            Role.CURRENT_LIMIT_A.value: self.max_current_a,
             Role.ERROR_CODE.value: self.error_code,
         }
 

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 # pymodbus' non-shared layout: one address space per object type, in this order.
 _LAYOUT = (Function.COIL, Function.DISCRETE_INPUT, Function.HOLDING, Function.INPUT)
-_LIMIT_ROLES = (Role.SET_CURRENT_A, Role.MAX_CURRENT_A)
+_LIMIT_ROLES = (Role.SET_CURRENT_A, Role.CURRENT_LIMIT_A)
 _WRITE_SINGLE_REGISTER = 6
 _READ_CODES = {Function.COIL: 1, Function.DISCRETE_INPUT: 2, Function.HOLDING: 3, Function.INPUT: 4}
 

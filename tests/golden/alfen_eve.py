@@ -58,7 +58,7 @@ TABLE = GoldenTable(
             "energy_total_wh",
         ),
         # 16.0 A applied max current = 0x41800000
-        Read("actual_applied_max_current", 1206, "holding", (0x4180, 0x0000), 16.0, "alfen_doc", "max_current_a"),
+        Read("actual_applied_max_current", 1206, "holding", (0x4180, 0x0000), 16.0, "alfen_doc", "current_limit_a"),
         # station register on unit 200: board temperature 41.5 °C = 0x42260000
         Read("temperature", 1102, "holding", (0x4226, 0x0000), 41.5, "alfen_doc (unit 200)", "temperature_c", 200),
         # alfen_doc example "Alfen NV": ASCII, 2 chars per register, high byte first, NUL-padded (5 registers)

@@ -93,7 +93,7 @@ TABLE = GoldenTable(
             (0x0000, 0x3E80),
             16.0,
             "reference (keba_rust, keba_live)",
-            "max_current_a",
+            "current_limit_a",
         ),
         # charging state 3 = charging (evcc comment list)
         Read("charging_state", 1000, "holding", (0x0000, 0x0003), 3, "evcc_keba", "vendor_status"),

@@ -59,7 +59,7 @@ TABLE = GoldenTable(
         # control pilot 6 = C2 (evcc: 5/6 -> C)
         Read("cp_signal_state", 0x0302, "input", (0x0006,), 6, "evcc_hcc3, nymea_hcc3", "vendor_status"),
         # 0x0400 current limit 16 A = 0x0010 (evcc Enabled reads it with FC03)
-        Read("customer_current_limitation", 0x0400, "holding", (0x0010,), 16, "evcc_hcc3", "max_current_a"),
+        Read("customer_current_limitation", 0x0400, "holding", (0x0010,), 16, "evcc_hcc3", "current_limit_a"),
         # "AMTRON" with bytes swapped in each register: "AM" -> 0x4D41, "TR" -> 0x5254, "ON" -> 0x4E4F (11 registers)
         Read(
             "wallbox_name",

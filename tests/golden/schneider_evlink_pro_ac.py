@@ -59,7 +59,7 @@ TABLE = GoldenTable(
             "energy_total_wh",
         ),
         # set point 16 A = 0x0010 (evcc reads 4004 with FC03 at start)
-        Read("set_point", 4004, "holding", (0x0010,), 16, "evcc_schneider", "max_current_a"),
+        Read("set_point", 4004, "holding", (0x0010,), 16, "evcc_schneider", "current_limit_a"),
         # ev_state 8 = charging EV
         Read("ev_state", 1, "holding", (0x0008,), 8, "evcc_schneider", "vendor_status"),
         # OCPP status 3 = charging (gekko enum, via the reference JSON; evcc reads 150 in Diagnose)

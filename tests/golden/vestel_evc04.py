@@ -48,7 +48,7 @@ TABLE = GoldenTable(
             "session_energy", 1502, "input", (0x0001, 0xE240), 123456, "evcc_vestel, nymea_vestel", "session_energy_wh"
         ),
         # 16 A = 0x0010 in holding 5004 (evcc GetMaxCurrent reads it with FC03)
-        Read("charging_current", 5004, "holding", (0x0010,), 16, "evcc_vestel", "max_current_a"),
+        Read("charging_current", 5004, "holding", (0x0010,), 16, "evcc_vestel", "current_limit_a"),
         # "VESTEL" in UTF-16BE: one character per register (evcc utf16BEBytesAsString), 10 registers
         Read(
             "brand",
