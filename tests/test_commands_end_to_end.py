@@ -30,7 +30,8 @@ from gateway.profiles.spec import ProfileSpec
 from gateway.profiles.store import read_spec_file, shipped_profile_files
 from gateway.simulator.fleet import SimulatorFleet
 from tests.conftest import make_charge_point, session_cookie_headers, shipped_profile
-from tests.mosquitto import Mosquitto, User as MqttUser
+from tests.mosquitto import Mosquitto
+from tests.mosquitto import User as MqttUser
 from tests.processes import wait_until_async
 
 SHIPPED = [read_spec_file(path) for path in shipped_profile_files()]
@@ -51,7 +52,7 @@ def supporting(*actions: str) -> list[ProfileSpec]:
 
 @pytest.fixture
 def operator(db: None) -> User:
-    user = User.objects.create_user("operator", password="not-used-here")  # noqa: S106
+    user = User.objects.create_user("operator", password="not-used-here")
     user.user_permissions.add(Permission.objects.get(codename="send_command"))
     return User.objects.get(pk=user.pk)  # fresh: permissions are cached per instance
 
@@ -132,9 +133,9 @@ async def command_message(socket: WebsocketCommunicator, command_id: str, timeou
         remaining = deadline - asyncio.get_running_loop().time()
         assert remaining > 0, f"no final command message for {command_id} on the page's socket"
         message = await socket.receive_json_from(timeout=remaining)
-        if message["type"] == "command" and message["command"]["id"] == command_id:
-            if message["command"]["status"] != CommandStatus.PENDING:
-                return message["command"]
+        command = message.get("command") or {}
+        if message["type"] == "command" and command["id"] == command_id and command["status"] != "pending":
+            return command
 
 
 @pytest.mark.django_db(transaction=True)
