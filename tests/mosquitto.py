@@ -8,8 +8,9 @@
 
 Security as production runs it: no anonymous clients, a password file (mosquitto_passwd -b) and an
 ACL. The default users (DEFAULT_USERS) are the edge path's:
-  poller  writes evdash/+/+/telemetry, evdash/+/+/state and evdash/pollers/+/state, nothing else;
-  bridge  reads evdash/+/+/telemetry;
+  poller  writes evdash/+/+/telemetry, evdash/+/+/state, evdash/pollers/+/state and
+          evdash/+/+/command-results, reads evdash/+/+/commands, nothing else;
+  bridge  reads evdash/+/+/telemetry and evdash/+/+/command-results, writes evdash/+/+/commands;
   watcher reads everything (the tests' own subscriber).
 No persistence (a restart forgets retained messages and sessions, as a broker that lost its disk
 would) unless `persistence=True`; no limit on queued messages for persistent sessions.
@@ -46,9 +47,18 @@ class User:
 DEFAULT_USERS: dict[str, User] = {
     "poller": User(
         "poller-Secr3t!pw",
-        ("write evdash/+/+/telemetry", "write evdash/+/+/state", "write evdash/pollers/+/state"),
+        (
+            "write evdash/+/+/telemetry",
+            "write evdash/+/+/state",
+            "write evdash/pollers/+/state",
+            "write evdash/+/+/command-results",
+            "read evdash/+/+/commands",
+        ),
     ),
-    "bridge": User("bridge-Secr3t!pw", ("read evdash/+/+/telemetry",)),
+    "bridge": User(
+        "bridge-Secr3t!pw",
+        ("read evdash/+/+/telemetry", "read evdash/+/+/command-results", "write evdash/+/+/commands"),
+    ),
     "watcher": User("watcher-Secr3t!pw", ("read #",)),
 }
 
