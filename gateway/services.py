@@ -2,9 +2,11 @@
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiokafka.errors import KafkaError
 
+from gateway.commands.results import build_results_consumer, consume_results, sweep_unanswered
 from gateway.conf import setting
 from gateway.kafka.consumer import TelemetryConsumer
 from gateway.kafka.topics import dead_letter_topic, ensure_topics, telemetry_topic
@@ -99,23 +101,69 @@ async def poll_once(
         await publisher.close(flush_timeout_s=POLLER_FLUSH_TIMEOUT_S)
 
 
-async def run_consumer(stop: asyncio.Event, consumer: TelemetryConsumer | None = None) -> None:
-    """Consume telemetry into storage and the live dashboard until stop is set.
+async def run_consumer(
+    stop: asyncio.Event, consumer: TelemetryConsumer | None = None, results: TelemetryConsumer | None = None
+) -> None:
+    """Consume telemetry into storage and the live dashboard, and command results onto their
+    audit rows, until stop is set; meanwhile fail the commands nobody answered.
 
-    A failure of the consumer (anything but a broker outage, which it rides out) is logged here
-    and raised: runconsumer exits non-zero and the demo stops, so it is never silent.
+    The three run as tasks that stop together. A failure of one (anything but a broker outage,
+    which the consumers ride out) is logged and raised after the others stopped: runconsumer exits
+    non-zero and the demo stops, so it is never silent.
     """
     consumer = consumer or TelemetryConsumer(telemetry_topic())
-    try:
+    results = results or build_results_consumer()
+
+    async def consume_telemetry(together: asyncio.Event) -> None:
         await prepare_topics()
-        await consumer.run(stop)
-    except Exception:
-        logger.critical("the telemetry consumer failed; the dashboards get no more data", exc_info=True)
-        raise
+        await consumer.run(together)
+
+    try:
+        await run_together(
+            stop,
+            {
+                "the telemetry consumer": (consume_telemetry, "the dashboards get no more data"),
+                "the command results consumer": (
+                    lambda together: consume_results(together, results),
+                    "command results are no longer stored",
+                ),
+                "the command sweeper": (sweep_unanswered, "unanswered commands stay pending"),
+            },
+        )
     finally:
         logger.info(
-            "consumer stopped: %d records handled, %d malformed and %d failed records dead-lettered",
+            "consumer stopped: %d records handled, %d malformed and %d failed records dead-lettered; "
+            "%d command results handled, %d malformed and %d failed dead-lettered",
             consumer.handled,
             consumer.skipped,
             consumer.failed,
+            results.handled,
+            results.skipped,
+            results.failed,
         )
+
+
+async def run_together(
+    stop: asyncio.Event, jobs: dict[str, tuple[Callable[[asyncio.Event], Awaitable[None]], str]]
+) -> None:
+    """Run jobs (name -> (job taking a stop event, what its failure costs)) until stop is set or one ends.
+
+    Whichever comes first stops them all (each finishes its cycle); then the first failure, in
+    the order of `jobs`, is logged with what it costs and raised.
+    """
+    together = asyncio.Event()
+    tasks = {name: asyncio.create_task(job(together), name=name) for name, (job, _cost) in jobs.items()}
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([*tasks.values(), stopped], return_when=asyncio.FIRST_COMPLETED)
+        together.set()
+        await asyncio.wait(tasks.values())
+    finally:
+        for task in [*tasks.values(), stopped]:
+            task.cancel()
+        await asyncio.gather(*tasks.values(), stopped, return_exceptions=True)
+    failures = [(name, task.exception()) for name, task in tasks.items() if not task.cancelled() and task.exception()]
+    for name, exc in failures:
+        logger.critical("%s failed; %s", name, jobs[name][1], exc_info=exc)
+    if failures:
+        raise failures[0][1]

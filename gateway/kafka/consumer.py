@@ -1,5 +1,9 @@
 """Consume telemetry from Kafka: validate, hand each batch to the sinks (store, push), dead-letter what fails.
 
+The same consumer serves the command results (gateway/commands/results.py): it takes the decoder of
+its messages (`decode`, telemetry records by default) and the sinks, and keeps its batching,
+retries and dead-lettering for both.
+
 Delivery is at least once: a batch is committed only when each of its messages was handled by
 every sink or dead-lettered, so a crash, a rebalance or a stop replays uncommitted messages and
 never loses one. Sinks must therefore tolerate a record twice (the latest-state upsert keeps the
@@ -9,6 +13,7 @@ newest by (ts, seq); the dashboard redraws).
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
@@ -25,7 +30,8 @@ from gateway.telemetry import Record, decode_record
 
 logger = logging.getLogger(__name__)
 
-Sink = Callable[[list[Record]], Awaitable[object]]
+Sink = Callable[[list[Any]], Awaitable[object]]  # takes a batch of decoded messages (telemetry records)
+Decode = Callable[[bytes | None], Any]  # a message's value -> what the sinks take; raises if it is not one
 
 # A dead letter keeps the original key and value; these headers say why and where it came from.
 REASON_HEADER = "evdash.reason"
@@ -82,8 +88,10 @@ class TelemetryConsumer:
         dead_letter_to: str | None = None,
         attempts: int = HANDLE_ATTEMPTS,
         retry_backoff: Backoff | None = None,
+        decode: Decode = decode_record,
     ) -> None:
         self.topic = topic
+        self.decode = decode
         self.group_id = group_id or setting("CONSUMER_GROUP")
         self.auto_offset_reset = auto_offset_reset
         self.max_batch = max_batch
@@ -91,7 +99,7 @@ class TelemetryConsumer:
         self.dead_letter_topic = dead_letter_to or dead_letter_topic()
         self.attempts = max(1, attempts)
         self.handled = 0  # records every sink accepted
-        self.skipped = 0  # messages that were not telemetry records (dead-lettered, stage "decode")
+        self.skipped = 0  # messages `decode` refused (dead-lettered, stage "decode")
         self.failed = 0  # records a sink kept refusing (dead-lettered, stage "handle")
         self.dead_lettered = 0
         self.assigned = asyncio.Event()
@@ -154,10 +162,10 @@ class TelemetryConsumer:
         is set while a failing batch waits to be retried.
         """
         stop = stop or asyncio.Event()
-        decoded: list[tuple[ConsumerRecord, Record]] = []
+        decoded: list[tuple[ConsumerRecord, Any]] = []
         for message in messages:
             try:
-                decoded.append((message, decode_record(message.value)))
+                decoded.append((message, self.decode(message.value)))
             except Exception as exc:  # whatever decoding raises is this message's problem
                 self.skipped += 1
                 await self._dead_letter(message, "decode", exc)
@@ -179,11 +187,11 @@ class TelemetryConsumer:
             else:
                 self.handled += 1
 
-    async def _deliver(self, records: list[Record]) -> None:
+    async def _deliver(self, records: list[Any]) -> None:
         for sink in self.sinks:
             await sink(records)
 
-    async def _deliver_with_retries(self, records: list[Record], stop: asyncio.Event) -> Exception | None:
+    async def _deliver_with_retries(self, records: list[Any], stop: asyncio.Event) -> Exception | None:
         """None once every sink took the records; the last error after `attempts` failures."""
         self._retry.reset()
         for attempt in range(1, self.attempts + 1):

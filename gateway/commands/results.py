@@ -1,0 +1,207 @@
+"""The server's side of command results: store each on its audit row and push it to the pages.
+
+runconsumer consumes evdash.command-results with the telemetry consumer's machinery
+(gateway/kafka/consumer.py, decode=CommandResult.from_json) into store_results, and runs
+sweep_unanswered beside it: a command nobody answered is failed `no_answer` shortly after its
+expiry, so a page or `sendcommand` never waits on a pending command forever.
+
+The first outcome of a command wins: a row leaves `pending` once, by a conditional update, so a
+result delivered twice (the consumer is at least once; a poller re-publishes a stored result after
+a restart) or a result after the sweeper gave up changes nothing.
+"""
+
+import asyncio
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiokafka.errors import KafkaError
+from asgiref.sync import sync_to_async
+from django.db import DatabaseError, close_old_connections
+
+from gateway.choices import CommandStatus, FailureReason
+from gateway.commands.messages import CommandResult
+from gateway.commands.service import command_json
+from gateway.conf import setting
+from gateway.kafka.consumer import TelemetryConsumer
+from gateway.kafka.topics import command_results_topic, ensure_topics
+from gateway.models import Command
+from gateway.runtime import wait_unless_stopped
+
+logger = logging.getLogger(__name__)
+
+# A result may be on its way when the command expires (the poller checked the expiry just before
+# its write, then settled and read back): the sweeper gives it this long before it gives up.
+NO_ANSWER_GRACE_S = 5.0
+SWEEP_INTERVAL_S = 2.0
+NO_ANSWER_REASON = "no poller answered before the command expired"
+
+
+def results_dead_letter_topic() -> str:
+    """Where results that are not results (or that cannot be stored) go: evdash.command-results.dlq."""
+    return f"{command_results_topic()}.dlq"
+
+
+def build_results_consumer(**options: Any) -> TelemetryConsumer:
+    """The consumer of command results: the telemetry consumer's machinery with the results' decoder and sink.
+
+    From the earliest offset when its group is new: a result must not be lost to the race with
+    the group's first join, and old results only meet rows that are no longer pending.
+    """
+    return TelemetryConsumer(
+        command_results_topic(),
+        group_id=f"{setting('CONSUMER_GROUP')}-commands",
+        auto_offset_reset="earliest",
+        sinks=[store_results],
+        dead_letter_to=results_dead_letter_topic(),
+        decode=CommandResult.from_json,
+        **options,
+    )
+
+
+async def consume_results(stop: asyncio.Event, consumer: TelemetryConsumer) -> None:
+    """Create the results topics if the broker lets us, then store results until stop is set."""
+    try:
+        await ensure_topics([command_results_topic(), results_dead_letter_topic()])
+    except (KafkaError, OSError) as exc:
+        logger.warning("could not check the command results topics (%s); continuing", exc)
+    await consumer.run(stop)
+
+
+async def store_results(results: list[CommandResult]) -> list[Command]:
+    """Sink of the results consumer: complete the pending rows, then push them live; returns the rows completed."""
+    completed = await sync_to_async(complete_commands)(results)
+    if completed:
+        await push_commands(completed)
+    return completed
+
+
+def complete_commands(results: list[CommandResult]) -> list[Command]:
+    """Store each result on its pending row; results of unknown or already completed commands are logged and skipped."""
+    close_old_connections()
+    received_at = datetime.now(UTC)
+    completed = []
+    for result in results:
+        command = _pending_command(result)
+        if command is None:
+            continue
+        fields = {
+            "status": result.status,
+            "reason_code": result.reason_code or "",
+            "reason": result.reason or "",
+            "read_back": result.read_back,
+            "poller": result.poller,
+            "completed_at": result.completed_at,
+            "received_at": received_at,
+            "latency_ms": (received_at - command.created_at).total_seconds() * 1000,
+        }
+        # Conditional: another consumer (or the sweeper) may have completed it since it was read.
+        if Command.objects.filter(id=command.id, status=CommandStatus.PENDING).update(**fields):
+            for name, value in fields.items():
+                setattr(command, name, value)
+            completed.append(command)
+            logger.info(
+                "command %s %s %s to %s: %s%s (%.0f ms)",
+                command.id,
+                command.action,
+                command.value,
+                command.charge_point_slug,
+                result.status,
+                f" ({result.reason_code}: {result.reason})" if result.reason_code else "",
+                fields["latency_ms"],
+            )
+        else:
+            logger.info("result of command %s ignored: the command was completed meanwhile", command.id)
+    return completed
+
+
+def _pending_command(result: CommandResult) -> Command | None:
+    """The row a result completes, or None (logged) if there is none or it is no longer pending."""
+    try:
+        command_id = uuid.UUID(result.id)
+    except ValueError:
+        command = None
+    else:
+        command = Command.objects.filter(id=command_id).first()
+    if command is None:
+        logger.warning(
+            "result of unknown command %r (%s) from %s ignored", result.id, result.charge_point, result.poller
+        )
+        return None
+    if command.charge_point_slug != result.charge_point:
+        logger.warning(
+            "result of command %s for %s ignored: the command went to %s",
+            command.id,
+            result.charge_point,
+            command.charge_point_slug,
+        )
+        return None
+    if command.status != CommandStatus.PENDING:
+        logger.info(
+            "result %s of command %s from %s ignored: it is already %s",
+            result.status,
+            command.id,
+            result.poller,
+            command.status,
+        )
+        return None
+    return command
+
+
+def fail_unanswered(now: datetime | None = None) -> list[Command]:
+    """Fail `no_answer` every pending command whose expiry passed more than NO_ANSWER_GRACE_S ago."""
+    close_old_connections()
+    now = now or datetime.now(UTC)
+    overdue = Command.objects.filter(
+        status=CommandStatus.PENDING, expires_at__lt=now - timedelta(seconds=NO_ANSWER_GRACE_S)
+    )
+    failed = []
+    for command in overdue:
+        fields = {
+            "status": CommandStatus.FAILED,
+            "reason_code": FailureReason.NO_ANSWER,
+            "reason": NO_ANSWER_REASON,
+            "completed_at": now,
+        }
+        if Command.objects.filter(id=command.id, status=CommandStatus.PENDING).update(**fields):
+            for name, value in fields.items():
+                setattr(command, name, value)
+            failed.append(command)
+            logger.warning(
+                "command %s (%s to %s) failed: %s",
+                command.id,
+                command.action,
+                command.charge_point_slug,
+                NO_ANSWER_REASON,
+            )
+    return failed
+
+
+async def sweep_unanswered(stop: asyncio.Event, interval_s: float = SWEEP_INTERVAL_S) -> None:
+    """Every interval_s until stop is set: fail the commands nobody answered, and push them."""
+    while True:
+        try:
+            failed = await sync_to_async(fail_unanswered)()
+        except DatabaseError as exc:  # the database restarting: the next round catches up
+            logger.warning("could not sweep unanswered commands (%s: %s); trying again", type(exc).__name__, exc)
+        else:
+            if failed:
+                await push_commands(failed)
+        if await wait_unless_stopped(stop, interval_s):
+            return
+
+
+async def push_commands(commands: list[Command]) -> None:
+    """Push completed commands to the pages that show their charge points."""
+    await _push([command_json(command) for command in commands])
+
+
+async def _push(commands: list[dict[str, Any]]) -> None:
+    # Imported here: the live push of commands lands with the page (lane L7).
+    try:
+        from gateway.live.push import push_command_updates
+    except ImportError:
+        logger.debug("no live push of commands yet; %d updates not pushed", len(commands))
+        return
+    await push_command_updates(commands)
