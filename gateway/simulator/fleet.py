@@ -27,7 +27,8 @@ class SimulatorFleet:
     read them from `charge_points`. `lean` serves them with gateway.simulator.lean instead of pymodbus.
     `first_index` numbers this fleet's charge points from there (a worker process serving a slice
     of a larger fleet): names, profile cycling and each one's random seed are those the whole
-    fleet would give them.
+    fleet would give them. `ignore_writes`: every charge point acknowledges writes and ignores them
+    (SimulatedChargePoint.set_ignore_writes switches one).
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class SimulatorFleet:
         tick_s: float = 0.2,
         lean: bool = False,
         first_index: int = 0,
+        ignore_writes: bool = False,
     ) -> None:
         profiles = (profile,) if isinstance(profile, ProfileSpec) else tuple(profile)
         if not profiles:
@@ -55,6 +57,7 @@ class SimulatorFleet:
         self.profiles = profiles
         self.host = host
         self.tick_s = tick_s
+        self.ignore_writes = ignore_writes
         master = random.Random(seed)  # noqa: S311 - simulation, not security
         for _ in range(first_index):  # the draws of the charge points before this slice
             master.getrandbits(64)
@@ -80,6 +83,7 @@ class SimulatorFleet:
                     identity=identity_values(spec, rng, name),
                     image=image,
                     lean=lean,
+                    ignore_writes=ignore_writes,
                 )
             )
         self._ticker: asyncio.Task[None] | None = None
@@ -135,6 +139,8 @@ class SimulatorFleet:
                 last.port,
                 ", ".join(sorted({cp.profile.slug for cp in self.charge_points})),
             )
+        if self.ignore_writes:
+            logger.warning("every charge point acknowledges writes and ignores them (ignore writes)")
         self._ticker = asyncio.create_task(self._tick_forever(), name="simulator-ticks")
 
     async def stop(self) -> None:

@@ -48,6 +48,7 @@ class FleetPlan:
     seed: int | None = None
     unit_id: int | None = None
     lean: bool = False
+    ignore_writes: bool = False
     tick_s: float | None = None  # None: the fleet's default
     run_for_s: float | None = None
     verbosity: int = 1
@@ -66,6 +67,7 @@ class FleetPlan:
             seed=self.seed,
             unit_id=self.unit_id,
             lean=self.lean,
+            ignore_writes=self.ignore_writes,
             first_index=part.first,
             **({} if self.tick_s is None else {"tick_s": self.tick_s}),
         )

@@ -35,6 +35,7 @@ from gateway.simulator.encoding import (
     encode_register,
 )
 from gateway.simulator.status import StatusCodes
+from gateway.simulator.writes import WriteEffects
 
 # Modbus function code → the object type it reads or writes.
 FUNCTION_BY_CODE: dict[int, str] = {
@@ -88,6 +89,7 @@ class ProfileImage:
         self.unit_id = unit_id
         self.hints = SimulatorHints.from_profile(profile)
         self.status = StatusCodes(profile, self.hints)
+        self.effects = WriteEffects.from_profile(profile, self.hints)
         self.spaces: dict[tuple[int, str], AddressSpace] = {}
         self._encoded: dict[tuple[object, ...], list[int] | list[bool]] = {}
         self._layouts: dict[tuple[int, str], WordLayout] = {}

@@ -26,17 +26,17 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from gateway.choices import Function, Iec61851State, OperatorStatus, Role
 from gateway.profiles.codec import Value
 from gateway.profiles.spec import ProfileSpec, RegisterSpec
-from gateway.simulator.behaviour import BehaviourEvent, ChargePointBehaviour
+from gateway.simulator.behaviour import MIN_CHARGE_CURRENT_A, BehaviourEvent, ChargePointBehaviour, Phase
 from gateway.simulator.encoding import plausible_value
 from gateway.simulator.lean import LeanServer
 from gateway.simulator.registers import BIT_FUNCTIONS, FUNCTION_BY_CODE, ProfileImage, WriteRefused
 from gateway.simulator.status import StatusPair, iec_state_code
+from gateway.simulator.writes import Shows
 
 logger = logging.getLogger(__name__)
 
 # pymodbus' non-shared layout: one address space per object type, in this order.
 _LAYOUT = (Function.COIL, Function.DISCRETE_INPUT, Function.HOLDING, Function.INPUT)
-_LIMIT_ROLES = (Role.SET_CURRENT_A, Role.CURRENT_LIMIT_A)
 _WRITE_SINGLE_REGISTER = 6
 _READ_CODES = {Function.COIL: 1, Function.DISCRETE_INPUT: 2, Function.HOLDING: 3, Function.INPUT: 4}
 
@@ -65,6 +65,8 @@ class SimulatedChargePoint:
     """A behaviour model, its profile's register image and the Modbus TCP server serving it.
 
     The setters are thread-safe, so sync tests can pin values while the server runs in a thread.
+    Writes act as the profile's commands say (gateway.simulator.writes); with `ignore_writes` they
+    are acknowledged and recorded but change nothing, like a charger that ignores them.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class SimulatedChargePoint:
         identity: dict[str, Value] | None = None,
         image: ProfileImage | None = None,
         lean: bool = False,
+        ignore_writes: bool = False,
     ) -> None:
         self.name = name
         self.lean = lean
@@ -103,6 +106,7 @@ class SimulatedChargePoint:
         self._heartbeat_at: dict[str, datetime] = {}
         self._limit_a = behaviour.max_current_a
         self._enabled = True
+        self._ignore_writes = ignore_writes
         self._lock = threading.Lock()
         # Bumped on every change of what the registers show; the encoded words are cached per version.
         self._version = 0
@@ -145,6 +149,15 @@ class SimulatedChargePoint:
             self._overrides.clear()
             self._status_override = None
             self._version += 1
+
+    def set_ignore_writes(self, flag: bool) -> None:
+        """Acknowledge writes but change nothing (True), like a charger that ignores them, or honour them again."""
+        with self._lock:
+            self._ignore_writes = flag
+
+    @property
+    def ignore_writes(self) -> bool:
+        return self._ignore_writes
 
     def connect_vehicle(self, phases: int | None = None) -> None:
         """A vehicle arrives now, if the charge point is free."""
@@ -339,21 +352,29 @@ class SimulatedChargePoint:
 
     def _apply_write(self, register: RegisterSpec, value: Value) -> None:
         """Take one accepted write; the caller holds the lock."""
+        name = register.name
+        self._writes.append(AcceptedWrite(name, value))
+        if name in self._heartbeat_targets:
+            self._heartbeats[name] = self._heartbeats.get(name, 0) + 1
+            self._heartbeat_at[name] = datetime.now(UTC)
+        # Watchdog writes arrive every few seconds: only operator-visible writes go to INFO.
+        level = logging.DEBUG if name in self._heartbeat_targets else logging.INFO
+        if self._ignore_writes:
+            logger.log(level, "%s: %s write of %s acknowledged and ignored", self.name, name, value)
+            return
         self._version += 1
-        self._writes.append(AcceptedWrite(register.name, value))
-        self._written[register.name] = value
-        if register.name in self._heartbeat_targets:
-            self._heartbeats[register.name] = self._heartbeats.get(register.name, 0) + 1
-            self._heartbeat_at[register.name] = datetime.now(UTC)
-        if register.role in _LIMIT_ROLES and isinstance(value, int | float):
+        self._written[name] = value
+        effects = self.image.effects
+        if name in effects.limit_registers and isinstance(value, int | float) and not isinstance(value, bool):
             self._limit_a = float(value)
             self._log(self.behaviour.set_max_current(self._limit_a if self._enabled else 0.0))
-        elif register.name == self.image.hints.enable_register:
-            self._enabled = bool(value)
-            self._log(self.behaviour.set_max_current(self._limit_a if self._enabled else 0.0))
-        # Watchdog writes arrive every few seconds: only operator-visible writes go to INFO.
-        level = logging.DEBUG if register.name in self._heartbeat_targets else logging.INFO
-        logger.log(level, "%s: %s set to %s", self.name, register.name, value)
+        else:
+            enabled = effects.switch(name, value)
+            if enabled is not None:
+                # A resume restores the limit set before the pause (kept in _limit_a meanwhile).
+                self._enabled = enabled
+                self._log(self.behaviour.set_max_current(self._limit_a if enabled else 0.0))
+        logger.log(level, "%s: %s set to %s", self.name, name, value)
 
     # --- helpers (callers hold the lock) ---------------------------------------------------
     def _status(self) -> tuple[StatusPair, dict[str, Value]]:
@@ -364,8 +385,8 @@ class SimulatedChargePoint:
     def _register_values(self) -> dict[str, Value]:
         """Engineering values by register name, in order of precedence."""
         by_role: dict[str, Value] = dict(self.behaviour.values())
-        by_role[Role.SET_CURRENT_A.value] = self.behaviour.max_current_a
         (_, iec_state), status_values = self._status()
+        limit_registers = self.image.effects.limit_registers
         values: dict[str, Value] = {}
         for register in self.profile.registers:
             name, role = register.name, register.role
@@ -373,6 +394,8 @@ class SimulatedChargePoint:
                 values[name] = status_values[name]
             elif role == Role.IEC61851_STATE:
                 values[name] = iec_state_code(register, iec_state)
+            elif name in limit_registers and role not in self._behaviour_roles:
+                values[name] = self._limit_a  # a readable setpoint (Alfen 1210) reads what was set
             elif name in self._written and role not in self._behaviour_roles:
                 values[name] = self._written[name]
             elif role in by_role:
@@ -381,8 +404,21 @@ class SimulatedChargePoint:
                 values[name] = self._identity[name]
             else:
                 values[name] = self._plausible[name]
+        shows = self._command_shows()
+        if shows is not None and not shows.matches(values.get(shows.register)):
+            values[shows.register] = shows.shown
         values.update(self._overrides)
         return values
+
+    def _command_shows(self) -> Shows | None:
+        """The verified register of the pause or resume in effect, unless a fault or a pinned status outranks it."""
+        behaviour = self.behaviour
+        if self._status_override is not None or behaviour.phase == Phase.FAULTED:
+            return None
+        if behaviour.max_current_a < MIN_CHARGE_CURRENT_A:
+            return self.image.effects.paused_shows
+        # "Charging again" needs a vehicle that wants to charge: otherwise the charger shows why not.
+        return self.image.effects.resumed_shows if behaviour.phase == Phase.CHARGING else None
 
     def _register(self, name: str) -> RegisterSpec:
         for register in self.profile.registers:

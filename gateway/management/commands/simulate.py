@@ -43,6 +43,11 @@ class Command(BaseCommand):
             help="Serve with the lean Modbus TCP server (same registers, a fraction of pymodbus' CPU per read).",
         )
         parser.add_argument(
+            "--ignore-writes",
+            action="store_true",
+            help="Acknowledge every write but change nothing, like a charger ignoring writes (read-backs mismatch).",
+        )
+        parser.add_argument(
             "--processes",
             type=int,
             default=1,
@@ -82,6 +87,7 @@ class Command(BaseCommand):
                 seed=options["seed"],
                 unit_id=options["unit_id"],
                 lean=options["lean"],
+                ignore_writes=options["ignore_writes"],
                 tick_s=LEAN_TICK_S if options["lean"] else None,
                 run_for_s=options["run_for"],
                 verbosity=options["verbosity"],
