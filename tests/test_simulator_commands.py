@@ -70,8 +70,8 @@ KEBA = profile(
         reg("cable_state", 1004, **U32, enum={"0": "no cable", "5": "ev", "7": "ev locked"}),
         *currents(1008, 2, **U32, scale=0.001),
         reg("active_power", 1020, **U32, scale=0.001, role="power_w"),
-        reg("max_charging_current", 1100, **U32, scale=0.001, role="current_limit_a"),
-        reg("set_charging_current", 5004, access="w", scale=0.001, write_min=6, write_max=32),
+        reg("max_charging_current", 1100, **U32, unit="A", scale=0.001, role="current_limit_a"),
+        reg("set_charging_current", 5004, access="w", unit="A", scale=0.001, write_min=6, write_max=32),
         reg("enable_charging_station", 5014, access="w", write_values=[0, 1]),
     ],
     [
@@ -114,7 +114,16 @@ SCHNEIDER = profile(
         *currents(10, 2, **F32, byte_order="CDAB"),
         reg("active_power", 20, **F32, byte_order="CDAB", role="power_w"),
         reg("set_command", 4001, access="rw", write_values=[3, 7, 8, 9]),
-        reg("set_point", 4004, access="rw", role="current_limit_a", write_min=6, write_max=32, write_values=[0]),
+        reg(
+            "set_point",
+            4004,
+            access="rw",
+            unit="A",
+            role="current_limit_a",
+            write_min=6,
+            write_max=32,
+            write_values=[0],
+        ),
     ],
     [
         ("ev_state", "2", "A", "available"),
@@ -142,7 +151,7 @@ MENNEKES = profile(
         reg("amtron_state", 773, function="input", enum={str(n): f"state {n}" for n in range(7)}),
         *currents(790, 1, function="input", scale=0.01),
         reg("active_power", 783, **U32, function="input", byte_order="CDAB", role="power_w"),
-        reg("customer_current_limitation", 1024, access="rw", write_min=6, write_max=32, write_values=[0]),
+        reg("customer_current_limitation", 1024, access="rw", unit="A", write_min=6, write_max=32, write_values=[0]),
         reg("change_charge_state", 1025, access="w", write_values=[1, 2, 3, 4]),
     ],
     [
@@ -177,8 +186,8 @@ ALFEN = profile(
         *currents(320, 2, **F32),
         reg("active_power", 344, **F32, role="power_w"),
         reg("mode3_state", 1201, enum={"0": "A", "1": "B2", "2": "C2"}),
-        reg("actual_applied_max_current", 1206, **F32, role="current_limit_a"),
-        reg("max_current_setpoint", 1210, **F32, access="rw", write_min=6, write_max=32, write_values=[0]),
+        reg("actual_applied_max_current", 1206, **F32, unit="A", role="current_limit_a"),
+        reg("max_current_setpoint", 1210, **F32, access="rw", unit="A", write_min=6, write_max=32, write_values=[0]),
     ],
     [
         ("mode3_state", "0", "A", "available"),
