@@ -64,6 +64,12 @@ class StopWatch:
     def __init__(self, stop: asyncio.Event) -> None:
         self.stop = stop
         self._watch: asyncio.Task | None = None
+        self._waiter: asyncio.Future | None = None
+
+    def wake(self) -> None:
+        """End the wait in progress now (a command arrived); nothing when not waiting. Loop thread only."""
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def wait(self, timeout_s: float) -> bool:
         """Sleep up to timeout_s, waking at once when stop is set; returns whether stop is set."""
@@ -80,9 +86,11 @@ class StopWatch:
 
         timer = loop.call_later(max(0.0, timeout_s), wake)
         self._watch.add_done_callback(wake)
+        self._waiter = waiter
         try:
             await waiter
         finally:
+            self._waiter = None
             timer.cancel()
             self._watch.remove_done_callback(wake)
         return self.stop.is_set()

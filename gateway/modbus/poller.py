@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections
 
-from gateway.choices import PollGroup
+from gateway.choices import CommandAction, CommandStatus, FailureReason, PollGroup
+from gateway.commands.execute import execute_command
+from gateway.commands.messages import CommandMessage, CommandResult
+from gateway.commands.queue import CommandHooks, CommandQueue, LoggedResults
 from gateway.conf import setting
 from gateway.modbus.connection import ChargePointConnection, ConnectionFailed, ModbusError, PaceInterrupted
 from gateway.modbus.pacing import SLOW_GROUP_INTERVAL_S, Pacing, effective_pacing
@@ -199,16 +202,28 @@ def _percentile(ordered: list[float], percent: float) -> float:
     return ordered[max(0, math.ceil(percent / 100 * len(ordered)) - 1)]
 
 
-def error_record(*, charge_point: str, site: str, profile: str, seq: int, error: str) -> Record:
+def error_record(
+    *, charge_point: str, site: str, profile: str, seq: int, error: str, active_limit_a: float | None = None
+) -> Record:
     """An offline, bad-quality record whose error tells the operator why nothing was read."""
-    return build_record(charge_point=charge_point, site=site, profile=profile, seq=seq, fields=None, error=error)
+    return build_record(
+        charge_point=charge_point,
+        site=site,
+        profile=profile,
+        seq=seq,
+        fields=None,
+        error=error,
+        active_limit_a=active_limit_a,
+    )
 
 
 class ChargePointPoller:
     """Polls one charge point over its own persistent connection, with backoff when it is down.
 
     `clock` (monotonic seconds) schedules polls, heartbeats and the slow group; tests inject one.
-    `seq` continues a sequence a crashed predecessor left off.
+    `seq` continues a sequence a crashed predecessor left off. `commands` is the charge point's
+    queue (the Poller's, so it outlives this loop): drained between polls, one command at a time,
+    each result handed to `hooks.finish`.
     """
 
     def __init__(
@@ -219,6 +234,9 @@ class ChargePointPoller:
         clock: Clock = time.monotonic,
         seq: int = 0,
         stats: PollStats | None = None,
+        commands: CommandQueue | None = None,
+        hooks: CommandHooks | None = None,
+        poller_id: str = "",
     ) -> None:
         self.config = config
         self.publish = publish
@@ -238,6 +256,18 @@ class ChargePointPoller:
         self._last_values: dict[str, Value] = {}
         self._slow_read_at = -SLOW_GROUP_INTERVAL_S
         self._heartbeat_due: dict[str, float] = {}
+        self.commands = CommandQueue() if commands is None else commands
+        self.hooks: CommandHooks = hooks or LoggedResults()
+        self.poller_id = poller_id
+        self._sleeper: StopWatch | None = None
+        # A heartbeat on the set_current_limit register writes the held setpoint instead of its
+        # own value, so an operator's limit outlives the charger's watchdog (Alfen's validity time).
+        limit = config.profile.command(CommandAction.SET_CURRENT_LIMIT)
+        pause = config.profile.command(CommandAction.PAUSE)
+        self._limit_register = limit.register if limit is not None and limit.supported else None
+        self._pause_setpoint: float | None = None  # what the limit register holds while paused through it
+        if self._limit_register and pause is not None and pause.supported and pause.register == self._limit_register:
+            self._pause_setpoint = 0.0 if pause.value is None else pause.value
 
     async def poll_once(self) -> Record:
         """Connect if needed, read, decode, publish one record (offline if unreachable)."""
@@ -269,7 +299,8 @@ class ChargePointPoller:
         interval_s = self.config.interval_ms / 1000
         next_poll_at = self.first_poll_at(self.clock())
         self.connection.stop = stop
-        sleeper = StopWatch(stop)
+        sleeper = self._sleeper = StopWatch(stop)
+        self.commands.attach(sleeper.wake)
         try:
             while not stop.is_set():
                 if (now := self.clock()) >= next_poll_at:
@@ -279,12 +310,119 @@ class ChargePointPoller:
                 elif self.connection.connected:
                     with contextlib.suppress(ConnectionFailed):  # the next poll reports it
                         await self._send_due_heartbeats(self.clock())
+                if self.commands:
+                    # One command, then a poll if one is due: a write never interleaves with a read.
+                    await self.run_next_command()
+                    continue
                 await sleeper.wait(self._wake_at(next_poll_at) - self.clock())
         except PaceInterrupted:
             logger.debug("%s: stopped while pacing; the poll in progress is abandoned", self.config.slug)
         finally:
+            self.commands.attach(None)
+            self._sleeper = None
             sleeper.close()
             await self.connection.close()
+
+    async def run_next_command(self) -> CommandResult | None:
+        """Execute the oldest queued command and hand its result to hooks.finish (None: queue empty)."""
+        command = self.commands.take()
+        if command is None:
+            return None
+        try:
+            result = await self._execute(command)
+        except Exception as exc:
+            # A defect, not a charger's answer: report it (never retried), then crash the loop as usual.
+            self.hooks.finish(
+                CommandResult.failed(
+                    command,
+                    FailureReason.INTERRUPTED,
+                    f"the poller's loop for this charge point failed while executing it "
+                    f"({type(exc).__name__}: {exc}); not retried",
+                    poller=self.poller_id,
+                )
+            )
+            raise
+        if result.status == CommandStatus.APPLIED:
+            self._hold(command)
+        level = logging.INFO if result.status == CommandStatus.APPLIED else logging.WARNING
+        logger.log(
+            level,
+            "%s: command %s %s %s: %s",
+            self.config.slug,
+            command.id,
+            command.action,
+            "" if command.value is None else f"{command.value:g}",
+            result.reason or f"applied (read back {result.read_back})",
+        )
+        self.hooks.finish(result)
+        return result
+
+    async def _execute(self, command: CommandMessage) -> CommandResult:
+        connected = self.connection.connected
+        if not connected and not self.failures:
+            # No poll has failed since the link was last up (or none ran yet): connect now. After a
+            # failed poll the command fails at once as offline instead of waiting for the backoff.
+            try:
+                await self.connection.ensure_connected()
+                connected = True
+            except ConnectionFailed as exc:
+                logger.info("%s: cannot connect for command %s: %s", self.config.slug, command.id, exc)
+        spec = self.config.profile.command(command.action)
+        written = spec.register if spec is not None else ""
+
+        async def settle(seconds: float) -> bool:
+            return await self._settle(seconds, written)
+
+        return await execute_command(
+            self.connection,
+            self.config.profile,
+            command,
+            hooks=self.hooks,
+            poller=self.poller_id,
+            held_limit_a=self.commands.held_limit_a,
+            connected=connected,
+            settle=settle,
+        )
+
+    async def _settle(self, seconds: float, written: str) -> bool:
+        """Wait a command's settle time, writing the heartbeats that fall due meanwhile (a lifebit
+        must not lapse) except on the register the command just wrote: that write refreshed its
+        watchdog, and a heartbeat there would overwrite it before the read-back. Returns whether stopping."""
+        now = self.clock()
+        deadline = now + seconds
+        for heartbeat in self.config.profile.heartbeats:
+            if heartbeat.register == written:
+                self._heartbeat_due[heartbeat.register] = now + heartbeat.interval_s
+        stop = self.connection.stop or asyncio.Event()
+        while (now := self.clock()) < deadline:
+            due = [at for register, at in self._heartbeat_due.items() if register != written]
+            wake_at = min(deadline, *due) if due and self.connection.connected else deadline
+            if self._sleeper is not None:
+                stopped = await self._sleeper.wait(wake_at - now)
+            else:
+                stopped = await wait_unless_stopped(stop, wake_at - now)
+            if stopped:
+                return True
+            if self.connection.connected:
+                with contextlib.suppress(ConnectionFailed):  # the read-back reports it
+                    await self._send_due_heartbeats(self.clock(), skip=written)
+        return stop.is_set()
+
+    def _hold(self, command: CommandMessage) -> None:
+        """Note what an applied command changed: the limit held, or the pause state."""
+        if command.action == CommandAction.SET_CURRENT_LIMIT:
+            # A new limit written to the register a pause wrote 0 to also ends that pause.
+            self.commands.hold(limit_a=command.value, paused=False if self._pause_setpoint is not None else None)
+        elif command.action == CommandAction.PAUSE:
+            self.commands.hold(paused=True)
+        elif command.action == CommandAction.RESUME:
+            self.commands.hold(paused=False)
+
+    def _held_setpoint(self) -> float | None:
+        """What a heartbeat on the limit register writes now (None: its own value)."""
+        if self.commands.paused and self._pause_setpoint is not None:
+            return self._pause_setpoint
+        return self.commands.held_limit_a
 
     def first_poll_at(self, now: float) -> float:
         """The charge point's own slot within the interval, from a stable hash of its slug.
@@ -348,14 +486,17 @@ class ChargePointPoller:
         poll_ms = (self.clock() - started) * 1000
         return self._record(fields, error="; ".join(problems) or None, poll_ms=poll_ms)
 
-    async def _send_due_heartbeats(self, now: float) -> None:
-        """Watchdog writes the profile declares (e.g. a life bit), each at its own interval."""
+    async def _send_due_heartbeats(self, now: float, skip: str = "") -> None:
+        """Watchdog writes the profile declares (e.g. a life bit), each at its own interval; the
+        limit register's carries the setpoint an operator's command holds."""
         for heartbeat in self.config.profile.heartbeats:
-            if now < self._heartbeat_due.get(heartbeat.register, 0.0):
+            if now < self._heartbeat_due.get(heartbeat.register, 0.0) or heartbeat.register == skip:
                 continue
             self._heartbeat_due[heartbeat.register] = now + heartbeat.interval_s
             value = heartbeat.value
-            if heartbeat.value_from is not None:
+            if heartbeat.register == self._limit_register and (held := self._held_setpoint()) is not None:
+                value = held
+            elif heartbeat.value_from is not None:
                 value = self._last_values.get(heartbeat.value_from)
                 if value is None:
                     continue  # nothing read yet to write back
@@ -384,6 +525,7 @@ class ChargePointPoller:
             fields=fields,
             error=error,
             poll_ms=poll_ms,
+            active_limit_a=self.commands.active_limit_a,
         )
 
 
@@ -393,12 +535,27 @@ class Poller:
     Timing an operator can rely on: an edit, a newly enabled or a disabled charge point takes
     effect within RELOAD_INTERVAL_S plus the poll in progress (at most MODBUS_TIMEOUT_S + 1 s).
     A restarted charge point connects only once its previous loop has closed its connection.
+
+    Operator commands (submit_command) queue per charge point; the queue and the limit it holds
+    survive a restart of the charge point's loop. `hooks` claims and finishes them (the journal and
+    the result publisher; default: logged), `poller_id` names this poller in their results.
     """
 
-    def __init__(self, publish: Publish, *, site: str | None = None, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        publish: Publish,
+        *,
+        site: str | None = None,
+        clock: Clock = time.monotonic,
+        hooks: CommandHooks | None = None,
+        poller_id: str = "",
+    ) -> None:
         self.publish = publish
         self.site = site
         self.clock = clock
+        self.hooks: CommandHooks = hooks or LoggedResults()
+        self.poller_id = poller_id
+        self.queues: dict[str, CommandQueue] = {}  # by charge point: exactly those in self.tasks
         self.tasks: dict[str, tuple[ChargePointConfig, asyncio.Task, asyncio.Event]] = {}
         self.unloadable: dict[str, UnloadableChargePoint] = {}
         self._retiring: set[asyncio.Task] = set()
@@ -416,6 +573,18 @@ class Poller:
         finally:
             await asyncio.gather(*(p.connection.close() for p in pollers))
         return records + self.report_unloadable(fleet.unloadable)
+
+    def submit_command(self, command: CommandMessage) -> bool:
+        """Queue a command for its charge point's loop; False if this poller does not poll it.
+
+        Call from the event loop's thread. A command for a charge point whose loop is restarting
+        waits in the queue (its expiry still applies when it is taken).
+        """
+        queue = self.queues.get(command.charge_point)
+        if queue is None:
+            return False
+        queue.put(command)
+        return True
 
     async def run(self, stop: asyncio.Event) -> None:
         """Reload definitions every RELOAD_INTERVAL_S and reconcile the running loops."""
@@ -462,10 +631,15 @@ class Poller:
                 task.add_done_callback(self._retiring.discard)
                 previous[slug] = task
                 del self.tasks[slug]
+                if slug not in wanted:
+                    self._drop_queue(slug)
         for slug, config in wanted.items():
             if slug not in self.tasks:
                 task_stop = asyncio.Event()
-                task = asyncio.create_task(self._supervise(config, task_stop, previous.get(slug)), name=f"poll:{slug}")
+                queue = self.queues.setdefault(slug, CommandQueue())
+                task = asyncio.create_task(
+                    self._supervise(config, task_stop, previous.get(slug), queue), name=f"poll:{slug}"
+                )
                 task.add_done_callback(self._task_done)
                 self.tasks[slug] = (config, task, task_stop)
                 logger.info(
@@ -477,6 +651,18 @@ class Poller:
                     config.interval_ms,
                     config.profile.slug,
                 )
+
+    def _drop_queue(self, slug: str) -> None:
+        """A charge point no longer polled here: its queued commands fail now instead of never."""
+        for command in self.queues.pop(slug).take_all():
+            self.hooks.finish(
+                CommandResult.failed(
+                    command,
+                    FailureReason.OFFLINE,
+                    "the charge point is no longer polled (disabled, removed or its profile is broken); not written",
+                    poller=self.poller_id,
+                )
+            )
 
     def report_unloadable(self, unloadable: list[UnloadableChargePoint]) -> list[Record]:
         """Log and publish (once per new reason) why a charge point is not polled; returns the records."""
@@ -496,7 +682,9 @@ class Poller:
         self.unloadable = current
         return records
 
-    async def _supervise(self, config: ChargePointConfig, stop: asyncio.Event, previous: asyncio.Task | None) -> None:
+    async def _supervise(
+        self, config: ChargePointConfig, stop: asyncio.Event, previous: asyncio.Task | None, queue: CommandQueue
+    ) -> None:
         """One charge point's loop: after its predecessor let go of the charger, restarted if it crashes."""
         if previous is not None:
             # A charger allows few connections (Alfen: two in total): the old loop finishes its
@@ -507,7 +695,14 @@ class Poller:
             seq_at_start = self._seq.get(config.slug, 0)
             try:
                 poller = ChargePointPoller(
-                    config, self._counting(config.slug), clock=self.clock, seq=seq_at_start, stats=self.stats
+                    config,
+                    self._counting(config.slug),
+                    clock=self.clock,
+                    seq=seq_at_start,
+                    stats=self.stats,
+                    commands=queue,
+                    hooks=self.hooks,
+                    poller_id=self.poller_id,
                 )
                 await poller.run(stop)
                 return
@@ -523,6 +718,7 @@ class Poller:
                         profile=config.profile.slug,
                         seq=self._next_seq(config.slug),
                         error=f"poller crashed ({type(exc).__name__}: {exc}); restarting in {delay_s:.1f} s",
+                        active_limit_a=queue.active_limit_a,
                     )
                 )
                 await restart.wait(stop)
@@ -552,3 +748,8 @@ class Poller:
         tasks = [task for _c, task, _s in self.tasks.values()] + list(self._retiring)
         await asyncio.gather(*tasks, return_exceptions=True)
         self.tasks.clear()
+        left = sum(len(queue) for queue in self.queues.values())
+        if left:
+            # Not claimed, so not written: a redelivery after a restart may still execute them in time.
+            logger.warning("stopped with %d command(s) still queued; not executed", left)
+        self.queues.clear()
