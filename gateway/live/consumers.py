@@ -10,9 +10,19 @@ Messages to the browser (shapes checked in tests/test_live.py):
         under SNAPSHOT_FRAME_MAX_BYTES; every frame but the last has "more": true
     {"type": "telemetry", "records": [Record, ...]}
         one frame per consumer batch that has records for this page
+    {"type": "command", "command": {...}}
+        /ws/chargepoints/<slug>/ only: a command to this charge point was sent or completed (one
+        frame per command; the command is gateway.commands.service.command_json's dict: id,
+        charge_point, action, value, status, reason_code, reason, read_back, username,
+        created_at, expires_at, completed_at, latency_ms)
     {"type": "error", "error": str}
         once, if the client sends anything
 Pages merge snapshot frames exactly like telemetry frames: a record replaces an older one.
+
+The socket only sends. Commands go through POST /chargepoints/<slug>/commands/ (login, CSRF and the
+send_command permission); a frame from the client is never acted on, whatever it says, and the
+first one of each socket is logged as a warning with the user and the path (a forged command is
+worth knowing about).
 
 Refusals after the handshake carry an application close code (4000-4999, RFC 6455 §7.4.2). The
 socket is accepted first and then closed, because a browser sees only 1006 for a refused
@@ -143,6 +153,13 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if self.counted_user_id is not None:
             open_sockets.release(self.counted_user_id)
             self.counted_user_id = None
+        if self.client_frames > 1:
+            logger.warning(
+                "live socket of user %s on %s closed after %s ignored client frames",
+                self.user_label(),
+                self.scope.get("path"),
+                self.client_frames,
+            )
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
         """The browser only listens: whatever arrives (text, binary, JSON or not) is ignored unparsed.
@@ -152,7 +169,20 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         """
         self.client_frames += 1
         if self.client_frames == 1:
+            logger.warning(
+                "live socket of user %s on %s: a client frame was ignored (%s); later ones are counted",
+                self.user_label(),
+                self.scope.get("path"),
+                "text" if text_data is not None else "binary",
+            )
             await self.send_json({"type": "error", "error": CLIENT_FRAMES_IGNORED})
+
+    def user_label(self) -> str:
+        """Who holds this socket, for the log: "<username> (id <pk>)", or "anonymous"."""
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            return "anonymous"
+        return f"{user.get_username()} (id {user.pk})"
 
     async def telemetry_batch(self, event: dict[str, Any]) -> None:
         """One consumer batch for a group this socket joined: send what the page shows, if anything."""
@@ -194,6 +224,9 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def encode_json(cls, content: Any) -> str:
         # orjson: a 500-record frame encodes several times faster than with json.dumps.
         return orjson.dumps(content).decode()
+
+    async def command_update(self, event: dict[str, Any]) -> None:
+        """Command updates reach every socket of a site group; only charge point pages show them."""
 
     async def session_logout(self, event: dict[str, Any]) -> None:
         """The session that opened this socket logged out."""
@@ -253,6 +286,14 @@ class ChargePointConsumer(LiveConsumer):
 
     def select(self, records: list[Record]) -> list[Record]:
         return [record for record in records if record["charge_point"] == self.slug]
+
+    async def command_update(self, event: dict[str, Any]) -> None:
+        """Command updates of this charge point's site: send this charge point's, one frame each."""
+        if self.resyncing:
+            return
+        for command in event["commands"]:
+            if command.get("charge_point") == self.slug:
+                await self.send_json({"type": "command", "command": command})
 
     @database_sync_to_async
     def snapshot(self) -> list[Record]:

@@ -1,4 +1,5 @@
-"""The one place that sends to channel-layer groups: live telemetry to the browsers, and logouts.
+"""The one place that sends to channel-layer groups: live telemetry and command updates to the
+browsers, and logouts.
 
 One consumer batch makes one event per group, not one per record:
 - the fleet group gets the newest record of each charge point in the batch (the fleet page shows
@@ -12,22 +13,35 @@ Each telemetry event carries its sender's id and a number that counts up per gro
 layer drops events without telling anyone (Redis: older than its expiry, over a channel's capacity,
 or the group itself lost with a restart or a flush), and a socket that sees a number skipped knows
 it missed records (gateway/live/consumers.py).
+
+Command updates (a command sent, a result stored, a command swept as unanswered) go to the site
+group of each command's charge point, one event per site: the charge point page of that charge
+point shows them (gateway/live/consumers.py filters). They carry no number: a dropped update is
+caught by the page's own fallback (it asks GET /commands/<id>/ when no update arrives in time).
 """
 
 import asyncio
 import itertools
+import logging
 import uuid
 from collections import defaultdict
 
 from channels.layers import get_channel_layer
 
 from gateway.live.groups import FLEET_GROUP, session_group, site_group
+from gateway.models import Command
 from gateway.telemetry import Record, newest_per_charge_point
+
+logger = logging.getLogger(__name__)
 
 # Event shapes (checked in tests/test_live.py):
 #   {"type": "telemetry.batch", "records": [Record, ...], "sender": str, "n": int}
+#   {"type": "command.update", "commands": [command_json(command), ...]}
+#       (gateway.commands.service.command_json: id, charge_point, action, value, status,
+#       reason_code, reason, read_back, username, created_at, expires_at, completed_at, latency_ms)
 #   {"type": "session.logout"}
 TELEMETRY_EVENT = "telemetry.batch"
+COMMAND_EVENT = "command.update"
 LOGOUT_EVENT = "session.logout"
 # This process, as a sender: a restarted consumer is a new sender, whose numbers start again.
 SENDER = uuid.uuid4().hex[:16]
@@ -55,6 +69,41 @@ async def push_telemetry(records: list[Record]) -> None:
         event["sender"], event["n"] = SENDER, next(_numbers[group])
     # Concurrently: with Redis each group_send is a few round trips, and the groups are independent.
     await asyncio.gather(*(layer.group_send(group, event) for group, event in events.items()))
+
+
+async def push_command_updates(commands: list[dict]) -> None:
+    """Send command updates (command_json dicts) to the site group of each command's charge point."""
+    layer = get_channel_layer()
+    if layer is None or not commands:
+        return
+    sites = await command_sites(commands)
+    by_site: dict[str, list[dict]] = defaultdict(list)
+    for command in commands:
+        site = sites.get(str(command["id"]))
+        if site is None:
+            logger.warning(
+                "command %s: no site known for %s, its update is not pushed", command["id"], command["charge_point"]
+            )
+            continue
+        by_site[site].append(command)
+    await asyncio.gather(
+        *(
+            layer.group_send(site_group(site), {"type": COMMAND_EVENT, "commands": batch})
+            for site, batch in by_site.items()
+        )
+    )
+
+
+async def command_sites(commands: list[dict]) -> dict[str, str]:
+    """Command id -> site slug: the command's own "site" if it carries one, else its audit row's."""
+    sites = {str(command["id"]): command["site"] for command in commands if command.get("site")}
+    missing = [str(command["id"]) for command in commands if str(command["id"]) not in sites]
+    if missing:
+        # The audit row keeps the site the command was sent to, even if the charge point has gone since.
+        async for command_id, site in Command.objects.filter(id__in=missing).values_list("id", "site_slug"):
+            if site:
+                sites[str(command_id)] = site
+    return sites
 
 
 async def close_session_sockets(session_key: str) -> None:

@@ -1,5 +1,8 @@
 // The charge point page: status, values, identity and live charts, from /ws/chargepoints/<slug>/.
 // Records are buffered and drawn once a second; the charts keep a bounded window of points.
+// Commands: the panel (only in the page of a user with the permission) posts to the server; the
+// socket brings each command's updates (pending, then applied or failed), and the page asks
+// GET /commands/<id>/ itself when none came by the command's expiry.
 "use strict";
 
 (function () {
@@ -29,7 +32,192 @@
     if (message.type === "snapshot" || message.type === "telemetry") {
       for (const record of message.records || []) receive(record);
     }
+    if (message.type === "command") updateCommand(message.command);
+    // A (re)connected socket missed the updates sent while it was down: ask for the pending ones.
+    if (message.type === "snapshot" && !message.more) refreshPending();
   }
+
+  // --- Commands ------------------------------------------------------------------------------
+
+  const commandConfig = config.commands || { recent: [], recent_max: 5, action_labels: {}, reason_labels: {} };
+  // After a command's expiry the server marks it failed within seconds if no poller answered: the
+  // page asks a little after the expiry, then now and then until the command is final.
+  const FALLBACK_GRACE_MS = 1000;
+  const FALLBACK_REPEAT_MS = 5000;
+  const commands = new Map(); // id -> the newest state known of each command listed or sent
+  const fallbackTimers = new Map(); // id -> timer of its next GET
+  const listEl = document.querySelector("[data-command-list]");
+  const listEmptyEl = document.querySelector(".command-list-empty");
+  const statusEl = document.querySelector("[data-command-status]");
+  let followed = null; // id of the last command sent from this page: the status line shows it
+
+  /** 10 -> "10", 6.5 -> "6.5": Python's "{:g}" (format_amperes() in views.py). */
+  function formatAmperes(value) {
+    return value === null || value === undefined ? "" : String(Number(Number(value).toPrecision(6)));
+  }
+
+  /** The same wording as describe_command() in views.py. */
+  function describeCommand(command) {
+    const what =
+      command.action === "set_current_limit"
+        ? `Set limit ${formatAmperes(command.value)} A`
+        : commandConfig.action_labels[command.action] || command.action;
+    let text = "pending";
+    if (command.status === "applied") {
+      text = "applied";
+      if (command.read_back !== null && command.read_back !== undefined) {
+        const unit = command.action === "set_current_limit" ? " A" : "";
+        text += ` — read back ${formatAmperes(command.read_back)}${unit}`;
+      }
+    } else if (command.status === "failed") {
+      const code = command.reason_code || "";
+      text = `failed — ${command.reason || commandConfig.reason_labels[code] || code}`;
+    }
+    return { what, text };
+  }
+
+  /** "14:03:27 UTC", as time_text() in views.py. */
+  function timeText(iso) {
+    const ms = Date.parse(iso);
+    return Number.isFinite(ms) ? `${new Date(ms).toISOString().slice(11, 19)} UTC` : "";
+  }
+
+  function isFinal(command) {
+    return command.status === "applied" || command.status === "failed";
+  }
+
+  /** Keep the newest state of a command: a final one is never replaced by an older pending one. */
+  function updateCommand(command) {
+    if (!command || command.charge_point !== cp.slug || !command.id) return;
+    const known = commands.get(command.id);
+    if (known && isFinal(known) && !isFinal(command)) return;
+    commands.set(command.id, command);
+    if (isFinal(command)) {
+      window.clearTimeout(fallbackTimers.get(command.id));
+      fallbackTimers.delete(command.id);
+    } else {
+      scheduleFallback(command);
+    }
+    renderCommands();
+  }
+
+  function renderCommands() {
+    const newest = [...commands.values()]
+      .sort((a, b) => Date.parse(b.created_at) - Date.parse(a.created_at))
+      .slice(0, commandConfig.recent_max);
+    if (listEl) {
+      const items = newest.map((command) => {
+        const { what, text } = describeCommand(command);
+        const item = document.createElement("li");
+        item.className = "command-item";
+        item.dataset.commandId = command.id;
+        item.dataset.state = command.status;
+        const whatEl = document.createElement("span");
+        whatEl.className = "command-what";
+        whatEl.textContent = what;
+        const resultEl = document.createElement("span");
+        resultEl.className = "command-result";
+        resultEl.textContent = text;
+        const meta = document.createElement("span");
+        meta.className = "command-meta muted";
+        const time = document.createElement("time");
+        time.dateTime = command.created_at;
+        time.textContent = timeText(command.created_at);
+        meta.append(`${command.username} · `, time);
+        item.append(whatEl, resultEl, meta);
+        return item;
+      });
+      listEl.replaceChildren(...items);
+      listEmptyEl.hidden = items.length > 0;
+    }
+    const shown = followed && commands.get(followed);
+    if (statusEl && shown) showStatus(shown.status, `${describeCommand(shown).what}: ${describeCommand(shown).text}`);
+  }
+
+  function showStatus(state, text) {
+    statusEl.hidden = false;
+    statusEl.dataset.state = state;
+    E.setText(statusEl, text);
+  }
+
+  /** Ask the server about a pending command once its expiry has passed, if no update came by then. */
+  function scheduleFallback(command, delayMs) {
+    if (fallbackTimers.has(command.id)) return;
+    const due = delayMs ?? Math.max(Date.parse(command.expires_at) - clock.now(), 0) + FALLBACK_GRACE_MS;
+    fallbackTimers.set(
+      command.id,
+      window.setTimeout(() => fetchCommand(command.id), Number.isFinite(due) ? due : FALLBACK_REPEAT_MS),
+    );
+  }
+
+  async function fetchCommand(id) {
+    fallbackTimers.delete(id);
+    try {
+      const response = await fetch(commandConfig.command_url.replace(/[0-9a-f-]{36}/, id), {
+        headers: { Accept: "application/json" },
+        credentials: "same-origin",
+      });
+      if (response.ok) updateCommand((await response.json()).command);
+    } catch (err) {
+      console.warn("evdash: could not fetch command", id, err);
+    }
+    const command = commands.get(id);
+    if (command && !isFinal(command)) scheduleFallback(command, FALLBACK_REPEAT_MS);
+  }
+
+  function refreshPending() {
+    for (const command of commands.values()) {
+      if (!isFinal(command)) {
+        window.clearTimeout(fallbackTimers.get(command.id));
+        fallbackTimers.delete(command.id);
+        fetchCommand(command.id);
+      }
+    }
+  }
+
+  /** Post one command form; the server answers 201 with the pending command, or why not. */
+  async function send(form, submitter) {
+    const body = new URLSearchParams(new FormData(form));
+    const buttons = [...document.querySelectorAll("[data-commands] button")];
+    const enabled = buttons.filter((button) => !button.disabled);
+    for (const button of enabled) button.disabled = true;
+    followed = null;
+    showStatus("sending", `${submitter ? submitter.textContent : "Command"}: sending`);
+    try {
+      const response = await fetch(commandConfig.send_url, {
+        method: "POST",
+        body,
+        headers: { "X-CSRFToken": body.get("csrfmiddlewaretoken"), Accept: "application/json" },
+        credentials: "same-origin",
+      });
+      let answer = {};
+      try {
+        answer = await response.json();
+      } catch (err) {
+        answer = {}; // Django's own refusals (CSRF, 404 pages) are HTML
+      }
+      if (answer.command) {
+        followed = answer.command.id;
+        updateCommand(answer.command);
+      } else {
+        const reason = answer.error || (response.status === 403 ? "refused (reload the page)" : `HTTP ${response.status}`);
+        showStatus("failed", `failed — ${reason}`);
+      }
+    } catch (err) {
+      showStatus("failed", "failed — the server could not be reached");
+    } finally {
+      for (const button of enabled) button.disabled = false;
+    }
+  }
+
+  for (const form of document.querySelectorAll("[data-command-form]")) {
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      // The browser has checked the limit against the profile's range (min, max, step); the server checks again.
+      send(form, event.submitter);
+    });
+  }
+  for (const command of commandConfig.recent) updateCommand(command);
 
   const powerChart = document.getElementById("power-chart");
   const currentChart = document.getElementById("current-chart");
@@ -87,6 +275,8 @@
   const valueEls = [...document.querySelectorAll("[data-value]")];
   const extraBody = document.querySelector("[data-extra]");
   const extraEmpty = document.querySelector(".identity-empty");
+  const activeLimitEl = document.querySelector("[data-active-limit]");
+  const activeLimitValueEl = document.querySelector("[data-active-limit-value]");
   let extraShown = null;
 
   /** The same wording as format_extra() in views.py. */
@@ -140,6 +330,10 @@
     for (const el of valueEls) {
       E.setText(el, E.formatValue(values[el.dataset.value], config.formats[el.dataset.value]));
     }
+    // The limit an operator command set and the poller holds (null: none).
+    const active = formatAmperes(latest.active_limit_a);
+    E.setText(activeLimitValueEl, active);
+    if (activeLimitEl) activeLimitEl.hidden = active === "";
     // An offline record carries no identity: keep showing the last one read.
     if (latest.extra && Object.keys(latest.extra).length > 0) renderExtra(latest.extra);
   }
