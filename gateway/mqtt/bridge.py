@@ -1,4 +1,5 @@
-"""The bridge (manage.py runbridge): MQTT telemetry -> durable outbox -> Kafka.
+"""The bridge (manage.py runbridge): MQTT telemetry and command results -> durable outbox -> Kafka;
+Kafka commands -> MQTT (gateway.mqtt.command_bridge).
 
     MQTT broker --PUBLISH (QoS 1)--> Bridge --publish_encoded, persist()--> Outbox (SQLite WAL)
                 <-------PUBACK--------  (only once persisted)                 |
@@ -15,6 +16,10 @@ if the bridge or a connection failed in one of three short windows: persisted bu
 yet sent (the broker sends it again), acknowledged by Kafka but not yet removed from the outbox
 (sent again on restart), or in flight to Kafka when that connection broke. The copies are
 identical, and the record's (charge point, seq, ts) tells them apart.
+
+Command results (<prefix>/<site>/<cp>/command-results) take the same way to Kafka
+evdash.command-results, with the same guarantee: the consumer stores the first result of a
+command id, so a copy changes nothing.
 """
 
 import asyncio
@@ -24,12 +29,19 @@ import time
 from dataclasses import asdict, dataclass
 
 import aiomqtt
+from aiokafka.errors import KafkaError
 
 from gateway.conf import setting
-from gateway.kafka.topics import telemetry_topic
+from gateway.kafka.topics import command_results_topic, commands_topic, ensure_topics, telemetry_topic
 from gateway.kafka.transport import KafkaTransport
+from gateway.mqtt.command_bridge import CommandBridge, build_command_bridge
 from gateway.mqtt.config import MqttConfig, mqtt_config, ssl_context
-from gateway.mqtt.topics import parse_telemetry_topic, telemetry_subscription
+from gateway.mqtt.topics import (
+    command_results_subscription,
+    parse_charge_point_topic,
+    parse_telemetry_topic,
+    telemetry_subscription,
+)
 from gateway.publish.outbox import Outbox, outbox_path
 from gateway.publish.publisher import OutboxPublisher
 from gateway.runtime import Backoff, wait_unless_stopped
@@ -72,6 +84,10 @@ class BridgeStats:
     malformed: int  # messages on a topic that names no charge point: acknowledged and dropped
     dropped: int  # records the outbox dropped at its size or age limit (oldest first)
     mqtt_connects: int  # successful connections to the MQTT broker
+    # Added with the commands (bench/edge.py reads the fields above by position: keep these last).
+    results_received: int = 0  # of `received`: command results (the rest is telemetry)
+    commands_forwarded: int = 0  # commands from Kafka the MQTT broker acknowledged
+    commands_skipped: int = 0  # commands not forwarded: malformed or expired
 
     def as_dict(self) -> dict[str, int | float | None]:
         return asdict(self)
@@ -81,7 +97,8 @@ class BridgeStats:
         return (
             f"bridge stats: received={self.received} forwarded={self.forwarded} buffered={self.buffered} "
             f"oldest_buffered_age_s={age} malformed={self.malformed} dropped={self.dropped} "
-            f"mqtt_connects={self.mqtt_connects}"
+            f"mqtt_connects={self.mqtt_connects} results_received={self.results_received} "
+            f"commands_forwarded={self.commands_forwarded} commands_skipped={self.commands_skipped}"
         )
 
 
@@ -120,7 +137,8 @@ class ReplayWatch:
 
 
 class Bridge:
-    """Takes telemetry from the MQTT broker into the outbox, and from there to Kafka."""
+    """Takes telemetry (and, with results_topic, command results) from the MQTT broker into the
+    outbox, and from there to Kafka."""
 
     def __init__(
         self,
@@ -131,6 +149,8 @@ class Bridge:
         client_id: str,
         subscription: str,
         stats_interval_s: float,
+        results_topic: str | None = None,
+        command_bridge: CommandBridge | None = None,
     ) -> None:
         self.publisher = publisher
         self.kafka_topic = kafka_topic
@@ -138,7 +158,10 @@ class Bridge:
         self.client_id = client_id
         self.subscription = subscription
         self.stats_interval_s = stats_interval_s
+        self.results_topic = results_topic  # Kafka topic of command results; None: telemetry only
+        self.command_bridge = command_bridge  # only its counters, for the stats line
         self.received = 0
+        self.results_received = 0
         self.malformed = 0
         self.mqtt_connects = 0
         self._malformed_logged_at: float | None = None
@@ -146,8 +169,15 @@ class Bridge:
         self._closed = False  # the outbox is closed: its age can no longer be read
 
     @property
+    def subscriptions(self) -> list[str]:
+        if self.results_topic is None:
+            return [self.subscription]
+        return [self.subscription, command_results_subscription()]
+
+    @property
     def stats(self) -> BridgeStats:
         published = self.publisher.stats
+        commands = self.command_bridge.stats if self.command_bridge is not None else None
         return BridgeStats(
             received=self.received,
             forwarded=published.delivered,
@@ -156,6 +186,9 @@ class Bridge:
             malformed=self.malformed,
             dropped=published.dropped,
             mqtt_connects=self.mqtt_connects,
+            results_received=self.results_received,
+            commands_forwarded=commands.forwarded if commands else 0,
+            commands_skipped=commands.malformed + commands.expired if commands else 0,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -185,13 +218,18 @@ class Bridge:
                     connected = True
                     self.mqtt_connects += 1
                     backoff.reset()
-                    await client.subscribe(self.subscription, qos=1)
+                    granted = await client.subscribe([(topic, 1) for topic in self.subscriptions])
+                    for topic, code in zip(self.subscriptions, granted, strict=False):
+                        if code == 0x80 or getattr(code, "is_failure", False):
+                            # Mosquitto answers a subscription its ACL denies with 0x80: say so, go on.
+                            logger.error("the MQTT broker %s refused our subscription to %s (ACL?)", broker, topic)
                     logger.info(
-                        "connected to MQTT broker %s as %s (persistent session); forwarding %s to Kafka topic %s",
+                        "connected to MQTT broker %s as %s (persistent session); forwarding %s to Kafka topic %s%s",
                         broker,
                         self.client_id,
                         self.subscription,
                         self.kafka_topic,
+                        f", {command_results_subscription()} to {self.results_topic}" if self.results_topic else "",
                     )
                     await self._take_messages(client, stop)
             except aiomqtt.MqttError as exc:
@@ -256,20 +294,31 @@ class Bridge:
 
     def _persist_and_ack(self, client: aiomqtt.Client, batch: list[aiomqtt.Message]) -> None:
         """Outbox first, PUBACK after: a crash in between makes the broker send them again, never lose them."""
+        results = 0
         for message in batch:
             topic = message.topic.value
             try:
-                _site, charge_point = parse_telemetry_topic(topic)
+                kafka_topic, charge_point = self._route(topic)
             except ValueError as exc:
                 self._note_malformed(topic, exc)
                 continue
-            self.publisher.publish_encoded(self.kafka_topic, charge_point.encode(), bytes(message.payload))
+            results += kafka_topic == self.results_topic
+            self.publisher.publish_encoded(kafka_topic, charge_point.encode(), bytes(message.payload))
         self.publisher.persist()
         paho = client._client
         for message in batch:
             if message.qos > 0:  # a QoS 0 publish gets no acknowledgement (and no redelivery)
                 paho.ack(message.mid, message.qos)
         self.received += len(batch)
+        self.results_received += results
+
+    def _route(self, topic: str) -> tuple[str, str]:
+        """(Kafka topic, charge point) of an MQTT topic; ValueError when it names no charge point."""
+        if self.results_topic is not None and topic.endswith("/command-results"):
+            _site, charge_point = parse_charge_point_topic(topic, "command-results")
+            return self.results_topic, charge_point
+        _site, charge_point = parse_telemetry_topic(topic)
+        return self.kafka_topic, charge_point
 
     def _note_malformed(self, topic: str, error: ValueError) -> None:
         """Count it and let it go (acknowledged: it can never be routed); log at most once a minute."""
@@ -298,7 +347,7 @@ class Bridge:
                 next_stats_s = now_s + self.stats_interval_s
 
 
-def build_bridge() -> Bridge:
+def build_bridge(command_bridge: CommandBridge | None = None) -> Bridge:
     """The bridge as the settings describe it; its outbox is named after its MQTT client id."""
     client_id = setting("BRIDGE_CLIENT_ID")
     topic = telemetry_topic()
@@ -310,21 +359,53 @@ def build_bridge() -> Bridge:
         client_id=client_id,
         subscription=telemetry_subscription(),
         stats_interval_s=setting("BRIDGE_STATS_INTERVAL_S"),
+        results_topic=command_results_topic(),
+        command_bridge=command_bridge,
     )
 
 
 async def run_bridge(stop: asyncio.Event) -> None:
-    """Forward MQTT telemetry to Kafka until stop is set (manage.py runbridge).
+    """Forward MQTT telemetry and command results to Kafka, and Kafka commands to MQTT, until stop
+    is set (manage.py runbridge).
 
-    A failure other than a broker outage (which it rides out) is logged here and raised: runbridge
-    exits non-zero, and the messages it did not acknowledge stay with the MQTT broker.
+    A failure other than a broker outage (which both halves ride out) is logged here and raised,
+    after the other half stopped as on SIGTERM: runbridge exits non-zero, and what was not
+    acknowledged stays with the MQTT broker (results) or uncommitted in Kafka (commands).
     """
     from gateway.services import prepare_topics  # services imports the poller; only runbridge needs this
 
     await prepare_topics()
-    bridge = build_bridge()
     try:
-        await bridge.run(stop)
-    except Exception:
-        logger.critical("the bridge failed; MQTT telemetry no longer reaches Kafka", exc_info=True)
-        raise
+        await ensure_topics([commands_topic(), command_results_topic()])
+    except (KafkaError, OSError) as exc:
+        logger.warning("could not check the command topics in Kafka (%s); continuing", exc)
+    commands = build_command_bridge()
+    bridge = build_bridge(commands)
+    halt = asyncio.Event()  # stop, or the other half failed
+
+    async def run_half(half: Bridge | CommandBridge, what: str) -> None:
+        try:
+            await half.run(halt)
+        except Exception:
+            logger.critical("the bridge failed; %s", what, exc_info=True)
+            raise
+        finally:
+            halt.set()
+
+    relay = asyncio.create_task(_relay_stop(stop, halt))
+    try:
+        results = await asyncio.gather(
+            run_half(bridge, "MQTT telemetry and command results no longer reach Kafka"),
+            run_half(commands, "commands no longer reach MQTT"),
+            return_exceptions=True,
+        )
+    finally:
+        relay.cancel()
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+async def _relay_stop(stop: asyncio.Event, halt: asyncio.Event) -> None:
+    await stop.wait()
+    halt.set()

@@ -1,8 +1,9 @@
-"""manage.py runbridge: MQTT telemetry -> durable outbox -> Kafka (gateway.mqtt.bridge).
+"""manage.py runbridge: MQTT telemetry and command results -> durable outbox -> Kafka
+(gateway.mqtt.bridge); Kafka commands -> MQTT (gateway.mqtt.command_bridge).
 
 SIGTERM or SIGINT: the bridge stops taking messages (the broker keeps the rest for its persistent
-session), hands its outbox to Kafka for up to 10 s (what is left stays on disk for the next
-start) and exits 0.
+session) and commands (the uncommitted ones are read again at the next start), hands its outbox
+to Kafka for up to 10 s (what is left stays on disk for the next start) and exits 0.
 """
 
 import uvloop
@@ -15,7 +16,10 @@ from gateway.runtime import configure_verbosity, run_until_stopped
 
 
 class Command(BaseCommand):
-    help = "Forward telemetry from the MQTT broker to Kafka, through a durable outbox on disk."
+    help = (
+        "Forward telemetry and command results from the MQTT broker to Kafka, through a durable outbox "
+        "on disk, and commands from Kafka to the MQTT broker."
+    )
 
     def handle(self, *args, **options) -> None:
         configure_verbosity(options["verbosity"])
