@@ -370,6 +370,17 @@ def reg(name: str, address: int, data_type: str = "uint16", **extra: object) -> 
     return {"name": name, "address": address, "data_type": data_type, "length": extra.pop("length", 1), **extra}
 
 
+def limit_command(register: str, verify_register: str = "") -> dict:
+    """The set_current_limit command of a quirk profile: 6..32 A to `register`."""
+    return {
+        "action": "set_current_limit",
+        "register": register,
+        "min_value": 6,
+        "max_value": 32,
+        "verify_register": verify_register,
+    }
+
+
 F32 = {"data_type": "float32", "length": 2}
 U32 = {"data_type": "uint32", "length": 2}
 # Alfen Eve: floats, NaN for what it lacks, text mode-3 state, station registers on unit 200.
@@ -385,7 +396,7 @@ ALFEN_LIKE = quirk_profile(
         reg("availability", 1200, enum={"1": "operative", "0": "inoperative"}),
         reg("mode3_state", 1201, "string", length=5, role="iec61851_state"),
         reg("applied_max_current", 1206, **F32, role="current_limit_a"),
-        reg("max_current_setpoint", 1210, **F32, role="set_current_a", access="rw", write_min=0, write_max=32),
+        reg("max_current_setpoint", 1210, **F32, unit="A", access="rw", write_min=0, write_max=32),
         reg("station_serial", 157, "string", length=11, unit_id=200, poll_group="slow"),
         reg("table_version", 122, "int16", unit_id=200, poll_group="slow"),
         reg("temperature", 1102, **F32, unit_id=200, role="temperature_c"),
@@ -402,6 +413,7 @@ ALFEN_LIKE = quirk_profile(
         ("mode3_state", "F", "F", "faulted"),
     ],
     simulator={"nan_unavailable": True},
+    commands=[limit_command("max_current_setpoint")],
     heartbeats=[{"register": "max_current_setpoint", "interval_s": 25, "value_from": "max_current_setpoint"}],
 )
 # ABB Terra AC: state in bits 8-14 of a uint32, lock state decides 'finished', write-only setpoint.
@@ -412,12 +424,12 @@ ABB_LIKE = quirk_profile(
         reg("error_code", 16392, **U32, role="error_code"),
         reg("socket_lock_state", 16394, **U32, enum={"0x0000": "no cable", "0x0101": "locked", "0x0111": "locked"}),
         reg("charging_state", 16396, **U32, mask=0x7F00, enum={str(n): f"state {n}" for n in range(6)}),
-        reg("charging_current_limit", 16398, **U32, scale=0.001, role="current_limit_a"),
+        reg("charging_current_limit", 16398, **U32, scale=0.001, unit="A", role="current_limit_a"),
         *(reg(f"current_l{n}", 16398 + 2 * n, **U32, scale=0.001, role=f"current_l{n}_a") for n in (1, 2, 3)),
         *(reg(f"voltage_l{n}", 16404 + 2 * n, **U32, scale=0.1, role=f"voltage_l{n}_v") for n in (1, 2, 3)),
         reg("active_power", 16412, **U32, role="power_w"),
         reg("session_energy", 16414, **U32, role="session_energy_wh"),
-        reg("set_current_limit", 16640, **U32, scale=0.001, access="w", role="set_current_a", write_max=32),
+        reg("set_current_limit", 16640, **U32, scale=0.001, unit="A", access="w", write_max=32),
         reg("set_timeout", 16646, access="w"),
     ],
     [
@@ -431,6 +443,7 @@ ABB_LIKE = quirk_profile(
         ("charging_state", "5", "A", "available"),
     ],
     heartbeats=[{"register": "set_timeout", "interval_s": 30, "value": 60}],
+    commands=[limit_command("set_current_limit", "charging_current_limit")],
 )
 # KEBA P30: every value a uint32 read exactly 2 registers at a time; disabled through 5014.
 KEBA_LIKE = quirk_profile(
@@ -449,8 +462,8 @@ KEBA_LIKE = quirk_profile(
         reg("active_power", 1020, **U32, scale=0.001, role="power_w"),
         reg("total_energy", 1036, **U32, scale=0.1, role="energy_total_wh"),
         reg("voltage_l1", 1040, **U32, role="voltage_l1_v"),
-        reg("max_charging_current", 1100, **U32, scale=0.001, role="current_limit_a"),
-        reg("set_charging_current", 5004, scale=0.001, access="w", role="set_current_a", write_min=6, write_max=32),
+        reg("max_charging_current", 1100, **U32, scale=0.001, unit="A", role="current_limit_a"),
+        reg("set_charging_current", 5004, scale=0.001, unit="A", access="w", write_min=6, write_max=32),
         reg("enable", 5014, access="w", enum={"0": "disabled", "1": "enabled"}),
         reg("set_failsafe_timeout", 5018, access="w"),
     ],
@@ -467,6 +480,7 @@ KEBA_LIKE = quirk_profile(
     default_unit_id=255,
     fixed_read_size=2,
     simulator={"enable_register": "enable"},
+    commands=[limit_command("set_charging_current", "max_charging_current")],
     heartbeats=[{"register": "set_failsafe_timeout", "interval_s": 30, "value": 60}],
 )
 # Vestel EVC04: input registers read with FC03 or FC04, UTF-16 strings, two status registers.
@@ -480,7 +494,7 @@ VESTEL_LIKE = quirk_profile(
         reg("voltage_l1", 1014, function="input", role="voltage_l1_v"),
         reg("active_power", 1020, **U32, function="input", role="power_w"),
         reg("total_energy", 1036, **U32, function="input", scale=100, role="energy_total_wh"),
-        reg("charging_current", 5004, access="rw", role="set_current_a", write_min=0, write_max=32),
+        reg("charging_current", 5004, unit="A", access="rw", write_min=0, write_max=32),
         reg("alive_register", 6000, access="rw"),
     ],
     [
@@ -493,6 +507,7 @@ VESTEL_LIKE = quirk_profile(
     default_unit_id=255,
     simulator={"mirror_functions": True},
     heartbeats=[{"register": "alive_register", "interval_s": 10, "value": 1}],
+    commands=[limit_command("charging_current")],
 )
 # Mennekes AMTRON: low word first, strings with the bytes of each register swapped, no heartbeat.
 MENNEKES_LIKE = quirk_profile(
@@ -505,7 +520,7 @@ MENNEKES_LIKE = quirk_profile(
         reg("session_energy", 781, **U32, function="input", byte_order="CDAB", role="session_energy_wh"),
         reg("active_power", 783, **U32, function="input", byte_order="CDAB", role="power_w"),
         reg("wallbox_name", 785, "string", length=11, function="input", byte_order="BADC", poll_group="slow"),
-        reg("current_limit", 1024, access="rw", role="set_current_a", write_min=0, write_max=32),
+        reg("current_limit", 1024, unit="A", access="rw", write_min=0, write_max=32),
     ],
     [
         ("cp_signal_state", "1", "A", "available"),
@@ -518,6 +533,7 @@ MENNEKES_LIKE = quirk_profile(
         ("cp_signal_state", "8", "F", "faulted"),
     ],
     default_unit_id=255,
+    commands=[limit_command("current_limit")],
 )
 # Coils, discrete inputs and single bits, with a status rule on a bit.
 BITS_LIKE = quirk_profile(

@@ -25,7 +25,7 @@ from pymodbus.constants import ExcCodes
 from gateway.choices import DataType, Function, PollGroup
 from gateway.modbus.planner import plan_reads
 from gateway.profiles.codec import DecodeError, Value, decode_value
-from gateway.profiles.decode import scaled
+from gateway.profiles.decode import resolve_status, scaled
 from gateway.profiles.encode import WriteRangeError, check_write_range
 from gateway.profiles.spec import ProfileSpec, RegisterSpec
 from gateway.simulator.encoding import (
@@ -34,8 +34,8 @@ from gateway.simulator.encoding import (
     SimulatorHints,
     encode_register,
 )
-from gateway.simulator.status import StatusCodes
-from gateway.simulator.writes import WriteEffects
+from gateway.simulator.status import StatusCodes, StatusPair
+from gateway.simulator.writes import Shows, WriteEffects
 
 # Modbus function code → the object type it reads or writes.
 FUNCTION_BY_CODE: dict[int, str] = {
@@ -90,6 +90,7 @@ class ProfileImage:
         self.hints = SimulatorHints.from_profile(profile)
         self.status = StatusCodes(profile, self.hints)
         self.effects = WriteEffects.from_profile(profile, self.hints)
+        self._shown: dict[tuple[str, tuple[float, ...], StatusPair], Value] = {}
         self.spaces: dict[tuple[int, str], AddressSpace] = {}
         self._encoded: dict[tuple[object, ...], list[int] | list[bool]] = {}
         self._layouts: dict[tuple[int, str], WordLayout] = {}
@@ -189,6 +190,25 @@ class ProfileImage:
                 self._encoded.clear()  # energy counters never repeat: start over rather than grow
             encoded = self._encoded[key] = encode_register(register, value, self.hints, current)
         return encoded
+
+    def shown(self, shows: Shows, pair: StatusPair, status_values: dict[str, Value]) -> Value:
+        """What a verified register shows for a command in effect: the first expected value that
+        keeps the status the status registers show (worked out once per status)."""
+        key = (shows.register, shows.values, pair)
+        value = self._shown.get(key)
+        if value is None:
+            candidates = shows.candidates
+            value = candidates[0]
+            if shows.register in status_values:
+                for candidate in candidates:
+                    status, iec_state, problem = resolve_status(
+                        self.profile, {**status_values, shows.register: candidate}
+                    )
+                    if problem is None and (status, iec_state) == pair:
+                        value = candidate
+                        break
+            self._shown[key] = value
+        return value
 
     # --- writes -----------------------------------------------------------------------------
     def check_write(self, unit_id: int, function: str, address: int, words: list[int] | list[bool]) -> dict[str, Value]:

@@ -385,8 +385,9 @@ class SimulatedChargePoint:
     def _register_values(self) -> dict[str, Value]:
         """Engineering values by register name, in order of precedence."""
         by_role: dict[str, Value] = dict(self.behaviour.values())
-        (_, iec_state), status_values = self._status()
-        limit_registers = self.image.effects.limit_registers
+        pair, status_values = self._status()
+        iec_state = pair[1]
+        setpoints = self.image.effects.setpoint_registers
         values: dict[str, Value] = {}
         for register in self.profile.registers:
             name, role = register.name, register.role
@@ -394,8 +395,8 @@ class SimulatedChargePoint:
                 values[name] = status_values[name]
             elif role == Role.IEC61851_STATE:
                 values[name] = iec_state_code(register, iec_state)
-            elif name in limit_registers and role not in self._behaviour_roles:
-                values[name] = self._limit_a  # a readable setpoint (Alfen 1210) reads what was set
+            elif name in setpoints and role not in self._behaviour_roles:
+                values[name] = self._limit_a  # a readable setpoint (Alfen 1210, ABB 4022h) reads what was set
             elif name in self._written and role not in self._behaviour_roles:
                 values[name] = self._written[name]
             elif role in by_role:
@@ -406,7 +407,7 @@ class SimulatedChargePoint:
                 values[name] = self._plausible[name]
         shows = self._command_shows()
         if shows is not None and not shows.matches(values.get(shows.register)):
-            values[shows.register] = shows.shown
+            values[shows.register] = self.image.shown(shows, pair, status_values)
         values.update(self._overrides)
         return values
 

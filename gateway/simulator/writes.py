@@ -6,9 +6,12 @@
   command's `value` resumes it at the limit set before (KEBA enable_charging_station 0 / 1,
   Schneider set_command 7 / 8, Mennekes change_charge_state 1 / 2); other values of that register
   change nothing here. The `enable_register` simulator hint does the same for 0 / anything else.
+- A register the limit command verifies reads the limit set (ABB's 4022h "set by Modbus"), unless
+  it reads the limit in force (a current_limit_a register) or a status.
 - A register a pause or resume verifies reads what the charger shows once it has done it: most
-  follow by themselves (the limit in force, the written value, the status codes); one the model
-  has no value for (Mennekes' amtron_state 4 "paused") is shown as `Shows` says.
+  follow by themselves (the limit, the written value, the status codes); one the model has no
+  value for (Webasto's charge_state, Mennekes' amtron_state 4 "paused") shows an expected value,
+  one that keeps the status the other registers show (KEBA: 5 "interrupted", not 1 "not ready").
 """
 
 import math
@@ -35,10 +38,9 @@ class Shows:
         return any(abs(value - expected) <= self.tolerance for expected in self.values)
 
     @property
-    def shown(self) -> float | int:
-        """The value to serve instead: the first expected one (a whole number where it is one)."""
-        first = self.values[0]
-        return int(first) if float(first).is_integer() else first
+    def candidates(self) -> tuple[float | int, ...]:
+        """The values to serve instead, in the profile's order (whole numbers as integers)."""
+        return tuple(int(value) if float(value).is_integer() else value for value in self.values)
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class WriteEffects:
     """Which writes set the limit, which pause or resume, and what the verified registers show."""
 
     limit_registers: frozenset[str] = frozenset()
+    setpoint_registers: frozenset[str] = frozenset()  # read the limit set: readable limit and verified registers
     # register → written value → whether charging is enabled afterwards
     switches: dict[str, dict[float, bool]] = field(default_factory=dict)
     enable_register: str | None = None  # the simulator hint: 0 disables, anything else enables
@@ -70,8 +73,12 @@ class WriteEffects:
             if command.register not in limits and command.value is not None:
                 switches.setdefault(command.register, {})[float(command.value)] = enabled
             shows[action] = _shows(profile, command)
+        setpoints = {name for name in limits if profile.register(name).readable}
+        if limit_command is not None and limit_command.verify_register:
+            setpoints.add(limit_command.verify_register)
         return cls(
             limit_registers=frozenset(limits),
+            setpoint_registers=frozenset(setpoints),
             switches=switches,
             enable_register=hints.enable_register,
             paused_shows=shows.get(CommandAction.PAUSE),
