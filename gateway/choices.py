@@ -106,12 +106,11 @@ class Role(models.TextChoices):
     TEMPERATURE_C = "temperature_c", "temperature, °C"
     CURRENT_LIMIT_A = "current_limit_a", "current limit in force (read back), A"
     ERROR_CODE = "error_code", "error code"
-    SET_CURRENT_A = "set_current_a", "current limit command (written by operators)"
 
 
 # The numeric values of the telemetry record, in display order.
 TELEMETRY_VALUE_ROLES: tuple[str, ...] = tuple(
-    role.value for role in Role if role not in (Role.NONE, Role.VENDOR_STATUS, Role.IEC61851_STATE, Role.SET_CURRENT_A)
+    role.value for role in Role if role not in (Role.NONE, Role.VENDOR_STATUS, Role.IEC61851_STATE)
 )
 # Values a profile may declare as derived from others (see profiles/decode.py).
 DERIVABLE_ROLES: tuple[str, ...] = (Role.POWER_W.value,)

@@ -29,7 +29,7 @@ from tests.golden.wire import WordServer, WriteSeen
 
 TABLES = {table.slug: table for table in all_tables()}
 SPECS = {spec.slug: spec for spec in (read_spec_file(path) for path in shipped_profile_files())}
-NOT_READ_ROLES = {Role.NONE.value, Role.SET_CURRENT_A.value}  # roles a read row cannot cover
+NOT_READ_ROLES = {Role.NONE.value}  # roles a read row cannot cover
 FUNCTION_NAMES = {"holding": Function.HOLDING, "input": Function.INPUT}
 FAULT_STATES = ("E", "F")  # IEC 61851: E = error (0 V), F = EVSE fault (-12 V)
 

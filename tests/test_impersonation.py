@@ -16,7 +16,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ModbusPDU
 
-from gateway.choices import Access, DataType, Function, OperatorStatus, PollGroup, Role
+from gateway.choices import Access, CommandAction, DataType, Function, OperatorStatus, PollGroup, Role
 from gateway.modbus.connection import ChargePointConnection
 from gateway.modbus.planner import ReadRequest, plan_reads
 from gateway.profiles.codec import Value
@@ -210,11 +210,17 @@ async def check_read_refusals(client: AsyncModbusTcpClient, sim: SimulatedCharge
             assert first.registers == second.registers  # every value is pinned or constant here
 
 
+def limit_register(spec: ProfileSpec) -> RegisterSpec | None:
+    """Where a limit is written: the set_current_limit command's register, else a writable current_limit_a one."""
+    command = spec.command(CommandAction.SET_CURRENT_LIMIT)
+    if command is not None and command.supported:
+        return spec.register(command.register)
+    return spec.register_for(Role.CURRENT_LIMIT_A)
+
+
 async def check_limit_writes(client: AsyncModbusTcpClient, sim: SimulatedChargePoint, spec: ProfileSpec) -> None:
     """A limit within range is taken and honoured; outside it is refused; multi-register halves too."""
-    target = spec.register_for(Role.SET_CURRENT_A)
-    if target is None:
-        target = spec.register_for(Role.CURRENT_LIMIT_A)
+    target = limit_register(spec)
     assert target is not None and target.writable, f"{spec.slug} has no current setpoint"
     sim.connect_vehicle(phases=3)  # no-op if it is already in a session
     await wait_for(lambda: sim.behaviour.phase == Phase.CHARGING, what=f"{spec.slug} charging")
@@ -398,7 +404,7 @@ async def test_refused_writes_never_reach_the_wire(path: Path) -> None:
                     )
             assert sim.last_writes == [], sim.last_writes
             # Positive control: an allowed value on the same path does arrive.
-            target = spec.register_for(Role.SET_CURRENT_A) or spec.register_for(Role.CURRENT_LIMIT_A)
+            target = limit_register(spec)
             await connection.write_registers(target.address, encode_checked_write(target, 10), target.unit_id)
             assert [(write.register, write.value) for write in sim.last_writes] == [(target.name, pytest.approx(10))]
         finally:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from gateway.choices import Access, ByteOrder, PollGroup, Role, StatusMatch
+from gateway.choices import Access, ByteOrder, CommandAction, PollGroup, Role, StatusMatch
 from gateway.modbus.planner import MAX_READ_REGISTERS, plan_reads
 from gateway.modbus.poller import ChargePointConfig, ChargePointPoller
 from gateway.models import DeviceProfile, Register, StatusRule
@@ -72,7 +72,6 @@ ROLE_UNITS = {
     Role.SESSION_ENERGY_WH: "Wh",
     Role.TEMPERATURE_C: "°C",
     Role.CURRENT_LIMIT_A: "A",
-    Role.SET_CURRENT_A: "A",
 }
 
 
@@ -200,11 +199,10 @@ def test_roles_are_in_the_record_units(path: Path) -> None:
     for reg in spec.registers:
         if reg.role in ROLE_UNITS:
             assert reg.unit == ROLE_UNITS[reg.role], reg.name
-        if reg.role == Role.SET_CURRENT_A:
-            assert reg.writable
-    if spec.register_for(Role.SET_CURRENT_A) is None:
-        # Documented rule: without set_current_a, the writable current_limit_a register takes limits.
-        assert spec.register_for(Role.CURRENT_LIMIT_A).writable
+    # The limit is written where the set_current_limit command says, in A (docs/profiles.md, Commands).
+    limit = spec.command(CommandAction.SET_CURRENT_LIMIT)
+    assert limit is not None and limit.supported
+    assert spec.register(limit.register).writable and spec.register(limit.register).unit == "A"
 
 
 @pytest.mark.parametrize("path", SHIPPED_FILES, ids=FILE_IDS)
@@ -900,14 +898,17 @@ def test_every_writable_register_has_its_vendor_range(path: Path) -> None:
 def test_current_setpoints_pause_with_zero_where_the_vendor_says_so(path: Path) -> None:
     """All but KEBA P30 disable by writing 0 A (reference); KEBA P30 uses 5014."""
     spec = read_spec_file(path)
-    target = spec.register_for(Role.SET_CURRENT_A) or spec.register_for(Role.CURRENT_LIMIT_A)
-    assert target is not None and target.writable
+    target = spec.register(spec.command(CommandAction.SET_CURRENT_LIMIT).register)
+    assert target.writable
+    pause = spec.command(CommandAction.PAUSE)
     if spec.slug == "keba-p30":
         with pytest.raises(WriteRangeError):
             check_write_range(target, 0)
         check_write_range(spec.register("enable_charging_station"), 0)
+        assert (pause.register, pause.value) == ("enable_charging_station", 0)
     else:
         check_write_range(target, 0)
+        assert (pause.register, pause.value) == (target.name, 0)
     check_write_range(target, 6)
     for refused in (3, 5.9, math.nan, target.write_max + 0.5):
         with pytest.raises(WriteRangeError):

@@ -63,6 +63,13 @@ class DeviceProfile(models.Model):
         blank=True,
         help_text='Watchdog writes, e.g. [{"register": "life_bit", "value": 1, "interval_s": 10}].',
     )
+    commands = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="How operator commands are done (docs/profiles.md, Commands), e.g. "
+        '[{"action": "pause", "register": "max_current", "value": 0}] or '
+        '[{"action": "pause", "unsupported": "no pause register"}].',
+    )
     simulator = models.JSONField(default=dict, blank=True, help_text="Hints for manage.py simulate.")
     request_gap_ms = models.PositiveIntegerField(
         "gap between requests (ms)",
@@ -91,8 +98,9 @@ class DeviceProfile(models.Model):
         super().clean()
         # The same shape checks and rules as a profile import: unknown keys, wrong types, reads the
         # protocol does not allow and roles that cannot be derived never reach the poller. Whether a
-        # heartbeat names a writable register needs the registers inline (admin.DeviceProfileForm).
-        errors: dict[str, str] = json_field_problems(self.read_blocks, self.heartbeats, self.derived)
+        # heartbeat or a command names a suitable register needs the registers inline
+        # (admin.DeviceProfileForm).
+        errors: dict[str, str] = json_field_problems(self.read_blocks, self.heartbeats, self.derived, self.commands)
         if (
             "heartbeats" not in errors
             and self.write_gap_ms

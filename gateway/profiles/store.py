@@ -12,6 +12,7 @@ from django.db import DataError, IntegrityError, transaction
 
 from gateway.conf import setting
 from gateway.profiles.spec import (
+    CommandSpec,
     Heartbeat,
     ProfileFormatError,
     ProfileSpec,
@@ -57,6 +58,7 @@ def load_spec(profile: Any) -> ProfileSpec:
         read_blocks=entries_from_json(ReadBlock, profile.read_blocks or [], "read_blocks"),
         derived=derived_from_json(profile.derived or []),
         heartbeats=entries_from_json(Heartbeat, profile.heartbeats or [], "heartbeats"),
+        commands=entries_from_json(CommandSpec, profile.commands or [], "commands"),
         **{name: getattr(profile, name) for name in _PROFILE_SCALARS},
     )
 
@@ -73,6 +75,7 @@ def save_spec(spec: ProfileSpec, profile_model: Any, register_model: Any, rule_m
                 "derived": data["derived"],
                 "heartbeats": data["heartbeats"],
                 # A migration's historical model may predate a field (0002 runs before pacing existed).
+                **({"commands": data["commands"]} if _has_field(profile_model, "commands") else {}),
                 **{name: getattr(spec, name) for name in _PROFILE_SCALARS if _has_field(profile_model, name)},
             },
         )
@@ -188,6 +191,7 @@ def model_problems(spec: ProfileSpec) -> list[str]:
         read_blocks=data["read_blocks"],
         derived=data["derived"],
         heartbeats=data["heartbeats"],
+        commands=data["commands"],
         **{name: getattr(spec, name) for name in _PROFILE_SCALARS if _has_field(DeviceProfile, name)},
     )
     problems = [
@@ -218,7 +222,9 @@ def model_problems(spec: ProfileSpec) -> list[str]:
     return problems
 
 
-_JSON_FIELD_PREFIXES = ("profile read_blocks: ", "profile heartbeats: ", "profile derived: ")
+_JSON_FIELD_PREFIXES = (
+    "profile read_blocks: ", "profile heartbeats: ", "profile derived: ", "profile commands: ",
+)  # fmt: skip
 
 
 def _validation_messages(where: str, validate: Any, **options: Any) -> list[str]:

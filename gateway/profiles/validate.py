@@ -10,6 +10,7 @@ from gateway.choices import (
     DERIVABLE_ROLES,
     Access,
     ByteOrder,
+    CommandAction,
     DataType,
     Function,
     Iec61851State,
@@ -22,7 +23,9 @@ from gateway.choices import (
 from gateway.modbus.pacing import pacing_problems
 from gateway.modbus.planner import MAX_READ_BITS, MAX_READ_REGISTERS
 from gateway.profiles.codec import FIXED_LENGTHS, INTEGER_RANGES
+from gateway.profiles.encode import WriteRangeError, allowed_writes, encode_checked_write
 from gateway.profiles.spec import (
+    CommandSpec,
     Heartbeat,
     ProfileFormatError,
     ProfileSpec,
@@ -36,6 +39,7 @@ BIT_FUNCTIONS = (Function.COIL, Function.DISCRETE_INPUT)
 MAX_ADDRESS = 65535
 MAX_UNIT_ID = 255
 MAX_HEARTBEAT_INTERVAL_S = 3600  # watchdogs time out in seconds or minutes; more is a typo
+MAX_SETTLE_S = 60  # chargers apply a write in seconds; a minute is a typo (ms for s), and commands expire in 30 s
 _CHOICES = {
     "function": Function,
     "data_type": DataType,
@@ -138,6 +142,8 @@ def profile_problems(spec: ProfileSpec) -> list[str]:
     problems += heartbeat_register_problems(
         spec.heartbeats, {reg.name for reg in spec.registers}, {reg.name for reg in spec.registers if reg.writable}
     )
+    problems += command_list_problems(spec.commands)
+    problems += command_register_problems(spec.commands, {reg.name: reg for reg in spec.registers})
     problems += [problem for block in spec.read_blocks for problem in read_block_problems(block)]
     problems += derived_problems(spec.derived)
     problems += pacing_problems(spec)
@@ -190,6 +196,140 @@ def heartbeat_register_problems(heartbeats: Iterable[Heartbeat], names: set[str]
     return problems
 
 
+def command_problems(command: CommandSpec) -> list[str]:
+    """What is wrong with one command on its own (the registers it names are checked separately)."""
+    action, where = command.action, f"command {command.action!r}"
+    if action not in CommandAction.values:
+        return [f"{where}: the action must be one of {', '.join(CommandAction.values)}"]
+    problems = []
+    if not 0 <= command.settle_s <= MAX_SETTLE_S:
+        problems.append(f"{where}: settle_s must be between 0 and {MAX_SETTLE_S} s, not {command.settle_s:g}")
+    if command.tolerance < 0:
+        problems.append(f"{where}: tolerance must be 0 or more, not {command.tolerance:g}")
+    if command.unsupported:
+        given = [name for name in _COMMAND_DETAILS if getattr(command, name) not in (None, "", ())]
+        if command.register:
+            problems.append(f"{where}: give either the register it writes or why it is unsupported, not both")
+        elif given:
+            problems.append(f"{where}: an unsupported command has no {', '.join(given)}")
+        return problems
+    if not command.register:
+        return [*problems, f"{where}: needs the register it writes, or 'unsupported' saying why there is none"]
+    if command.verify_value is not None and command.verify_values:
+        problems.append(f"{where}: give verify_value or verify_values, not both")
+    if action == CommandAction.SET_CURRENT_LIMIT:
+        if command.value is not None:
+            problems.append(f"{where}: value must be null (the operator gives the limit)")
+        if command.min_value is None or command.max_value is None:
+            problems.append(f"{where}: needs min_value and max_value, the range in A an operator may ask for")
+        elif command.min_value > command.max_value:
+            problems.append(f"{where}: min_value {command.min_value:g} is above max_value {command.max_value:g}")
+        return problems
+    if command.min_value is not None or command.max_value is not None:
+        problems.append(f"{where}: only set_current_limit has a range (min_value, max_value)")
+    if action == CommandAction.PAUSE and command.value is None:
+        problems.append(f"{where}: needs the value to write (e.g. 0 for 0 A, or the vendor's disable code)")
+    return problems
+
+
+# What only a supported command has; an unsupported one says why and cites its source.
+_COMMAND_DETAILS = ("value", "min_value", "max_value", "verify_register", "verify_value", "verify_values")
+
+
+def command_list_problems(commands: Iterable[CommandSpec]) -> list[str]:
+    """Each command on its own, each action at most once, and a resume of the held limit has a limit to hold."""
+    commands = list(commands)
+    problems = [problem for command in commands for problem in command_problems(command)]
+    for action, count in Counter(command.action for command in commands).items():
+        if count > 1:
+            problems.append(f"command {action!r} is declared {count} times")
+    limit = next((c for c in commands if c.action == CommandAction.SET_CURRENT_LIMIT and c.supported), None)
+    for command in commands:
+        if command.action != CommandAction.RESUME or not command.supported or command.value is not None:
+            continue
+        # value null = the held limit, else the limit command's max_value (CommandSpec): same register.
+        if limit is None:
+            problems.append(
+                "command 'resume': value null writes the held limit, so the profile needs a supported set_current_limit"
+            )
+        elif command.register != limit.register:
+            problems.append(
+                f"command 'resume': value null writes the held limit, so it must write the set_current_limit "
+                f"register {limit.register!r}, not {command.register!r}"
+            )
+    return problems
+
+
+def command_register_problems(commands: Iterable[CommandSpec], registers: dict[str, RegisterSpec]) -> list[str]:
+    """Commands must write a writable register within its write range and read back a readable one.
+
+    Takes the registers by name rather than a spec so the admin can check the registers of the same
+    form post.
+    """
+    problems = []
+    for command in commands:
+        if not command.supported or command.action not in CommandAction.values:
+            continue
+        where = f"command {command.action!r}"
+        target = registers.get(command.register)
+        if target is None:
+            problems.append(f"{where}: register {command.register!r} is not a register of this profile")
+            continue
+        if not target.writable:
+            problems.append(f"{where}: register {command.register!r} is read-only")
+            continue
+        verify = registers.get(command.verify_register or command.register)
+        if verify is None:
+            problems.append(f"{where}: verify_register {command.verify_register!r} is not a register of this profile")
+        elif not verify.readable:
+            problems.append(
+                f"{where}: register {verify.name!r} is write-only, so it cannot be read back: "
+                "name a readable verify_register that reflects the write"
+            )
+        elif command.verify_value is None and not command.verify_values and verify.unit != target.unit:
+            problems.append(
+                f"{where}: the read-back of {verify.name!r} ({verify.unit or 'no unit'}) is compared with the value "
+                f"written to {target.name!r} ({target.unit or 'no unit'}): give verify_value(s) or a register in "
+                "the same unit"
+            )
+        if command.action == CommandAction.SET_CURRENT_LIMIT:
+            problems += _limit_range_problems(command, target)
+        elif command.value is not None:
+            try:
+                encode_checked_write(target, command.value)
+            except WriteRangeError as exc:
+                problems.append(f"{where}: value {command.value:g} cannot be written: {exc}")
+    return problems
+
+
+def _limit_range_problems(command: CommandSpec, target: RegisterSpec) -> list[str]:
+    """set_current_limit writes amperes, and every limit in its range must be one the register takes."""
+    where = "command 'set_current_limit'"
+    if target.unit and target.unit != "A":  # no unit: a hand-made map that says nothing, not a wrong one
+        return [f"{where}: register {target.name!r} holds {target.unit}, not A"]
+    if command.min_value is None or command.max_value is None:
+        return []  # command_problems says so
+    problems = []
+    for name in ("min_value", "max_value"):
+        try:
+            encode_checked_write(target, getattr(command, name))
+        except WriteRangeError as exc:
+            problems.append(f"{where}: {name} {getattr(command, name):g} cannot be written: {exc}")
+    # Both ends passing is not enough: 0..32 passes "0 or 6..32 A" at each end, not in between.
+    bounded = target.write_min is not None or target.write_max is not None
+    inside = (
+        (target.write_min is None or command.min_value >= target.write_min)
+        and (target.write_max is None or command.max_value <= target.write_max)
+        and (bounded or not target.write_values)
+    )
+    if not problems and not inside:
+        problems.append(
+            f"{where}: the range {command.min_value:g}..{command.max_value:g} A is not inside what "
+            f"{target.name!r} takes ({allowed_writes(target)})"
+        )
+    return problems
+
+
 def derived_problems(derived: Iterable[str]) -> list[str]:
     """The roles a profile computes from others must be derivable, each once."""
     derived = list(derived)
@@ -202,7 +342,7 @@ def derived_problems(derived: Iterable[str]) -> list[str]:
     return problems
 
 
-def json_field_problems(read_blocks: Any, heartbeats: Any, derived: Any) -> dict[str, str]:
+def json_field_problems(read_blocks: Any, heartbeats: Any, derived: Any, commands: Any = None) -> dict[str, str]:
     """Problems of a profile's JSON fields as the admin form holds them, by field name.
 
     The same shape checks (spec.py) and rules (above) as a profile import, so the form refuses
@@ -232,4 +372,12 @@ def json_field_problems(read_blocks: Any, heartbeats: Any, derived: Any) -> dict
         problems = [str(exc)]
     if problems:
         errors["derived"] = "; ".join(problems) + "."
+    try:
+        problems = command_list_problems(
+            entries_from_json(CommandSpec, [] if commands is None else commands, "commands")
+        )
+    except ProfileFormatError as exc:
+        problems = [str(exc)]
+    if problems:
+        errors["commands"] = "; ".join(problems) + "."
     return errors
