@@ -26,6 +26,7 @@ from gateway.commands.service import command_json
 from gateway.conf import setting
 from gateway.kafka.consumer import TelemetryConsumer
 from gateway.kafka.topics import command_results_topic, ensure_topics
+from gateway.live.push import push_command_updates
 from gateway.models import Command
 from gateway.runtime import wait_unless_stopped
 
@@ -194,14 +195,4 @@ async def sweep_unanswered(stop: asyncio.Event, interval_s: float = SWEEP_INTERV
 
 async def push_commands(commands: list[Command]) -> None:
     """Push completed commands to the pages that show their charge points."""
-    await _push([command_json(command) for command in commands])
-
-
-async def _push(commands: list[dict[str, Any]]) -> None:
-    # Imported here: the live push of commands lands with the page (lane L7).
-    try:
-        from gateway.live.push import push_command_updates
-    except ImportError:
-        logger.debug("no live push of commands yet; %d updates not pushed", len(commands))
-        return
-    await push_command_updates(commands)
+    await push_command_updates([command_json(command) for command in commands])
