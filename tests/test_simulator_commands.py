@@ -77,8 +77,8 @@ KEBA = profile(
     [
         ("cable_state", "0", "A", "available"),
         ("charging_state", "3", "C", "charging"),
+        ("charging_state", "2", "B", "suspended"),  # the usual form of suspended: served unless paused
         ("charging_state", "5", "B", "suspended"),
-        ("charging_state", "2", "B", "suspended"),
         ("charging_state", "1", "B", "preparing"),
     ],
     [
