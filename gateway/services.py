@@ -1,4 +1,4 @@
-"""The long-running services behind the management commands: poller and consumer."""
+"""The long-running services behind the management commands: poller (with its commands) and consumer."""
 
 import asyncio
 import logging
@@ -6,14 +6,24 @@ from collections.abc import Awaitable, Callable
 
 from aiokafka.errors import KafkaError
 
+from gateway.commands.intake import KafkaCommandSource, MqttCommandSource, build_command_source
+from gateway.commands.journal import CommandJournal, journal_path
+from gateway.commands.messages import CommandMessage
 from gateway.commands.results import build_results_consumer, consume_results, sweep_unanswered
+from gateway.commands.runner import CommandRunner
 from gateway.conf import setting
 from gateway.kafka.consumer import TelemetryConsumer
-from gateway.kafka.topics import dead_letter_topic, ensure_topics, telemetry_topic
+from gateway.kafka.topics import (
+    command_results_topic,
+    commands_topic,
+    dead_letter_topic,
+    ensure_topics,
+    telemetry_topic,
+)
 from gateway.modbus.poller import Poller
-from gateway.publish.outputs import build_publisher, default_poller_id
+from gateway.publish.outputs import build_publisher, command_result_topic, default_poller_id
 from gateway.publish.publisher import OutboxPublisher, PublishStats
-from gateway.runtime import wait_unless_stopped
+from gateway.runtime import Backoff, wait_unless_stopped
 from gateway.telemetry import Record
 
 logger = logging.getLogger(__name__)
@@ -22,12 +32,16 @@ logger = logging.getLogger(__name__)
 STOP_WITHIN_S = 15.0
 # How long runpoller keeps trying to deliver its outbox when it stops (the rest waits for the next start).
 POLLER_FLUSH_TIMEOUT_S = 10.0
+# The command intake's own stop (an MQTT disconnect waits at most 5 s, a Kafka commit 2 s) runs
+# while the charge points' loops finish; it is cancelled after this.
+INTAKE_STOP_TIMEOUT_S = 6.0
+LOAD_CHECK_S = 0.05  # how often take_commands looks whether the poller loaded its charge points
 
 
 async def prepare_topics() -> None:
     """Create the topics if the broker lets us; an unreachable broker is retried by the clients."""
     try:
-        await ensure_topics([telemetry_topic(), dead_letter_topic()])
+        await ensure_topics([telemetry_topic(), dead_letter_topic(), commands_topic(), command_results_topic()])
     except (KafkaError, OSError) as exc:
         logger.warning("could not check Kafka topics (%s); continuing", exc)
 
@@ -35,25 +49,48 @@ async def prepare_topics() -> None:
 async def run_poller(
     stop: asyncio.Event, *, site: str | None = None, output: str | None = None, poller_id: str | None = None
 ) -> None:
-    """Poll every enabled charge point and publish through the outbox until stop is set, then flush.
+    """Poll every enabled charge point, publish through the outbox and carry out operator commands
+    until stop is set, then flush.
 
-    After SIGTERM/SIGINT the poll in progress finishes (at most EVDASH_MODBUS_TIMEOUT_S + 1 s),
-    then the outbox is flushed (at most POLLER_FLUSH_TIMEOUT_S): runpoller exits within
+    Commands come the way telemetry goes (Kafka, or the edge broker with --output mqtt; see
+    gateway.commands.intake), are checked against this poller's command journal
+    (OUTBOX_DIR/commands-<id>.sqlite3) and queued on their charge point; results go out through
+    the outbox. After SIGTERM/SIGINT the poll in progress finishes (at most EVDASH_MODBUS_TIMEOUT_S
+    + 1 s), then the outbox is flushed (at most POLLER_FLUSH_TIMEOUT_S): runpoller exits within
     STOP_WITHIN_S with the defaults. What is not delivered by then stays in the outbox file and
     goes out after the next start.
     """
     output = output or setting("POLLER_OUTPUT")
+    poller_id = poller_id or default_poller_id(site)
     if output == "kafka":
         await prepare_topics()
-    publisher = build_publisher(output, poller_id=poller_id or default_poller_id(site))
-    await publisher.start()
-    reporter = asyncio.create_task(report_outbox(publisher, stop), name="outbox-stats")
+    publisher = build_publisher(output, poller_id=poller_id)
     try:
-        await Poller(publisher.publish, site=site).run(stop)
+        journal = CommandJournal(journal_path(poller_id))
+        try:
+            source = build_command_source(output, site=site, poller_id=poller_id)
+        except BaseException:
+            journal.close()
+            raise
+    except BaseException:
+        await publisher.close(flush_timeout_s=0)
+        raise
+    await publisher.start()
+    poller = Poller(publisher.publish, site=site, poller_id=poller_id)
+    runner = CommandRunner(poller, publisher, journal, poller_id=poller_id, result_topic=command_result_topic(output))
+    poller.hooks = runner  # each needs the other: tied once both exist, before the poller starts its loops
+    reporter = asyncio.create_task(report_outbox(publisher, stop), name="outbox-stats")
+    intake = asyncio.create_task(take_commands(source, poller, runner, stop), name="command-intake")
+    try:
+        await poller.run(stop)
     finally:
+        if not stop.is_set():  # the poller failed: the intake would wait for a stop that never comes
+            intake.cancel()
+        await stop_within(intake, INTAKE_STOP_TIMEOUT_S)
         reporter.cancel()
         await asyncio.gather(reporter, return_exceptions=True)
         await publisher.close(flush_timeout_s=POLLER_FLUSH_TIMEOUT_S)
+        journal.close()
         stats = publisher.stats
         # The shutdown test compares these with what reached Kafka: keep the wording. "unsent":
         # still in the outbox, sent after the next start.
@@ -64,6 +101,70 @@ async def run_poller(
             stats.dropped,
             stats.buffered,
         )
+        logger.info(
+            "commands: %d received, %d malformed skipped, %d taken, %d results published again",
+            source.received,
+            source.malformed.count,
+            runner.delivered,
+            runner.republished,
+        )
+
+
+async def take_commands(
+    source: KafkaCommandSource | MqttCommandSource, poller: Poller, runner: CommandRunner, stop: asyncio.Event
+) -> None:
+    """Run the command source until stop is set; restarted (with backoff) if it fails.
+
+    The source starts at once, so a new Kafka group's "latest" is taken early; what it delivers
+    before the poller first loaded its charge points waits for that load (until then the poller
+    would disown every command).
+    """
+    loaded = False
+    waiting: list[CommandMessage] = []
+
+    def deliver(command: CommandMessage) -> None:
+        if loaded:
+            runner.deliver(command)
+        else:
+            waiting.append(command)
+
+    async def release_when_loaded() -> None:
+        nonlocal loaded
+        while not poller.reloads:
+            if await wait_unless_stopped(stop, LOAD_CHECK_S):
+                return
+        loaded = True
+        for command in waiting:
+            try:
+                runner.deliver(command)
+            except Exception:
+                logger.exception("could not take command %s for %s", command.id, command.charge_point)
+        waiting.clear()
+
+    releaser = asyncio.create_task(release_when_loaded(), name="commands-after-load")
+    restart = Backoff(first_s=1.0, max_s=30.0)
+    try:
+        while not stop.is_set():
+            try:
+                await source.run(stop, deliver)
+            except Exception:
+                # A defect, not a broker outage (the sources ride those out): said loudly, restarted.
+                logger.exception("the command intake failed; restarting it in %.1f s", restart.peek_s())
+                await restart.wait(stop)
+    finally:
+        releaser.cancel()
+        await asyncio.gather(releaser, return_exceptions=True)
+
+
+async def stop_within(task: asyncio.Task, timeout_s: float) -> None:
+    """Wait for a task that is stopping; cancel it after timeout_s. Its failure is logged, not raised."""
+    await asyncio.wait({task}, timeout=timeout_s)
+    if not task.done():
+        logger.warning("%s did not stop within %.0f s; cancelled", task.get_name(), timeout_s)
+        task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("%s failed", task.get_name(), exc_info=task.exception())
 
 
 def outbox_line(stats: PublishStats) -> str:

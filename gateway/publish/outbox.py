@@ -65,6 +65,22 @@ def outbox_path(name: str) -> Path:
     return Path(setting("OUTBOX_DIR")) / f"{name}.sqlite3"
 
 
+def lock_exclusively(path: Path, what: str) -> int:
+    """Take the exclusive flock on `<path>.lock` (the kernel drops it when the process dies, even by
+    kill -9); returns its file descriptor, to close when done. OutboxLocked if another process holds it."""
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise OutboxLocked(f"{what} {path} is in use by another process (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def id_ranges(ids: Collection[int]) -> list[tuple[int, int]]:
     """Distinct ids as sorted inclusive (first, last) runs: a DELETE per run, not per id."""
     ordered = sorted(ids)
@@ -140,17 +156,7 @@ class Outbox:
         self._closed = False
 
     def _lock(self) -> int:
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise OutboxLocked(f"outbox {self.path} is in use by another process (pid {holder})") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return fd
+        return lock_exclusively(self.path, "outbox")
 
     @property
     def count(self) -> int:

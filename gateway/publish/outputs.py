@@ -1,12 +1,14 @@
 """The poller's outputs: which transport goes behind its outbox (runpoller --output)."""
 
 import socket
+from collections.abc import Callable
 
 from django.core.exceptions import ImproperlyConfigured
 
 from gateway.conf import setting
-from gateway.kafka.topics import telemetry_topic
+from gateway.kafka.topics import command_results_topic, telemetry_topic
 from gateway.kafka.transport import KafkaTransport
+from gateway.mqtt import topics as mqtt_topics
 from gateway.publish.outbox import Outbox, outbox_path
 from gateway.publish.publisher import OutboxPublisher
 
@@ -41,3 +43,15 @@ def build_publisher(output: str, *, poller_id: str) -> OutboxPublisher:
     except BaseException:
         outbox.close()
         raise
+
+
+def command_result_topic(output: str) -> Callable[[str, str], str]:
+    """(site, charge point) -> where the poller publishes a command's result on this output.
+
+    kafka: the one results topic (keyed by charge point); mqtt: the charge point's command-results
+    topic, which the bridge forwards to that Kafka topic.
+    """
+    if output == "mqtt":
+        return mqtt_topics.command_results_topic
+    topic = command_results_topic()
+    return lambda _site, _charge_point: topic

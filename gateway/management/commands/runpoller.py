@@ -1,9 +1,11 @@
-"""manage.py runpoller: the soft-PLC that polls charge points and publishes telemetry.
+"""manage.py runpoller: the soft-PLC that polls charge points, publishes telemetry and carries out operator commands.
 
 Records go through the poller's durable outbox (EVDASH_OUTBOX_DIR/poller-<id>.sqlite3) to Kafka
-or to the edge MQTT broker (--output). SIGTERM or SIGINT: the poll in progress finishes, the
-outbox is flushed, and the process exits 0 within services.STOP_WITHIN_S (15 s; README,
-"Stopping"); what could not be delivered stays in the outbox for the next start.
+or to the edge MQTT broker (--output). Commands come the same way (Kafka evdash.commands, or the
+site's MQTT commands topics), are journaled in EVDASH_OUTBOX_DIR/commands-<id>.sqlite3 before
+their write, and their results go out through the outbox. SIGTERM or SIGINT: the poll in
+progress finishes, the outbox is flushed, and the process exits 0 within services.STOP_WITHIN_S
+(15 s; README, "Stopping"); what could not be delivered stays in the outbox for the next start.
 """
 
 import asyncio
@@ -22,12 +24,17 @@ from gateway.runtime import configure_verbosity, raise_open_file_limit, run_unti
 
 
 class Command(BaseCommand):
-    help = "Poll every enabled charge point over Modbus TCP and publish telemetry to Kafka or MQTT."
+    help = (
+        "Poll every enabled charge point over Modbus TCP, publish telemetry to Kafka or MQTT "
+        "and carry out operator commands."
+    )
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--site", help="Only poll the charge points of this site (slug): one poller per site.")
         parser.add_argument(
-            "--once", action="store_true", help="Poll every charge point once, print the records, exit."
+            "--once",
+            action="store_true",
+            help="Poll every charge point once, print the records, exit (takes no commands).",
         )
         parser.add_argument(
             "--output",
@@ -35,7 +42,10 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--poller-id",
-            help="This poller's name, for its outbox file and MQTT state (default: POLLER_ID, else host name + site).",
+            help=(
+                "This poller's name, for its outbox and command journal files, its MQTT state and its "
+                "command consumer group (default: POLLER_ID, else host name + site)."
+            ),
         )
 
     def handle(self, *args, **options) -> None:
