@@ -60,7 +60,9 @@ class WriteEffects:
         """The effects declared by the profile's commands (and registers, and simulator hints)."""
         limit_command = _supported(profile.command(CommandAction.SET_CURRENT_LIMIT))
         limits = {
-            register.name for register in profile.registers if register.writable and register.role in _LIMIT_ROLES
+            register.name
+            for register in profile.registers
+            if register.writable and register.role == Role.CURRENT_LIMIT_A
         }
         if limit_command is not None:
             limits.add(limit_command.register)
@@ -118,7 +120,3 @@ def _shows(profile: ProfileSpec, command: CommandSpec) -> Shows | None:
         return None  # the value written (a limit): it follows by itself
     values = tuple(float(value) for value in values if math.isfinite(value))
     return Shows(name, values, command.tolerance) if values else None
-
-
-# "set_current_a": the old write-only setpoint role, until the shipped profiles drop it (issue 9).
-_LIMIT_ROLES = frozenset({Role.CURRENT_LIMIT_A.value, "set_current_a"})
