@@ -9,7 +9,9 @@ setpoint, 0 A pauses). Each test writes what the poller writes and reads what it
 import logging
 import math
 import random
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import pytest_asyncio
@@ -18,11 +20,17 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ModbusPDU
 
-from gateway.choices import CommandAction, OperatorStatus
+from gateway.choices import CommandAction, CommandStatus, OperatorStatus, PollGroup
+from gateway.commands.execute import execute_command
+from gateway.commands.messages import CommandMessage
+from gateway.commands.queue import LoggedResults
+from gateway.modbus.connection import ChargePointConnection
+from gateway.modbus.planner import plan_reads
 from gateway.profiles.codec import Value
-from gateway.profiles.decode import decode_register, to_telemetry_fields
+from gateway.profiles.decode import decode_block, decode_register, to_telemetry_fields
 from gateway.profiles.encode import encode_for_write
 from gateway.profiles.spec import ProfileSpec
+from gateway.profiles.store import read_spec_file, shipped_profile_files
 from gateway.profiles.validate import profile_problems
 from gateway.simulator.behaviour import ChargePointBehaviour
 from gateway.simulator.processes import FleetPlan
@@ -430,3 +438,73 @@ def test_simulate_ignore_writes_flag(generic_profile: object, caplog: pytest.Log
     with caplog.at_level(logging.INFO, logger="gateway"):
         call_command("simulate", "--count", "1", "--base-port", str(base), "--ignore-writes", "--run-for", "0.2")
     assert any("ignores them" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+
+# --- the shipped profiles, carried out by the poller's own execute_command ----------------------
+SHIPPED = [read_spec_file(path) for path in shipped_profile_files()]
+
+
+async def no_settle(seconds: float) -> bool:
+    """The simulator applies a write at once: no need to wait the vendor's settle time."""
+    return False
+
+
+async def read_fields(connection: ChargePointConnection, spec: ProfileSpec) -> tuple[str, list[float]]:
+    """The status and phase currents the poller would see (every planned read)."""
+    values: dict[str, Value] = {}
+    for request in plan_reads(spec, (PollGroup.FAST, PollGroup.SLOW)):
+        decoded, errors = decode_block(request.registers, request.address, list(await connection.read(request)))
+        assert not errors
+        values.update(decoded)
+    fields = to_telemetry_fields(spec, values)
+    currents = [fields.values.get(f"current_l{n}_a") for n in (1, 2, 3)]
+    return fields.status, [float(current) for current in currents if current is not None]
+
+
+@pytest.mark.parametrize("spec", SHIPPED, ids=[spec.slug for spec in SHIPPED])
+async def test_shipped_profiles_commands_are_verified_on_the_simulator(spec: ProfileSpec) -> None:
+    behaviour = ChargePointBehaviour(random.Random(7), start_busy=True, mean_fault_interval_s=math.inf)
+    sim = SimulatedChargePoint("cmd-cp", spec, behaviour)
+    await sim.start()
+    connection = ChargePointConnection("127.0.0.1", sim.port, sim.unit_id, timeout_s=5)
+    held_limit_a: float | None = None
+    steps = (
+        (CommandAction.SET_CURRENT_LIMIT, 10.0, OperatorStatus.CHARGING),
+        (CommandAction.PAUSE, None, OperatorStatus.SUSPENDED),
+        (CommandAction.RESUME, None, OperatorStatus.CHARGING),
+    )
+    try:
+        await connection.ensure_connected()
+        assert (await read_fields(connection, spec))[0] == OperatorStatus.CHARGING
+        done = []
+        for action, value, status in steps:
+            command = spec.command(action)
+            if command is None or not command.supported:
+                continue
+            now = datetime.now(UTC)
+            message = CommandMessage(
+                uuid.uuid4().hex, "cp-1", "lab", action, value, "operator", now, now + timedelta(seconds=30)
+            )
+            result = await execute_command(
+                connection,
+                spec,
+                message,
+                hooks=LoggedResults(),
+                poller="test",
+                held_limit_a=held_limit_a,
+                connected=True,
+                settle=no_settle,
+            )
+            assert result.status == CommandStatus.APPLIED, f"{action}: {result.reason}"
+            held_limit_a = value if value is not None else held_limit_a
+            shown, currents = await read_fields(connection, spec)
+            assert shown == status, action
+            if status == OperatorStatus.SUSPENDED:
+                assert all(current == 0 for current in currents)
+            else:
+                assert all(current <= 10 for current in currents)
+            done.append(action)
+        assert CommandAction.SET_CURRENT_LIMIT in done
+    finally:
+        await connection.close()
+        await sim.stop()
