@@ -310,8 +310,9 @@ class ChargePointPoller:
                 elif self.connection.connected:
                     with contextlib.suppress(ConnectionFailed):  # the next poll reports it
                         await self._send_due_heartbeats(self.clock())
-                if self.commands:
+                if self.commands and not stop.is_set():
                     # One command, then a poll if one is due: a write never interleaves with a read.
+                    # A stopping loop leaves the queue to its successor (or to a restarted poller).
                     await self.run_next_command()
                     continue
                 await sleeper.wait(self._wake_at(next_poll_at) - self.clock())
