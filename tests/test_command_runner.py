@@ -316,6 +316,18 @@ async def test_kafka_offsets_are_committed_only_after_the_command_expired(
         await wait_until_async(lambda: inbox.ids() == [live.id, later.id], 20, "a new command")
 
 
+async def test_a_new_kafka_group_reads_again_what_it_took_before_a_stop(kafka: dict) -> None:
+    """Its start is committed at once: a poller stopped (or killed) before its first commit does
+    not start at the end again, past the commands it had not finished."""
+    await ensure_topics([commands_topic()])
+    taken = command()
+    async with running(KafkaCommandSource(poller_id="p-new")) as (inbox, _task):
+        await produce(taken.to_json())
+        await wait_until_async(lambda: inbox.ids() == [taken.id], 20, "the command")
+    async with running(KafkaCommandSource(poller_id="p-new")) as (inbox, _task):
+        await wait_until_async(lambda: inbox.ids() == [taken.id], 20, "the command again")
+
+
 async def test_the_kafka_source_rides_out_a_broker_outage(
     kafka: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

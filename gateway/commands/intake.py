@@ -8,11 +8,12 @@ rides out broker outages, reconnecting with backoff and saying so in the log.
 Kafka: every poller reads ALL partitions in a group of its own (evdash-poller-<id>), so each
 poller sees every command and executes those of its charge points. The partitions are assigned,
 not subscribed: one process per poller id (its journal's lock), so a group rebalance would only
-delay a restarted poller by a session timeout. A new group starts at the end of the topic. An
-offset is committed only once the command it carries has expired and had time for its result
-(HOLD_AFTER_EXPIRY_S): a poller killed before then reads the command again after its restart,
-and the journal answers it (executed now if it was never claimed, its result again, or failed
-interrupted). Redelivery is safe; skipping a command the poller never took is not.
+delay a restarted poller by a session timeout. A new group starts at the end of the topic, and
+commits that start at once. An offset is committed only once the command it carries has expired
+and had time for its result (HOLD_AFTER_EXPIRY_S): a poller killed before then reads the command
+again after its restart, and the journal answers it (executed now if it was never claimed, its
+result again, or failed interrupted). Redelivery is safe; skipping a command the poller never
+took is not.
 
 MQTT: QoS 1 with a persistent session (clean_session False, client id
 evdash-poller-<id>-commands), so the broker keeps the commands that arrive while the poller is
@@ -108,8 +109,11 @@ class KafkaCommandSource:
         # from then on is seen (a new group starts at the end of the topic).
         self.ready = asyncio.Event()
         self._reconnect = Backoff(first_s=RECONNECT_FIRST_S, max_s=RECONNECT_MAX_S)
-        # Per partition, the offsets taken and not committed, in order, with when each may be.
+        # Per partition: the offsets taken and not released, in order, with when each may be; the
+        # offset after the last one taken; the offset last committed.
         self._held: dict[TopicPartition, deque[tuple[int, datetime]]] = {}
+        self._next: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int | None] = {}
         self._committed_at = 0.0
 
     async def run(self, stop: asyncio.Event, deliver: Deliver) -> None:
@@ -135,7 +139,8 @@ class KafkaCommandSource:
             fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             **client_options(),
         )
-        self._held = {}  # what the last connection held is read again from the committed offsets
+        # What the last connection held is read again from the committed offsets.
+        self._held, self._next, self._committed = {}, {}, {}
         try:
             await consumer.start()
             partitions = await self._partitions(consumer, stop)
@@ -143,7 +148,13 @@ class KafkaCommandSource:
                 return  # stopped while waiting for the topic
             consumer.assign(partitions)
             for partition in partitions:
-                await consumer.position(partition)  # the committed offset, else the end: known from now on
+                self._held[partition] = deque()
+                # The committed offset, else (a new group) the end of the partition.
+                self._next[partition] = await consumer.position(partition)
+                self._committed[partition] = await consumer.committed(partition)
+            # A new group's start is committed at once: a poller killed before its first commit
+            # must start there again, not at the end, or it would skip what it had not finished.
+            await self._commit_released(consumer)
             self._reconnect.reset()
             self.ready.set()
             logger.info(
@@ -193,18 +204,20 @@ class KafkaCommandSource:
             )
             _deliver(deliver, command)
         self._held.setdefault(partition, deque()).append((message.offset, release_at))
+        self._next[partition] = message.offset + 1
 
     async def _commit_released(self, consumer: AIOKafkaConsumer, timeout_s: float = COMMIT_TIMEOUT_S) -> None:
-        """Commit, per partition, up to the first offset still held; a failure leaves it for the next time."""
+        """Commit, per partition, up to the first offset still held (all taken if none is); a failure
+        leaves it for the next time."""
         self._committed_at = time.monotonic()
         now = datetime.now(UTC)
         offsets: dict[TopicPartition, int] = {}
         for partition, held in self._held.items():
-            released = 0
-            while released < len(held) and held[released][1] <= now:
-                released += 1
-            if released:
-                offsets[partition] = held[released - 1][0] + 1
+            while held and held[0][1] <= now:
+                held.popleft()
+            offset = held[0][0] if held else self._next[partition]
+            if offset != self._committed.get(partition):
+                offsets[partition] = offset
         if not offsets:
             return
         try:
@@ -214,10 +227,7 @@ class KafkaCommandSource:
             # Uncommitted offsets are only read again (and answered from the journal) after a restart.
             logger.warning("could not commit command offsets (%s); trying again later", exc or type(exc).__name__)
             return
-        for partition, offset in offsets.items():
-            held = self._held[partition]
-            while held and held[0][0] < offset:
-                held.popleft()
+        self._committed.update(offsets)
 
 
 class MqttCommandSource:
