@@ -19,9 +19,9 @@ from gateway.choices import Access, PollGroup
 from gateway.modbus.pacing import SLOW_GROUP_INTERVAL_S, Pacing, poll_time
 from gateway.modbus.planner import plan_reads
 from gateway.models import ChargePoint, DeviceProfile, LatestTelemetry, Register, Site, StatusRule
-from gateway.profiles.spec import Heartbeat, ProfileFormatError, entries_from_json
+from gateway.profiles.spec import CommandSpec, Heartbeat, ProfileFormatError, RegisterSpec, entries_from_json
 from gateway.profiles.store import export_profile_json, import_profile, load_spec, read_profile_bytes
-from gateway.profiles.validate import heartbeat_register_problems, overlapping
+from gateway.profiles.validate import command_register_problems, heartbeat_register_problems, overlapping
 
 
 def pacing_warnings(charge_point: ChargePoint) -> list[str]:
@@ -165,25 +165,56 @@ def _posted_registers(data: Any) -> dict[str, str]:
     return registers
 
 
-class DeviceProfileForm(forms.ModelForm):
-    """Heartbeats must write a writable register of the registers inline posted with them.
+_RegisterRowForm = forms.modelform_factory(Register, fields=RegisterInline.fields)
 
-    The model checks the heartbeats' shape (DeviceProfile.clean); which registers exist is only
-    known from the same POST, as for the status rules.
+
+def _posted_register_specs(data: Any) -> dict[str, RegisterSpec]:
+    """The registers inline of the same POST as specs, by name (deleted rows and rows with errors left out:
+    the inline itself reports those)."""
+    specs = {}
+    for key, name in data.items():
+        if key.startswith("registers-") and key.endswith("-name") and name:
+            prefix = key.removesuffix("-name")
+            row = _RegisterRowForm(data, prefix=prefix)
+            if not data.get(f"{prefix}-DELETE") and row.is_valid():
+                specs[name] = row.instance.to_spec()
+    return specs
+
+
+class DeviceProfileForm(forms.ModelForm):
+    """Heartbeats and commands must name suitable registers of the registers inline posted with them.
+
+    The model checks their shape (DeviceProfile.clean); which registers exist, and what they allow,
+    is only known from the same POST, as for the status rules.
     """
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
+        self._check_heartbeat_registers(cleaned)
+        self._check_command_registers(cleaned)
+        return cleaned
+
+    def _check_heartbeat_registers(self, cleaned: dict[str, Any]) -> None:
         try:
             heartbeats = entries_from_json(Heartbeat, cleaned.get("heartbeats"), "heartbeats")
         except ProfileFormatError:
-            return cleaned  # DeviceProfile.clean says what is wrong with the shape
+            return  # DeviceProfile.clean says what is wrong with the shape
         registers = _posted_registers(self.data)
         writable = {name for name, access in registers.items() if access in (Access.READ_WRITE, Access.WRITE)}
         problems = heartbeat_register_problems(heartbeats, set(registers), writable)
         if problems:
             self.add_error("heartbeats", "; ".join(problems) + ".")
-        return cleaned
+
+    def _check_command_registers(self, cleaned: dict[str, Any]) -> None:
+        """Each command writes a writable posted register within its range and reads back a readable one."""
+        commands = cleaned.get("commands")
+        try:
+            specs = entries_from_json(CommandSpec, [] if commands is None else commands, "commands")
+        except ProfileFormatError:
+            return  # DeviceProfile.clean says what is wrong with the shape
+        problems = command_register_problems(specs, _posted_register_specs(self.data))
+        if problems:
+            self.add_error("commands", "; ".join(problems) + ".")
 
 
 class StatusRuleInline(admin.TabularInline):
