@@ -75,12 +75,13 @@ class WriteEffects:
             if command.register not in limits and command.value is not None:
                 switches.setdefault(command.register, {})[float(command.value)] = enabled
             shows[action] = _shows(profile, command)
-        setpoints = {name for name in limits if profile.register(name).readable}
+        setpoints = set(limits)
         if limit_command is not None and limit_command.verify_register:
             setpoints.add(limit_command.verify_register)
+        readable = {register.name for register in profile.registers if register.readable}
         return cls(
             limit_registers=frozenset(limits),
-            setpoint_registers=frozenset(setpoints),
+            setpoint_registers=frozenset(setpoints & readable),
             switches=switches,
             enable_register=hints.enable_register,
             paused_shows=shows.get(CommandAction.PAUSE),
