@@ -18,7 +18,7 @@ from django.utils.http import content_disposition_header
 from gateway.choices import Access, PollGroup
 from gateway.modbus.pacing import SLOW_GROUP_INTERVAL_S, Pacing, poll_time
 from gateway.modbus.planner import plan_reads
-from gateway.models import ChargePoint, DeviceProfile, LatestTelemetry, Register, Site, StatusRule
+from gateway.models import ChargePoint, Command, DeviceProfile, LatestTelemetry, Register, Site, StatusRule
 from gateway.profiles.spec import CommandSpec, Heartbeat, ProfileFormatError, RegisterSpec, entries_from_json
 from gateway.profiles.store import export_profile_json, import_profile, load_spec, read_profile_bytes
 from gateway.profiles.validate import command_register_problems, heartbeat_register_problems, overlapping
@@ -326,4 +326,42 @@ class LatestTelemetryAdmin(admin.ModelAdmin):
     readonly_fields = ["charge_point", "record", "source_ts", "received_at"]
 
     def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(Command)
+class CommandAdmin(admin.ModelAdmin):
+    """The audit of operator commands: read-only, whoever looks (rows are written by the command flow only)."""
+
+    list_display = [
+        "created_at",
+        "charge_point_slug",
+        "action",
+        "value",
+        "username",
+        "status",
+        "reason_shown",
+        "latency_shown",
+    ]
+    list_filter = ["status", "action", "site_slug", "created_at"]
+    search_fields = ["charge_point_slug", "username"]
+    date_hierarchy = "created_at"
+
+    @admin.display(description="reason", ordering="reason_code")
+    def reason_shown(self, command: Command) -> str:
+        if not command.reason_code:
+            return ""
+        return f"{command.get_reason_code_display()}: {command.reason}" if command.reason else command.reason_code
+
+    @admin.display(description="latency", ordering="latency_ms")
+    def latency_shown(self, command: Command) -> str:
+        return "" if command.latency_ms is None else f"{command.latency_ms:.0f} ms"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Command | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Command | None = None) -> bool:
         return False
