@@ -89,44 +89,150 @@ class CommandBridge:
         self.mqtt_connects = 0
         self._malformed = _SkipLog()
         self._expired = _SkipLog()
+        self._client: aiomqtt.Client | None = None  # connected (or lost, until _connected notices)
+        self._lost: aiomqtt.MqttError | None = None  # why the last PUBLISH failed: reconnect
+        self._backoff = Backoff(first_s=RECONNECT_FIRST_S, max_s=RECONNECT_MAX_S)
 
     @property
     def stats(self) -> CommandBridgeStats:
         return CommandBridgeStats(self.forwarded, self._malformed.count, self._expired.count, self.mqtt_connects)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """One MQTT connection after another, with backoff in between, until stop is set."""
+        """Kafka sessions, with backoff in between, until stop is set; the MQTT connection is made
+        (and made again after a loss) as commands need it, and outlives a Kafka session.
+
+        An MQTT outage does not end the Kafka session: a group rejoin costs seconds to tens of
+        seconds (the broker waits out the old member), longer than many commands live.
+        """
         backoff = Backoff(first_s=RECONNECT_FIRST_S, max_s=RECONNECT_MAX_S)
-        broker = str(self.config)  # never the password
-        while not stop.is_set():
-            connected = False
-            try:
-                async with self._new_client() as client:
-                    connected = True
-                    self.mqtt_connects += 1
+        try:
+            while not stop.is_set():
+                consumer = AIOKafkaConsumer(
+                    self.kafka_topic,
+                    group_id=self.group_id,
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
+                    fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+                    **client_options(),
+                )
+                try:
+                    await consumer.start()
                     backoff.reset()
-                    logger.info(
-                        "commands: publishing Kafka topic %s to MQTT broker %s as %s",
-                        self.kafka_topic,
-                        broker,
-                        self.client_id,
-                    )
-                    await self._consume_until_stopped(client, stop)
-            except aiomqtt.MqttError as exc:
-                delay_s = backoff.peek_s()
-                if connected:
-                    logger.warning("commands: MQTT broker %s lost (%s); reconnecting in %.1f s", broker, exc, delay_s)
-                else:
-                    logger.warning(
-                        "commands: MQTT broker %s unavailable (%s); retrying in %.1f s", broker, exc, delay_s
-                    )
-                if await backoff.wait(stop):
-                    break
+                    logger.info("commands: consuming %s as group %s", self.kafka_topic, self.group_id)
+                    await self._forward_batches(consumer, stop)
+                except (KafkaError, OSError) as exc:
+                    logger.warning("commands: Kafka unavailable (%s); reconnecting in %.1f s", exc, backoff.peek_s())
+                    if await backoff.wait(stop):
+                        break
+                finally:
+                    with contextlib.suppress(KafkaError, OSError):
+                        await consumer.stop()
+        finally:
+            await self._disconnect()
         logger.info("commands: stopped")
+
+    async def _forward_batches(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        # Connected before each fetch: a loss is noticed (and logged) while idle, and what Kafka
+        # receives during an MQTT outage waits there, uncommitted, until the broker is back.
+        while not stop.is_set() and await self._connected(stop) is not None:
+            batches = await consumer.getmany(timeout_ms=GETMANY_TIMEOUT_MS, max_records=MAX_RECORDS)
+            for partition, messages in batches.items():
+                await self._forward_partition(consumer, partition, messages, stop)
+
+    async def _forward_partition(
+        self, consumer: AIOKafkaConsumer, partition: TopicPartition, messages: list[ConsumerRecord], stop: asyncio.Event
+    ) -> None:
+        """Publish in order, then commit what the broker acknowledged (also when a stop came first)."""
+        next_offset: int | None = None
+        try:
+            for message in messages:
+                if not await self._forward(message, stop):
+                    break  # stopped: the rest is read again at the next start
+                next_offset = message.offset + 1
+        finally:
+            if next_offset is not None:
+                await consumer.commit({partition: next_offset})
+
+    async def _forward(self, message: ConsumerRecord, stop: asyncio.Event) -> bool:
+        """Publish one command and wait for its PUBACK, through MQTT outages; False if stopped first."""
+        try:
+            command = CommandMessage.from_json(message.value)
+        except InvalidMessage as exc:
+            self._malformed.note(
+                "commands: skipped a message at %s[%d] offset %d, not a command (%s)",
+                message.topic,
+                message.partition,
+                message.offset,
+                exc,
+            )
+            return True
+        if command.expired():
+            self._expired.note(
+                "commands: dropped command %s (%s for %s), expired at %s",
+                command.id,
+                command.action,
+                command.charge_point,
+                command.expires_at.isoformat(),
+            )
+            return True
+        topic = mqtt_commands_topic(command.site, command.charge_point)
+        while (client := await self._connected(stop)) is not None:
+            try:
+                # The payload as received: the poller reads the bytes the server wrote.
+                await client.publish(topic, message.value, qos=1, retain=False)
+            except aiomqtt.MqttError as exc:
+                self._lost = exc  # published again once connected (the broker may have it twice)
+                continue
+            self.forwarded += 1
+            logger.debug("commands: published command %s (%s) for %s", command.id, command.action, command.charge_point)
+            return True
+        return False
+
+    async def _connected(self, stop: asyncio.Event) -> aiomqtt.Client | None:
+        """The MQTT client, connecting (again) with backoff if needed; None once stop is set."""
+        client = self._client
+        # aiomqtt tells a lost connection only to a pending call or the message iterator; while
+        # idle we have neither, so its own `_disconnected` future is read, as its iterator does.
+        if client is not None and self._lost is None and not client._disconnected.done():
+            return client
+        broker = str(self.config)  # never the password
+        if client is not None:
+            reason = self._lost or _disconnect_reason(client)
+            await self._disconnect()
+            logger.warning(
+                "commands: MQTT broker %s lost (%s); reconnecting in %.1f s", broker, reason, self._backoff.peek_s()
+            )
+            if await self._backoff.wait(stop):
+                return None
+        while not stop.is_set():
+            client = self._new_client()
+            try:
+                await client.__aenter__()
+            except aiomqtt.MqttError as exc:
+                logger.warning(
+                    "commands: MQTT broker %s unavailable (%s); retrying in %.1f s", broker, exc, self._backoff.peek_s()
+                )
+                if await self._backoff.wait(stop):
+                    return None
+                continue
+            self._client, self._lost = client, None
+            self.mqtt_connects += 1
+            self._backoff.reset()
+            logger.info(
+                "commands: publishing Kafka topic %s to MQTT broker %s as %s", self.kafka_topic, broker, self.client_id
+            )
+            return client
+        return None
+
+    async def _disconnect(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.__aexit__(None, None, None)
 
     def _new_client(self) -> aiomqtt.Client:
         # A clean session: this client subscribes to nothing, and a PUBLISH cut off by a lost
-        # connection is published again from Kafka (its offset was not committed).
+        # connection is published again (its offset was not committed).
         return aiomqtt.Client(
             self.config.host,
             self.config.port,
@@ -139,93 +245,11 @@ class CommandBridge:
             timeout=MQTT_TIMEOUT_S,
         )
 
-    async def _consume_until_stopped(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        """Kafka sessions, with backoff in between, on one MQTT connection; raises MqttError when it drops."""
-        backoff = Backoff(first_s=RECONNECT_FIRST_S, max_s=RECONNECT_MAX_S)
-        while not stop.is_set():
-            consumer = AIOKafkaConsumer(
-                self.kafka_topic,
-                group_id=self.group_id,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-                **client_options(),
-            )
-            try:
-                await consumer.start()
-                backoff.reset()
-                logger.info("commands: consuming %s as group %s", self.kafka_topic, self.group_id)
-                await self._forward_batches(consumer, client, stop)
-            except (KafkaError, OSError) as exc:
-                logger.warning("commands: Kafka unavailable (%s); reconnecting in %.1f s", exc, backoff.peek_s())
-                if await backoff.wait(stop):
-                    break
-            finally:
-                with contextlib.suppress(KafkaError, OSError):
-                    await consumer.stop()
 
-    async def _forward_batches(self, consumer: AIOKafkaConsumer, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            _raise_if_disconnected(client)
-            batches = await consumer.getmany(timeout_ms=GETMANY_TIMEOUT_MS, max_records=MAX_RECORDS)
-            for partition, messages in batches.items():
-                await self._forward_partition(consumer, client, partition, messages, stop)
-
-    async def _forward_partition(
-        self,
-        consumer: AIOKafkaConsumer,
-        client: aiomqtt.Client,
-        partition: TopicPartition,
-        messages: list[ConsumerRecord],
-        stop: asyncio.Event,
-    ) -> None:
-        """Publish in order, then commit what the broker acknowledged (also when a PUBLISH failed)."""
-        next_offset: int | None = None
-        try:
-            for message in messages:
-                if stop.is_set():
-                    break  # the rest is read again at the next start
-                await self._forward(client, message)
-                next_offset = message.offset + 1
-        finally:
-            if next_offset is not None:
-                await consumer.commit({partition: next_offset})
-
-    async def _forward(self, client: aiomqtt.Client, message: ConsumerRecord) -> None:
-        try:
-            command = CommandMessage.from_json(message.value)
-        except InvalidMessage as exc:
-            self._malformed.note(
-                "commands: skipped a message at %s[%d] offset %d, not a command (%s)",
-                message.topic,
-                message.partition,
-                message.offset,
-                exc,
-            )
-            return
-        if command.expired():
-            self._expired.note(
-                "commands: dropped command %s (%s for %s), expired at %s",
-                command.id,
-                command.action,
-                command.charge_point,
-                command.expires_at.isoformat(),
-            )
-            return
-        # The payload as received: the poller reads the same bytes the server wrote.
-        await client.publish(
-            mqtt_commands_topic(command.site, command.charge_point), message.value, qos=1, retain=False
-        )
-        self.forwarded += 1
-        logger.debug("commands: published command %s (%s) for %s", command.id, command.action, command.charge_point)
-
-
-def _raise_if_disconnected(client: aiomqtt.Client) -> None:
-    """aiomqtt tells a lost connection only to a pending call or the message iterator (we have
-    neither while idle): its own `_disconnected` future, read as MessagesIterator reads it."""
+def _disconnect_reason(client: aiomqtt.Client) -> str:
     lost = client._disconnected
-    if lost.done():
-        raise aiomqtt.MqttError("connection lost") from (None if lost.cancelled() else lost.exception())
+    error = None if lost.cancelled() or not lost.done() else lost.exception()
+    return str(error) if error is not None else "disconnected"
 
 
 def build_command_bridge() -> CommandBridge:
