@@ -52,10 +52,12 @@ class CommandQueue:
     Only the event loop's thread may call put() (it wakes the loop's sleep).
     """
 
-    __slots__ = ("_commands", "_wake", "active_limit_a", "held_limit_a", "paused")
+    __slots__ = ("_commands", "_wake", "active_limit_a", "held_limit_a", "paused", "pending")
 
     def __init__(self) -> None:
         self._commands: deque[CommandMessage] = deque()
+        # The deque itself, for the poll loop's per-turn check: a C-level truth test, no method call.
+        self.pending = self._commands
         self._wake: Callable[[], None] | None = None
         # The limit an applied set_current_limit set (None: none), and whether an applied pause is
         # in force; active_limit_a is what records show: 0 while paused, else the held limit.

@@ -301,6 +301,7 @@ class ChargePointPoller:
         self.connection.stop = stop
         sleeper = self._sleeper = StopWatch(stop)
         self.commands.attach(sleeper.wake)
+        pending = self.commands.pending
         try:
             while not stop.is_set():
                 if (now := self.clock()) >= next_poll_at:
@@ -310,7 +311,7 @@ class ChargePointPoller:
                 elif self.connection.connected:
                     with contextlib.suppress(ConnectionFailed):  # the next poll reports it
                         await self._send_due_heartbeats(self.clock())
-                if self.commands and not stop.is_set():
+                if pending and not stop.is_set():
                     # One command, then a poll if one is due: a write never interleaves with a read.
                     # A stopping loop leaves the queue to its successor (or to a restarted poller).
                     await self.run_next_command()
