@@ -406,8 +406,12 @@ class ChargePointPoller:
             if stopped:
                 return True
             if self.connection.connected:
-                with contextlib.suppress(ConnectionFailed):  # the read-back reports it
+                try:
                     await self._send_due_heartbeats(self.clock(), skip=written)
+                except ConnectionFailed:
+                    pass  # the read-back reports it
+                except PaceInterrupted:
+                    return True  # stopping while a heartbeat waited for its turn
         return stop.is_set()
 
     def _hold(self, command: CommandMessage) -> None:
