@@ -101,6 +101,10 @@ def server(kafka: dict, tmp_path: Path) -> Iterator[dict]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: serving(url), 60, "the web server", web)
+        # Results published before the consumer joins its group would still be read (it starts from
+        # the earliest offset), but a slow first join could outlast a wait of the test.
+        consuming = f"consuming {kafka['COMMAND_RESULTS_TOPIC']} as group"
+        wait_until(lambda: consuming in web.output(), 60, "the results consumer", web)
         yield {"url": url, "env": env, "web": web}
         web.stop(signal.SIGINT)
     finally:
@@ -192,6 +196,10 @@ def listed(page) -> list[tuple[str, str, str]]:
 def test_an_operator_sets_a_limit_and_sees_it_pending_then_applied_live(server: dict, browser) -> None:
     page, errors = open_page(browser, server["url"], "operator")
     page.evaluate("window.notReloaded = true")
+    asked: list[str] = []  # the page's GET /commands/<id>/ (its fallback when no update came)
+    page.on(
+        "request", lambda request: "/commands/" in request.url and request.method == "GET" and asked.append(request.url)
+    )
     limit = page.locator("#command-limit-value")
     assert (limit.get_attribute("min"), limit.get_attribute("max"), limit.get_attribute("step")) == ("6", "16", "1")
     assert page.locator('[data-action="resume"]').is_disabled()
@@ -227,6 +235,9 @@ def test_an_operator_sets_a_limit_and_sees_it_pending_then_applied_live(server: 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "charge-point-commands.png"), full_page=True)
 
+    # Both outcomes came over the socket: the page never had to ask.
+    assert asked == []
+
     # A result that is stored but never pushed (here: written to the row directly) still reaches
     # the page: when no update came by the command's expiry, the page asks GET /commands/<id>/.
     limit.fill("12")
@@ -236,6 +247,7 @@ def test_an_operator_sets_a_limit_and_sees_it_pending_then_applied_live(server: 
     manage(["shell", "-c", COMPLETE_SILENTLY.format(id=silent.id, read_back=12.0)], server["env"])
     status_is(page, server, "applied", "Set limit 12 A: applied — read back 12 A")
     assert [state for state, _, _ in listed(page)] == ["applied", "failed", "applied"]
+    assert set(asked) == {f"{server['url']}/commands/{silent.id}/"}
     assert page.evaluate("window.notReloaded === true")
     assert errors == []
 

@@ -19,7 +19,7 @@ from gateway.live.groups import site_group
 from gateway.live.push import COMMAND_EVENT, push_command_updates, push_telemetry
 from gateway.models import ChargePoint, Command, Site
 from gateway.telemetry import build_record
-from tests.conftest import make_charge_point, session_cookie_headers
+from tests.conftest import make_charge_point, session_cookie_headers, within
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -109,16 +109,16 @@ async def test_command_update_event_shape_and_site_lookup(site, generic_profile,
     second = command_json(await sync_to_async(store_command)(cp, action="resume", value=None))
     await push_command_updates([first, second])
     # One event per site: {"type": "command.update", "commands": [command_json, ...]}.
-    assert await layer.receive(channel) == {"type": COMMAND_EVENT, "commands": [first, second]}
+    assert await within(layer.receive(channel), 5) == {"type": COMMAND_EVENT, "commands": [first, second]}
     assert COMMAND_EVENT == "command.update"
 
     # The site comes from the audit row, so an update of a charge point deleted since still goes
     # to the site it was sent to; a command that names its site is taken at its word.
     await cp.adelete()
     await push_command_updates([first])
-    assert await layer.receive(channel) == {"type": COMMAND_EVENT, "commands": [first]}
+    assert await within(layer.receive(channel), 5) == {"type": COMMAND_EVENT, "commands": [first]}
     await push_command_updates([first | {"id": "no-such-row", "site": "test-site"}])
-    assert (await layer.receive(channel))["commands"][0]["id"] == "no-such-row"
+    assert (await within(layer.receive(channel), 5))["commands"][0]["id"] == "no-such-row"
     # An update whose site nobody knows is logged and dropped (never sent to a wrong group).
     caplog.set_level(logging.WARNING)
     unknown = first | {"id": "00000000-0000-0000-0000-000000000001"}
