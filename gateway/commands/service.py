@@ -18,7 +18,6 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from asgiref.sync import async_to_sync
-from django.db import close_old_connections
 
 from gateway.choices import CommandAction, CommandStatus, FailureReason
 from gateway.commands.messages import CommandMessage
@@ -137,7 +136,6 @@ def wait_for_result(command_id: uuid.UUID | str, timeout_s: float, poll_s: float
     """The command's row once it is no longer pending, or still pending after timeout_s."""
     deadline = time.monotonic() + timeout_s
     while True:
-        close_old_connections()
         command = Command.objects.get(id=command_id)
         if command.status != CommandStatus.PENDING or time.monotonic() >= deadline:
             return command
