@@ -166,7 +166,7 @@ async def test_client_frames_are_ignored_without_error_or_close(site, generic_pr
     await fleet.disconnect()
     # Logged (issue 9: a forged command is worth knowing about): the first frame, and the count at the close.
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 2 and "2004 ignored client frames" in warnings[1], warnings
+    assert len(warnings) == 2 and "2005 ignored client frames" in warnings[1], warnings
 
 
 @pytest.mark.parametrize("path", ["/ws/nope/", "/ws/chargepoints/a/b/", "/ws/", "/elsewhere"])
