@@ -153,9 +153,13 @@ async def test_the_sweeper_fails_commands_nobody_answered_after_their_expiry_and
     assert stored.completed_at is not None
     assert (await Command.objects.aget(id=in_grace.id)).status == CommandStatus.PENDING
     assert (await Command.objects.aget(id=answered.id)).status == CommandStatus.APPLIED
-    # A result after the sweeper gave up is too late: the first outcome stands.
-    assert await store_results([CommandResult.applied(message_of(overdue), 10.0, poller="p")]) == []
     assert await sync_to_async(fail_unanswered)() == []
+    # A poller's result after the sweeper gave up is what happened at the charger: the audit takes
+    # it (the sweeper only guessed); a second result after that changes nothing.
+    [late] = await store_results([CommandResult.applied(message_of(overdue), 10.0, poller="p")])
+    assert (late.status, late.reason_code, late.read_back, late.poller) == (CommandStatus.APPLIED, "", 10.0, "p")
+    again = CommandResult.failed(message_of(overdue), FailureReason.TIMEOUT, "read timed out", poller="q")
+    assert await store_results([again]) == []
 
 
 async def produce(topic: str, messages: list[tuple[bytes, bytes]]) -> None:

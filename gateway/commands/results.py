@@ -79,7 +79,8 @@ async def store_results(results: list[CommandResult]) -> list[Command]:
 
 
 def complete_commands(results: list[CommandResult]) -> list[Command]:
-    """Store each result on its pending row; results of unknown or already completed commands are logged and skipped."""
+    """Store each result on its row (pending, or failed by the server without a poller's word);
+    results of unknown commands or of commands a poller already completed are logged and skipped."""
     close_old_connections()
     received_at = datetime.now(UTC)
     completed = []
@@ -98,7 +99,8 @@ def complete_commands(results: list[CommandResult]) -> list[Command]:
             "latency_ms": (received_at - command.created_at).total_seconds() * 1000,
         }
         # Conditional: another consumer (or the sweeper) may have completed it since it was read.
-        if Command.objects.filter(id=command.id, status=CommandStatus.PENDING).update(**fields):
+        unchanged = Command.objects.filter(id=command.id, status=command.status, poller=command.poller)
+        if unchanged.update(**fields):
             for name, value in fields.items():
                 setattr(command, name, value)
             completed.append(command)
@@ -118,7 +120,7 @@ def complete_commands(results: list[CommandResult]) -> list[Command]:
 
 
 def _pending_command(result: CommandResult) -> Command | None:
-    """The row a result completes, or None (logged) if there is none or it is no longer pending."""
+    """The row a result completes, or None (logged) if there is none or a poller's result completed it already."""
     try:
         command_id = uuid.UUID(result.id)
     except ValueError:
@@ -138,6 +140,18 @@ def _pending_command(result: CommandResult) -> Command | None:
             command.charge_point_slug,
         )
         return None
+    if command.status == CommandStatus.FAILED and not command.poller:
+        # The server failed it without a poller's word (no answer before the expiry, or Kafka did
+        # not confirm the send, though the command may have got through): the poller's result is
+        # what happened at the charger, so the audit takes it.
+        logger.warning(
+            "late result %s of command %s from %s replaces the server's %s",
+            result.status,
+            command.id,
+            result.poller,
+            command.reason_code,
+        )
+        return command
     if command.status != CommandStatus.PENDING:
         logger.info(
             "result %s of command %s from %s ignored: it is already %s",
