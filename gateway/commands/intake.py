@@ -13,7 +13,7 @@ commits that start at once. An offset is committed only once the command it carr
 and had time for its result (HOLD_AFTER_EXPIRY_S): a poller killed before then reads the command
 again after its restart, and the journal answers it (executed now if it was never claimed, its
 result again, or failed interrupted). Redelivery is safe; skipping a command the poller never
-took is not.
+took is not. Partitions added to the topic later are read after the next reconnect or restart.
 
 MQTT: QoS 1 with a persistent session (clean_session False, client id
 evdash-poller-<id>-commands), so the broker keeps the commands that arrive while the poller is
