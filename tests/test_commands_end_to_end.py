@@ -173,6 +173,8 @@ async def test_a_limit_is_applied_and_verified_on_every_profile_that_supports_it
                 on_page = await command_message(page, str(commands[0].id), RESULT_TIMEOUT_S)
             finally:
                 await page.disconnect()
+            # The records that follow carry the operator's limit, and the currents under it.
+            records = await wait_for_records(charge_points, limited, "records with the limit and lower currents")
     finally:
         await fleet.stop()
 
@@ -186,38 +188,22 @@ async def test_a_limit_is_applied_and_verified_on_every_profile_that_supports_it
         assert max(sim.behaviour.currents_a) <= LIMIT_A + 1e-6, (spec.slug, sim.behaviour.currents_a)
     assert on_page["status"] == CommandStatus.APPLIED
     assert on_page["read_back"] == pytest.approx(LIMIT_A, abs=0.01)
-
-
-@pytest.mark.django_db(transaction=True)
-async def test_the_record_shows_the_active_limit_and_the_currents_drop_to_it(
-    kafka, site, operator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    specs = [spec for spec in supporting("set_current_limit") if spec.request_gap_ms == 0]
-    fleet, charge_points = await charging_fleet(specs, site)
-    try:
-        async with running_chain("direct", tmp_path, monkeypatch):
-            await wait_for_records(charge_points, lambda r: r["status"] == "charging", "charging records")
-            for cp in charge_points:
-                await sync_to_async(send_command)(cp, "set_current_limit", LIMIT_A, user=operator, via="cli")
-
-            def limited(record: dict) -> bool:
-                values = record["values"]
-                currents = [values[f"current_l{n}_a"] for n in (1, 2, 3) if values[f"current_l{n}_a"] is not None]
-                if record["active_limit_a"] != LIMIT_A:
-                    return False
-                if currents:
-                    return max(currents) <= LIMIT_A + 0.05
-                # No current registers (Mennekes): the power of at most 10 A on three phases.
-                return values["power_w"] is not None and values["power_w"] <= 3 * LIMIT_A * 240
-
-            records = await wait_for_records(charge_points, limited, "records with the limit and lower currents")
-    finally:
-        await fleet.stop()
     for spec, cp in zip(specs, charge_points, strict=True):
-        record = records[cp.slug]
         if spec.register_for("current_limit_a") is not None:
             # What the charger itself reports in force agrees with what the operator set.
-            assert record["values"]["current_limit_a"] == pytest.approx(LIMIT_A, abs=0.01), spec.slug
+            assert records[cp.slug]["values"]["current_limit_a"] == pytest.approx(LIMIT_A, abs=0.01), spec.slug
+
+
+def limited(record: dict) -> bool:
+    """A record with the operator's limit, whose currents (or power) are within it."""
+    values = record["values"]
+    currents = [values[f"current_l{n}_a"] for n in (1, 2, 3) if values[f"current_l{n}_a"] is not None]
+    if record["active_limit_a"] != LIMIT_A:
+        return False
+    if currents:
+        return max(currents) <= LIMIT_A + 0.05
+    # No current registers (Mennekes): the power of at most 10 A on three phases.
+    return values["power_w"] is not None and values["power_w"] <= 3 * LIMIT_A * 240
 
 
 @pytest.mark.django_db(transaction=True)
