@@ -26,9 +26,11 @@ from gateway.mqtt.topics import commands_subscription, telemetry_subscription
 from gateway.publish.outbox import Outbox
 from gateway.publish.publisher import OutboxPublisher
 from tests.bridge_harness import BridgeProcess, TelemetrySource, bridge_env, decoded, last_stats
+from tests.conftest import free_port
 from tests.kafka_read import read_all
 from tests.mosquitto import Mosquitto, mosquitto_fixture  # noqa: F401 (the `mosquitto` fixture)
 from tests.processes import wait_until_async
+from tests.tcp_proxy import CHUNK_BYTES, TcpProxy
 from tests.test_bridge import DiskFullPublisher
 
 SITE = "depot"
@@ -42,7 +44,9 @@ def topics(kafka: dict) -> dict[str, str]:
     return {"commands": f"test.commands.{suffix}", "results": f"test.command-results.{suffix}"}
 
 
-def start_bridge(tmp_path: Path, kafka: dict, topics: dict[str, str], url: str, **extra: str) -> BridgeProcess:
+def start_bridge(
+    tmp_path: Path, kafka: dict, topics: dict[str, str], url: str, log: str = "runbridge.log", **extra: str
+) -> BridgeProcess:
     env = bridge_env(
         tmp_path,
         kafka,
@@ -51,7 +55,7 @@ def start_bridge(tmp_path: Path, kafka: dict, topics: dict[str, str], url: str, 
         EVDASH_COMMAND_RESULTS_TOPIC=topics["results"],
         **extra,
     )
-    return BridgeProcess(env, tmp_path / "runbridge.log")
+    return BridgeProcess(env, tmp_path / log)
 
 
 def command(charge_point: str = "cp-1", *, expires_in_s: float = 30.0, value: float | None = 10.0) -> CommandMessage:
@@ -289,3 +293,81 @@ async def test_commands_survive_an_mqtt_broker_restart_and_what_arrived_meanwhil
     assert "commands: MQTT broker mqtt://bridge@127.0.0.1" in output
     assert last_stats(output)["commands_forwarded"] == "3"
     assert "Traceback" not in output
+
+
+class StallingProxy(TcpProxy):
+    """A TcpProxy that can also stall: it holds what it reads, as a network gone silent (no RST,
+    no FIN) would; the bridge sees a PUBLISH go unanswered."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while chunk := await reader.read(CHUNK_BYTES):
+                await self.flowing.wait()
+                writer.write(chunk)
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.transport.abort()
+            self._writers.discard(writer)
+
+
+async def test_a_command_is_committed_only_after_its_puback(
+    tmp_path: Path, kafka: dict, topics: dict[str, str], mosquitto: Mosquitto
+) -> None:
+    """The link to the broker goes silent with a PUBLISH in flight (no PUBACK comes). The bridge
+    reconnects and publishes it again; stopped instead, it leaves the command's offset uncommitted
+    and the next bridge publishes it. The bytes the silent link held are dropped, never delivered."""
+    proxy = StallingProxy("127.0.0.1", mosquitto.port, free_port())
+    await proxy.start()
+    url = f"mqtt://bridge:{mosquitto.users['bridge'].password}@127.0.0.1:{proxy.port}"
+    first = start_bridge(tmp_path, kafka, topics, url)
+    second: BridgeProcess | None = None
+
+    async def stall_with(pending: CommandMessage, bridge: BridgeProcess, times: int) -> None:
+        proxy.flowing.clear()
+        await produce(topics["commands"], (pending.key, pending.to_json()))
+        await bridge.logged("lost (Operation timed out)", times=times)  # no PUBACK within MQTT_TIMEOUT_S
+
+    async def reopen() -> None:
+        await proxy.cut()  # what it held goes nowhere
+        proxy.flowing.set()
+        await proxy.restore()
+
+    try:
+        async with command_subscriber(mosquitto) as subscriber:  # straight to the broker
+            # A long expiry: the next bridge joins the consumer group only after several seconds.
+            before, retried, orphaned = command("cp-1"), command("cp-2"), command("cp-3", expires_in_s=300)
+            await produce(topics["commands"], (before.key, before.to_json()))
+            await receive_until(subscriber, before)
+            await first.logged(f"published command {before.id}")  # its PUBACK is through: stall now
+
+            await stall_with(retried, first, times=1)
+            await reopen()
+            assert ids_and_topics(await receive_until(subscriber, retried)) == [
+                (retried.id, f"evdash/{SITE}/cp-2/commands")
+            ]
+            await first.logged(f"published command {retried.id}")
+
+            await stall_with(orphaned, first, times=2)
+            code, _ = await asyncio.to_thread(first.stop)  # the proxy lives on this loop: keep it running
+            assert code == 0, first.output()[-3000:]
+            await reopen()
+            second = start_bridge(tmp_path, kafka, topics, url, log="runbridge-2.log")
+            assert ids_and_topics(await receive_until(subscriber, orphaned)) == [
+                (orphaned.id, f"evdash/{SITE}/cp-3/commands")
+            ]
+        code, _ = await asyncio.to_thread(second.stop)
+        output = second.output()
+        assert code == 0, output[-3000:]
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+        await proxy.close()
+    assert last_stats(output)["commands_forwarded"] == "1"

@@ -203,8 +203,12 @@ class Bridge:
                 await stats_logger
             await self.publisher.close(flush_timeout_s=FLUSH_TIMEOUT_S)
             self._closed = True
-            # The tests read this line: keep the wording.
-            logger.info("bridge stopped: %s", self.stats.log_line().removeprefix("bridge stats: "))
+            if self.command_bridge is None:  # else run_bridge logs it once both halves are done
+                self.log_stopped()
+
+    def log_stopped(self) -> None:
+        """The last stats line, once the run is over (the tests read it: keep the wording)."""
+        logger.info("bridge stopped: %s", self.stats.log_line().removeprefix("bridge stats: "))
 
     async def _take_messages_until_stopped(self, stop: asyncio.Event) -> None:
         """One MQTT connection after another, with backoff in between, until stop is set."""
@@ -401,6 +405,7 @@ async def run_bridge(stop: asyncio.Event) -> None:
         )
     finally:
         relay.cancel()
+        bridge.log_stopped()
     for result in results:
         if isinstance(result, BaseException):
             raise result
