@@ -29,10 +29,9 @@ import time
 from dataclasses import asdict, dataclass
 
 import aiomqtt
-from aiokafka.errors import KafkaError
 
 from gateway.conf import setting
-from gateway.kafka.topics import command_results_topic, commands_topic, ensure_topics, telemetry_topic
+from gateway.kafka.topics import command_results_topic, telemetry_topic
 from gateway.kafka.transport import KafkaTransport
 from gateway.mqtt.command_bridge import CommandBridge, build_command_bridge
 from gateway.mqtt.config import MqttConfig, mqtt_config, ssl_context
@@ -378,11 +377,7 @@ async def run_bridge(stop: asyncio.Event) -> None:
     """
     from gateway.services import prepare_topics  # services imports the poller; only runbridge needs this
 
-    await prepare_topics()
-    try:
-        await ensure_topics([commands_topic(), command_results_topic()])
-    except (KafkaError, OSError) as exc:
-        logger.warning("could not check the command topics in Kafka (%s); continuing", exc)
+    await prepare_topics()  # the command topics too
     commands = build_command_bridge()
     bridge = build_bridge(commands)
     halt = asyncio.Event()  # stop, or the other half failed
@@ -412,5 +407,6 @@ async def run_bridge(stop: asyncio.Event) -> None:
 
 
 async def _relay_stop(stop: asyncio.Event, halt: asyncio.Event) -> None:
+    """SIGTERM or SIGINT stops both halves."""
     await stop.wait()
     halt.set()
