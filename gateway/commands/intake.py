@@ -36,7 +36,7 @@ from aiokafka.structs import ConsumerRecord
 from gateway.commands.messages import CommandMessage, InvalidMessage
 from gateway.kafka.config import client_options
 from gateway.kafka.topics import commands_topic
-from gateway.mqtt.config import MqttConfig, mqtt_config, ssl_context
+from gateway.mqtt.config import MqttConfig, mqtt_config
 from gateway.mqtt.topics import commands_subscription, parse_charge_point_topic
 from gateway.runtime import Backoff
 
@@ -60,10 +60,8 @@ COMMIT_TIMEOUT_S = 5.0
 STOP_COMMIT_TIMEOUT_S = 2.0
 FETCH_MAX_WAIT_MS = 10  # a command is awaited by an operator: the broker answers an empty fetch soon
 GETMANY_TIMEOUT_MS = 500
-# MQTT: connect, subscribe and disconnect each wait at most this long (a stop stays within
-# services.STOP_WITHIN_S with an unresponsive broker).
-MQTT_TIMEOUT_S = 5.0
-KEEPALIVE_S = 30
+# MQTT: connect, subscribe and disconnect each wait at most gateway.mqtt.clients.MQTT_TIMEOUT_S
+# (a stop stays within services.STOP_WITHIN_S with an unresponsive broker).
 
 
 class MalformedLog:
@@ -277,22 +275,10 @@ class MqttCommandSource:
         self.ready.clear()
 
     def _new_client(self) -> "aiomqtt.Client":
-        import aiomqtt
+        from gateway.mqtt.clients import aiomqtt_client
 
-        client = aiomqtt.Client(
-            self.config.host,
-            self.config.port,
-            username=self.config.username or None,
-            password=self.config.password or None,
-            identifier=self.client_id,
-            clean_session=False,  # the broker keeps our QoS 1 commands while we are away
-            tls_context=ssl_context(self.config),
-            keepalive=KEEPALIVE_S,
-            timeout=MQTT_TIMEOUT_S,
-        )
-        # Acknowledged once deliver() returned, not on arrival (paho's switch; aiomqtt has none).
-        client._client.manual_ack_set(True)
-        return client
+        # Acknowledged once deliver() returned, not on arrival.
+        return aiomqtt_client(self.config, self.client_id, persistent=True, manual_ack=True)
 
     async def _take_until_stopped(self, client: "aiomqtt.Client", stop: asyncio.Event, deliver: Deliver) -> None:
         """Take messages until stop is set or the connection drops (then raises aiomqtt.MqttError)."""

@@ -108,31 +108,32 @@ class CommandResult:
     def failed(
         cls, command: CommandMessage, reason_code: str, reason: str, *, poller: str, read_back: float | None = None
     ) -> "CommandResult":
-        return cls(
-            id=command.id,
-            charge_point=command.charge_point,
-            site=command.site,
-            action=command.action,
-            value=command.value,
-            status=CommandStatus.FAILED,
-            reason_code=reason_code,
-            reason=reason,
-            read_back=read_back,
-            poller=poller,
-            completed_at=datetime.now(UTC),
-        )
+        return cls.of(command, CommandStatus.FAILED, reason_code, reason, read_back, poller)
 
     @classmethod
     def applied(cls, command: CommandMessage, read_back: float | None, *, poller: str) -> "CommandResult":
+        return cls.of(command, CommandStatus.APPLIED, None, None, read_back, poller)
+
+    @classmethod
+    def of(
+        cls,
+        command: CommandMessage,
+        status: str,
+        reason_code: str | None,
+        reason: str | None,
+        read_back: float | None,
+        poller: str,
+    ) -> "CommandResult":
+        """The result of `command`, completed now."""
         return cls(
             id=command.id,
             charge_point=command.charge_point,
             site=command.site,
             action=command.action,
             value=command.value,
-            status=CommandStatus.APPLIED,
-            reason_code=None,
-            reason=None,
+            status=status,
+            reason_code=reason_code,
+            reason=reason,
             read_back=read_back,
             poller=poller,
             completed_at=datetime.now(UTC),

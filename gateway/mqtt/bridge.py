@@ -33,8 +33,9 @@ import aiomqtt
 from gateway.conf import setting
 from gateway.kafka.topics import command_results_topic, telemetry_topic
 from gateway.kafka.transport import KafkaTransport
+from gateway.mqtt.clients import aiomqtt_client
 from gateway.mqtt.command_bridge import CommandBridge, build_command_bridge
-from gateway.mqtt.config import MqttConfig, mqtt_config, ssl_context
+from gateway.mqtt.config import MqttConfig, mqtt_config
 from gateway.mqtt.topics import (
     command_results_subscription,
     parse_charge_point_topic,
@@ -55,12 +56,10 @@ GATHER_TURNS_AT_MOST = 100
 # After SIGTERM, how long the bridge keeps trying to hand the outbox to Kafka; what is left stays
 # on disk for the next start. With the MQTT disconnect, runbridge exits within services.STOP_WITHIN_S.
 FLUSH_TIMEOUT_S = 10.0
-# Connect, subscribe and disconnect each wait at most this long: with FLUSH_TIMEOUT_S, a stop
-# ends within services.STOP_WITHIN_S even with an unresponsive broker.
-MQTT_TIMEOUT_S = 5.0
+# Connect, subscribe and disconnect each wait at most clients.MQTT_TIMEOUT_S (5 s): with
+# FLUSH_TIMEOUT_S, a stop ends within services.STOP_WITHIN_S even with an unresponsive broker.
 RECONNECT_FIRST_S = 0.5
 RECONNECT_MAX_S = 10.0
-KEEPALIVE_S = 30
 # A message on a topic that names no charge point is logged at most this often (it may repeat at
 # the publisher's rate); every one is counted.
 MALFORMED_LOG_INTERVAL_S = 60.0
@@ -246,21 +245,8 @@ class Bridge:
         logger.info("stopped taking MQTT messages")
 
     def _new_client(self) -> aiomqtt.Client:
-        client = aiomqtt.Client(
-            self.config.host,
-            self.config.port,
-            username=self.config.username or None,
-            password=self.config.password or None,
-            identifier=self.client_id,
-            clean_session=False,  # the broker queues our QoS 1 messages while we are away
-            tls_context=ssl_context(self.config),
-            keepalive=KEEPALIVE_S,
-            timeout=MQTT_TIMEOUT_S,
-        )
-        # aiomqtt has no manual acknowledgement: paho's own switch. With it on, paho's
-        # _handle_publish sends no PUBACK for a QoS 1 message; `_persist_and_ack` does, via ack().
-        client._client.manual_ack_set(True)
-        return client
+        # Acknowledged by `_persist_and_ack` once the batch is in the outbox, not on arrival.
+        return aiomqtt_client(self.config, self.client_id, persistent=True, manual_ack=True)
 
     async def _take_messages(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         """Persist and acknowledge messages in batches until stop is set or the connection drops."""

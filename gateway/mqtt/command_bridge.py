@@ -30,16 +30,15 @@ from gateway.commands.messages import CommandMessage, InvalidMessage
 from gateway.conf import setting
 from gateway.kafka.config import client_options
 from gateway.kafka.topics import commands_topic as kafka_commands_topic
-from gateway.mqtt.config import MqttConfig, mqtt_config, ssl_context
+from gateway.mqtt.clients import aiomqtt_client
+from gateway.mqtt.config import MqttConfig, mqtt_config
 from gateway.mqtt.topics import commands_topic as mqtt_commands_topic
 from gateway.runtime import Backoff
 
 logger = logging.getLogger(__name__)
 
-# Connect, PUBACK and disconnect each wait at most this long: a stop ends within
+# Connect, PUBACK and disconnect each wait at most clients.MQTT_TIMEOUT_S: a stop ends within
 # services.STOP_WITHIN_S even with an unresponsive broker.
-MQTT_TIMEOUT_S = 5.0
-KEEPALIVE_S = 30
 RECONNECT_FIRST_S = 0.5
 RECONNECT_MAX_S = 10.0
 # getmany returns at least this often, so a stop or a lost MQTT connection is noticed within it.
@@ -233,17 +232,7 @@ class CommandBridge:
     def _new_client(self) -> aiomqtt.Client:
         # A clean session: this client subscribes to nothing, and a PUBLISH cut off by a lost
         # connection is published again (its offset was not committed).
-        return aiomqtt.Client(
-            self.config.host,
-            self.config.port,
-            username=self.config.username or None,
-            password=self.config.password or None,
-            identifier=self.client_id,
-            clean_session=True,
-            tls_context=ssl_context(self.config),
-            keepalive=KEEPALIVE_S,
-            timeout=MQTT_TIMEOUT_S,
-        )
+        return aiomqtt_client(self.config, self.client_id, persistent=False)
 
 
 def _disconnect_reason(client: aiomqtt.Client) -> str:
