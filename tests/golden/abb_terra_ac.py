@@ -55,7 +55,9 @@ TABLE = GoldenTable(
         # 123456 Wh = 0x0001E240 (abb_doc 1 Wh; evcc ChargedEnergy / 1e3 -> kWh)
         Read("session_energy", 0x401E, "holding", (0x0001, 0xE240), 123456, "abb_doc, evcc_abb", "session_energy_wh"),
         # charging current limit 16 A = 16000 mA = 0x00003E80 (abb_doc 400Eh, 0.001 A)
-        Read("charging_current_limit", 0x400E, "holding", (0x0000, 0x3E80), 16.0, "abb_doc, evcc_abb", "current_limit_a"),
+        Read(
+            "charging_current_limit", 0x400E, "holding", (0x0000, 0x3E80), 16.0, "abb_doc, evcc_abb", "current_limit_a"
+        ),
         # error code 0 = no error (abb_doc; evcc Diagnose prints BigEndian.Uint32)
         Read("error_code", 0x4008, "holding", (0x0000, 0x0000), 0, "abb_doc, evcc_abb", "error_code"),
         # charging state 4 (C2, charging) with bit 7 set (below the 4100h command): evcc b[2] & 0x7f = 4
