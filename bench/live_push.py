@@ -36,7 +36,9 @@ try:
 except ModuleNotFoundError:  # run as `python bench/live_push.py`
     import common  # type: ignore[no-redef]
 
-TITLE = "Consumer → live push: handle_batch (decode, store latest, push) with the Redis layer"
+TITLE = "Consumer → live push: handle_batch (decode, store latest, alerts, push) with the Redis layer"
+# The live group's sinks in gateway/sinks.py, in order.
+SINK_STAGES = ("store", "alerts", "push")
 BATCH_SIZES = (100, 500)
 RUNS = 3
 CHARGE_POINTS = 1000
@@ -111,6 +113,7 @@ def feed(plan: Plan, batch_size: int) -> dict:
 
     from aiokafka.structs import ConsumerRecord
 
+    from gateway import sinks as sink_groups
     from gateway.kafka import consumer as consumer_module
     from gateway.profiles.decode import TelemetryFields
     from gateway.telemetry import build_record, encode_record
@@ -137,7 +140,7 @@ def feed(plan: Plan, batch_size: int) -> dict:
         return ConsumerRecord("bench", 0, offset, 0, 0, slug_of(n).encode(), value, None, 9, len(value), ())
 
     # Wall time in each stage; the rest of handle_batch is decoding.
-    stage_s = {"store": 0.0, "push": 0.0}
+    stage_s = dict.fromkeys(SINK_STAGES, 0.0)
 
     def timed(name: str, sink):
         async def run_sink(records):
@@ -150,10 +153,12 @@ def feed(plan: Plan, batch_size: int) -> dict:
         return run_sink
 
     async def main() -> list[dict]:
-        # The product's default sinks, in their order, each with a timer.
-        sinks = consumer_module.default_sinks()
-        assert [sink.__name__ for sink in sinks] == ["store_latest", "push_telemetry"], sinks
-        consumer = consumer_module.TelemetryConsumer("bench", sinks=[timed("store", sinks[0]), timed("push", sinks[1])])
+        # The live group's sinks (gateway/sinks.py), in their order, each with a timer.
+        sinks = sink_groups.live_consumer("bench").sinks
+        assert len(sinks) == len(SINK_STAGES), sinks
+        consumer = consumer_module.TelemetryConsumer(
+            "bench", sinks=[timed(name, sink) for name, sink in zip(SINK_STAGES, sinks, strict=True)]
+        )
         seq = 0
         results = []
         fleet_pushed = 0  # records the fleet group got, warm-up included (the listeners count them too)
@@ -165,7 +170,7 @@ def feed(plan: Plan, batch_size: int) -> dict:
             messages = messages[: plan.records_per_run]
             batches = [messages[i : i + batch_size] for i in range(0, len(messages), batch_size)]
             fleet_pushed += sum(len({m.key for m in batch}) for batch in batches)
-            stage_s.update(store=0.0, push=0.0)
+            stage_s.update(dict.fromkeys(SINK_STAGES, 0.0))
             before = os.times()
             began = time.perf_counter()
             for batch in batches:
@@ -181,8 +186,9 @@ def feed(plan: Plan, batch_size: int) -> dict:
                     "records": count,
                     "records_per_s": count / wall_s,
                     "cpu_us_per_record": cpu_s * 1e6 / count,
-                    "decode_us_per_record": (wall_s - stage_s["store"] - stage_s["push"]) * 1e6 / count,
+                    "decode_us_per_record": (wall_s - sum(stage_s.values())) * 1e6 / count,
                     "store_us_per_record": stage_s["store"] * 1e6 / count,
+                    "alerts_us_per_record": stage_s["alerts"] * 1e6 / count,
                     "push_us_per_record": stage_s["push"] * 1e6 / count,
                 }
             )

@@ -305,6 +305,11 @@ EVDASH = {
     "COMMAND_RESULTS_TOPIC": os.environ.get("EVDASH_COMMAND_RESULTS_TOPIC", "evdash.command-results"),
     # A command not executed within this many seconds of its creation is never executed.
     "COMMAND_EXPIRY_S": float(os.environ.get("EVDASH_COMMAND_EXPIRY_S", "30")),
+    # Alerts as they are raised, cleared and acknowledged (README, "Alerts"), keyed by charge point.
+    "ALERTS_TOPIC": os.environ.get("EVDASH_ALERTS_TOPIC", "evdash.alerts"),
+    # History (README, "History"): raw records are kept this many days, one-minute rollups this many.
+    "RETENTION_RAW_DAYS": int(os.environ.get("EVDASH_RETENTION_RAW_DAYS", "14")),
+    "RETENTION_ROLLUP_DAYS": int(os.environ.get("EVDASH_RETENTION_ROLLUP_DAYS", "400")),
     "TOPIC_PARTITIONS": int(os.environ.get("EVDASH_TOPIC_PARTITIONS", "3")),
     "CONSUMER_GROUP": os.environ.get("EVDASH_CONSUMER_GROUP", "evdash-consumer"),
     "RELOAD_INTERVAL_S": float(os.environ.get("EVDASH_RELOAD_INTERVAL_S", "5")),

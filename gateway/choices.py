@@ -146,3 +146,27 @@ class FailureReason(models.TextChoices):
     INTERRUPTED = "interrupted", "interrupted by a poller restart"
     NO_ANSWER = "no_answer", "no poller answered"
     INVALID = "invalid", "invalid command"
+
+
+class AlertKind(models.TextChoices):
+    """What an alert rule watches: the built-in kinds, or a threshold on one telemetry value."""
+
+    FAULTED = "faulted", "Charger faulted"
+    OFFLINE = "offline", "Charge point offline"
+    STALE = "stale", "Telemetry stale (the poller stopped)"
+    TEMPERATURE = "temperature", "Temperature high"
+    COMMAND_FAILED = "command_failed", "Command failed"
+    THRESHOLD = "threshold", "Threshold on a value"
+
+
+class AlertSeverity(models.TextChoices):
+    INFO = "info", "Info"
+    WARNING = "warning", "Warning"
+    CRITICAL = "critical", "Critical"
+
+
+class Comparator(models.TextChoices):
+    GT = ">", "above"
+    GE = ">=", "at or above"
+    LT = "<", "below"
+    LE = "<=", "at or below"

@@ -1,7 +1,10 @@
-"""Display rules of the dashboard: staleness, the fleet summary, its order and readings formatting.
+"""The domain rules every reader of telemetry shares: staleness, the status summary and its
+order, and how readings and commands are worded.
 
-The page scripts apply the same rules to live records: live.js mirrors the formatting, and the
-fleet page receives the ordering tables from `fleet_rules()` rather than keeping copies.
+Views render with them, the alert rules and the session derivation decide with them, and any
+later API answers with them: none keeps a copy. The page scripts apply the same rules to live
+records: live.js mirrors the formatting, and the fleet page receives the ordering tables from
+`fleet_rules()` rather than keeping copies.
 """
 
 import json
@@ -11,9 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from gateway.choices import Iec61851State, OperatorStatus
+from gateway.choices import CommandAction, CommandStatus, FailureReason, Iec61851State, OperatorStatus
 from gateway.models import ChargePoint, LatestTelemetry
-from gateway.telemetry import Record
+from gateway.telemetry import Record, parse_ts
 
 # A charge point is stale once its last record is older than this many poll intervals, and never
 # sooner than STALE_MIN_MS: a fast poller that misses one beat is not yet a problem.
@@ -54,6 +57,18 @@ STATUS_LABELS: dict[str, str] = {
     STALE: "Stale",
     NO_DATA: "No data",
 }
+
+
+def stale_after_ms(poll_interval_ms: int) -> int:
+    """How old a charge point's last record may get before its state is no longer known."""
+    return max(STALE_POLL_INTERVALS * poll_interval_ms, STALE_MIN_MS)
+
+
+def is_stale(source_ts: datetime | None, now: datetime, poll_interval_ms: int) -> bool:
+    """True once the last record (at source_ts) is older than stale_after_ms; never for no record."""
+    if source_ts is None:
+        return False
+    return (now - source_ts).total_seconds() * 1000 > stale_after_ms(poll_interval_ms)
 
 
 def attention_rank(bucket: str) -> int:
@@ -103,7 +118,7 @@ class Reading:
 
     @property
     def stale_after_ms(self) -> int:
-        return max(STALE_POLL_INTERVALS * self.charge_point.poll_interval_ms, STALE_MIN_MS)
+        return stale_after_ms(self.charge_point.poll_interval_ms)
 
     @property
     def age_ms(self) -> float | None:
@@ -250,3 +265,38 @@ def read_charge_point(charge_point: ChargePoint, now: datetime) -> Reading:
         source_ts=latest.source_ts if latest else None,
         now=now,
     )
+
+
+def format_amperes(value: float | None) -> str:
+    """10.0 -> "10", 6.5 -> "6.5", None -> "" (charge_point.js formats the same way)."""
+    return "" if value is None else f"{value:g}"
+
+
+def describe_command(command: dict[str, Any]) -> dict[str, Any]:
+    """The wording of one command in the page's list: charge_point.js's describeCommand() mirrors it."""
+    action = command["action"]
+    if action == CommandAction.SET_CURRENT_LIMIT:
+        what = f"Set limit {format_amperes(command['value'])} A"
+    else:
+        what = CommandAction(action).label if action in CommandAction.values else action
+    status = command["status"]
+    if status == CommandStatus.APPLIED:
+        text = "applied"
+        if command.get("read_back") is not None:
+            unit = " A" if action == CommandAction.SET_CURRENT_LIMIT else ""
+            text += f" — read back {format_amperes(command['read_back'])}{unit}"
+    elif status == CommandStatus.FAILED:
+        code = command.get("reason_code") or ""
+        label = FailureReason(code).label if code in FailureReason.values else code
+        text = f"failed — {command.get('reason') or label}"
+    else:
+        text = "pending"
+    return {"command": command, "what": what, "status": status, "status_text": text, "time_text": time_text(command)}
+
+
+def time_text(command: dict[str, Any]) -> str:
+    """When a command was sent, as "14:03:27 UTC" (the server's and the page's clocks are in UTC)."""
+    try:
+        return parse_ts(command["created_at"]).strftime("%H:%M:%S UTC")
+    except (KeyError, TypeError, ValueError):
+        return ""

@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable
 
 from aiokafka.errors import KafkaError
 
+from gateway import sinks
+from gateway.alerts.engine import AlertEngine
 from gateway.commands.intake import KafkaCommandSource, MqttCommandSource, build_command_source
 from gateway.commands.journal import CommandJournal, journal_path
 from gateway.commands.messages import CommandMessage
@@ -14,6 +16,7 @@ from gateway.commands.runner import CommandRunner
 from gateway.conf import setting
 from gateway.kafka.consumer import TelemetryConsumer
 from gateway.kafka.topics import (
+    alerts_topic,
     command_results_topic,
     commands_topic,
     dead_letter_topic,
@@ -35,13 +38,20 @@ POLLER_FLUSH_TIMEOUT_S = 10.0
 # The command intake's own stop (an MQTT disconnect waits at most 5 s, a Kafka commit 2 s) runs
 # while the charge points' loops finish; it is cancelled after this.
 INTAKE_STOP_TIMEOUT_S = 6.0
+# What the dashboards lose when a sink group's consumer fails (said in the log as it stops everything).
+GROUP_FAILURE_COSTS = {
+    sinks.LIVE: "the dashboards get no more data and no alerts are evaluated",
+    sinks.HISTORY: "no more history or sessions are stored",
+}
 LOAD_CHECK_S = 0.05  # how often take_commands looks whether the poller loaded its charge points
 
 
 async def prepare_topics() -> None:
     """Create the topics if the broker lets us; an unreachable broker is retried by the clients."""
     try:
-        await ensure_topics([telemetry_topic(), dead_letter_topic(), commands_topic(), command_results_topic()])
+        await ensure_topics(
+            [telemetry_topic(), dead_letter_topic(), commands_topic(), command_results_topic(), alerts_topic()]
+        )
     except (KafkaError, OSError) as exc:
         logger.warning("could not check Kafka topics (%s); continuing", exc)
 
@@ -203,41 +213,64 @@ async def poll_once(
 
 
 async def run_consumer(
-    stop: asyncio.Event, consumer: TelemetryConsumer | None = None, results: TelemetryConsumer | None = None
+    stop: asyncio.Event,
+    consumer: TelemetryConsumer | None = None,
+    results: TelemetryConsumer | None = None,
+    *,
+    groups: tuple[str, ...] = sinks.GROUPS,
+    history: TelemetryConsumer | None = None,
 ) -> None:
-    """Consume telemetry into storage and the live dashboard, and command results onto their
-    audit rows, until stop is set; meanwhile fail the commands nobody answered.
+    """Consume telemetry into its sink groups (gateway/sinks.py: live state, alerts and the push;
+    history and sessions) and command results onto their audit rows, until stop is set; meanwhile
+    fail the commands nobody answered.
 
-    The three run as tasks that stop together. A failure of one (anything but a broker outage,
-    which the consumers ride out) is logged and raised after the others stopped: runconsumer exits
-    non-zero and the demo stops, so it is never silent.
+    `consumer` and `history` replace the groups' own consumers (tests, scale-out); `groups`
+    chooses which sink groups this process runs (runconsumer --only). Everything runs as tasks
+    that stop together. A failure of one (anything but a broker outage, which the consumers ride
+    out) is logged and raised after the others stopped: runconsumer exits non-zero and the demo
+    stops, so it is never silent.
     """
-    consumer = consumer or TelemetryConsumer(telemetry_topic())
-    results = results or build_results_consumer()
+    alerts = AlertEngine()
+    built: list[sinks.SinkGroup] = []
+    for name in groups:
+        if name == sinks.LIVE:
+            group = sinks.live_group(alerts=alerts)
+            group.consumer = consumer or group.consumer
+        else:
+            group = sinks.history_group() if history is None else sinks.SinkGroup(sinks.HISTORY, history)
+        built.append(group)
+    results = results or build_results_consumer(alerts=alerts if sinks.LIVE in groups else None)
 
-    async def consume_telemetry(together: asyncio.Event) -> None:
-        await prepare_topics()
-        await consumer.run(together)
+    def consume(group: sinks.SinkGroup) -> Callable[[asyncio.Event], Awaitable[None]]:
+        async def run(together: asyncio.Event) -> None:
+            await prepare_topics()
+            await group.consumer.run(together)
 
+        return run
+
+    jobs: dict[str, tuple[Callable[[asyncio.Event], Awaitable[None]], str]] = {}
+    for group in built:
+        jobs[f"the {group.name} telemetry consumer"] = (consume(group), GROUP_FAILURE_COSTS[group.name])
+        jobs.update(group.jobs)
+    jobs["the command results consumer"] = (
+        lambda together: consume_results(together, results),
+        "command results are no longer stored",
+    )
+    jobs["the command sweeper"] = (sweep_unanswered, "unanswered commands stay pending")
     try:
-        await run_together(
-            stop,
-            {
-                "the telemetry consumer": (consume_telemetry, "the dashboards get no more data"),
-                "the command results consumer": (
-                    lambda together: consume_results(together, results),
-                    "command results are no longer stored",
-                ),
-                "the command sweeper": (sweep_unanswered, "unanswered commands stay pending"),
-            },
-        )
+        await run_together(stop, jobs)
     finally:
+        for group in built:
+            consumer_stats = group.consumer
+            logger.info(
+                "%s consumer stopped: %d records handled, %d malformed and %d failed records dead-lettered",
+                group.name,
+                consumer_stats.handled,
+                consumer_stats.skipped,
+                consumer_stats.failed,
+            )
         logger.info(
-            "consumer stopped: %d records handled, %d malformed and %d failed records dead-lettered; "
-            "%d command results handled, %d malformed and %d failed dead-lettered",
-            consumer.handled,
-            consumer.skipped,
-            consumer.failed,
+            "command results consumer stopped: %d handled, %d malformed and %d failed dead-lettered",
             results.handled,
             results.skipped,
             results.failed,

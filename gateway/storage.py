@@ -3,6 +3,7 @@
 import logging
 
 import orjson
+from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connection
 
 from gateway.models import ChargePoint, LatestTelemetry
@@ -56,3 +57,8 @@ def _upsert_orm(newest: dict[str, Record]) -> set[str]:
         update_fields=["record", "source_ts", "received_at"],
     )
     return set(ids)
+
+
+async def store_latest(records: list[Record]) -> None:
+    """Sink: the latest record of each charge point, in the database."""
+    await sync_to_async(save_latest)(records)

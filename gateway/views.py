@@ -18,19 +18,21 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST, require_safe
 
-from gateway.choices import CommandAction, CommandStatus, FailureReason, Iec61851State
+from gateway.choices import CommandAction, FailureReason, Iec61851State
 from gateway.commands import service
 from gateway.models import ChargePoint, Command, Site
 from gateway.readings import (
     CARDS,
     STATUS_LABELS,
+    describe_command,
     fleet_rules,
+    format_amperes,
     format_extra,
     read_charge_point,
     summarize,
     with_meaning,
 )
-from gateway.telemetry import format_ts, parse_ts
+from gateway.telemetry import format_ts
 
 # How much history the live charts keep: 10 minutes, bounded in points by the page scripts.
 CHART_WINDOW_S = 600
@@ -149,41 +151,6 @@ def charge_point(request: HttpRequest, slug: str) -> HttpResponse:
             "config": config,
         },
     )
-
-
-def format_amperes(value: float | None) -> str:
-    """10.0 -> "10", 6.5 -> "6.5", None -> "" (charge_point.js formats the same way)."""
-    return "" if value is None else f"{value:g}"
-
-
-def describe_command(command: dict[str, Any]) -> dict[str, Any]:
-    """The wording of one command in the page's list: charge_point.js's describeCommand() mirrors it."""
-    action = command["action"]
-    if action == CommandAction.SET_CURRENT_LIMIT:
-        what = f"Set limit {format_amperes(command['value'])} A"
-    else:
-        what = CommandAction(action).label if action in CommandAction.values else action
-    status = command["status"]
-    if status == CommandStatus.APPLIED:
-        text = "applied"
-        if command.get("read_back") is not None:
-            unit = " A" if action == CommandAction.SET_CURRENT_LIMIT else ""
-            text += f" — read back {format_amperes(command['read_back'])}{unit}"
-    elif status == CommandStatus.FAILED:
-        code = command.get("reason_code") or ""
-        label = FailureReason(code).label if code in FailureReason.values else code
-        text = f"failed — {command.get('reason') or label}"
-    else:
-        text = "pending"
-    return {"command": command, "what": what, "status": status, "status_text": text, "time_text": time_text(command)}
-
-
-def time_text(command: dict[str, Any]) -> str:
-    """When a command was sent, as "14:03:27 UTC" (the server's and the page's clocks are in UTC)."""
-    try:
-        return parse_ts(command["created_at"]).strftime("%H:%M:%S UTC")
-    except (KeyError, TypeError, ValueError):
-        return ""
 
 
 def command_panel(cp: ChargePoint) -> list[dict[str, Any]]:

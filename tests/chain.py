@@ -11,11 +11,11 @@ from django.db import connections
 
 from evdash.asgi import application
 from gateway import services
-from gateway.kafka.consumer import TelemetryConsumer
 from gateway.kafka.topics import telemetry_topic
 from gateway.models import LatestTelemetry
 from gateway.profiles.store import SHIPPED_DIR, read_spec_file
 from gateway.simulator.fleet import SimulatorFleet
+from gateway.sinks import live_consumer
 from gateway.telemetry import decode_record, encode_record, parse_ts
 from tests.conftest import make_charge_point, session_cookie_headers, wait_for
 from tests.kafka_read import read_all
@@ -33,7 +33,7 @@ async def value_arrives_on_websocket(site, profile) -> dict:
             await sync_to_async(make_charge_point)(site, profile, f"cp-{index}", sim.port)
 
         stop_poller, stop_consumer = asyncio.Event(), asyncio.Event()
-        consumer = TelemetryConsumer(telemetry_topic(), auto_offset_reset="earliest")
+        consumer = live_consumer(telemetry_topic(), auto_offset_reset="earliest")
         consumer_task = asyncio.create_task(services.run_consumer(stop_consumer, consumer))
         browser = WebsocketCommunicator(application, "/ws/chargepoints/cp-0/", headers=headers)
         connected, _ = await browser.connect()

@@ -20,10 +20,13 @@ from django.conf import settings
 from django.db import connections
 
 from gateway.kafka.config import client_options, producer_options
-from gateway.kafka.consumer import TelemetryConsumer, default_sinks
+from gateway.kafka.consumer import TelemetryConsumer
 from gateway.kafka.topics import dead_letter_topic, ensure_topics
+from gateway.live.push import push_telemetry
 from gateway.models import LatestTelemetry
 from gateway.runtime import Backoff
+from gateway.sinks import live_consumer
+from gateway.storage import store_latest
 from gateway.telemetry import Record, build_record, encode_record
 from tests.conftest import free_port, make_charge_point, wait_for, within
 from tests.kafka_read import headers_of, read_all
@@ -118,7 +121,7 @@ async def test_hostile_messages_are_dead_lettered_with_the_reason_and_the_consum
     messages += [(b"cp-a", encode_record(record("cp-a", 2)))]
     await produce(topic, messages)
 
-    consumer = TelemetryConsumer(topic, auto_offset_reset="earliest")
+    consumer = live_consumer(topic, auto_offset_reset="earliest")
     stop = asyncio.Event()
     caplog.set_level(logging.ERROR, logger="gateway.kafka.consumer")
     task = asyncio.create_task(consumer.run(stop))
@@ -165,7 +168,7 @@ async def test_a_poison_record_is_retried_a_bounded_number_of_times_then_dead_le
     consumer = TelemetryConsumer(
         topic,
         auto_offset_reset="earliest",
-        sinks=[refuse, *default_sinks()],  # refused before it is stored
+        sinks=[refuse, store_latest, push_telemetry],  # refused before it is stored
         attempts=3,
         retry_backoff=Backoff(first_s=0.05, max_s=0.2),
     )
@@ -244,7 +247,7 @@ def test_runconsumer_says_why_and_exits_non_zero_when_the_consumer_fails(tmp_pat
         timeout=60,
     )
     assert result.returncode == 1, result.stderr[-2000:]
-    assert "the telemetry consumer failed" in result.stderr
+    assert "the live telemetry consumer failed" in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line == f"CommandError: runconsumer failed: {BOGUS_PROTOCOL_ERROR}"
 
@@ -282,7 +285,7 @@ async def test_a_record_postgresql_cannot_store_is_dead_lettered_and_the_others_
     batch.append((b"cp-a", encode_record(record("cp-a", 2))))
     await produce(topic, batch)
 
-    consumer = TelemetryConsumer(
+    consumer = live_consumer(
         topic, auto_offset_reset="earliest", attempts=2, retry_backoff=Backoff(first_s=0.05, max_s=0.2)
     )
     stop = asyncio.Event()

@@ -14,15 +14,18 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from gateway.kafka.config import client_options, producer_options
-from gateway.kafka.consumer import TelemetryConsumer, default_sinks
+from gateway.kafka.consumer import TelemetryConsumer
 from gateway.kafka.embedded import start_broker, stop_broker
 from gateway.kafka.topics import dead_letter_topic, ensure_topics
 from gateway.kafka.transport import KafkaTransport
 from gateway.live.groups import FLEET_GROUP
+from gateway.live.push import push_telemetry
 from gateway.models import LatestTelemetry
 from gateway.publish.outbox import Outbox, outbox_path
 from gateway.publish.publisher import OutboxPublisher
 from gateway.runtime import wait_unless_stopped
+from gateway.sinks import live_consumer
+from gateway.storage import store_latest
 from gateway.telemetry import build_record, decode_record, encode_record
 from tests.conftest import free_port, make_charge_point, wait_for, within
 from tests.kafka_read import read_all, seqs_by_charge_point
@@ -100,7 +103,7 @@ async def test_consumer_skips_malformed_messages_and_commits(kafka, site, generi
     browser = await layer.new_channel()
     await layer.group_add(FLEET_GROUP, browser)
 
-    consumer = TelemetryConsumer(topic, auto_offset_reset="earliest")
+    consumer = live_consumer(topic, auto_offset_reset="earliest")
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     try:
@@ -348,7 +351,7 @@ async def test_the_consumer_rides_out_broker_outages_and_handles_every_record(
         return sum(r.getMessage().startswith("Kafka consumer error") for r in caplog.records)
 
     caplog.set_level(logging.WARNING, logger="gateway.kafka.consumer")
-    consumer = TelemetryConsumer(topic, auto_offset_reset="earliest", sinks=[*default_sinks(), remember])
+    consumer = TelemetryConsumer(topic, auto_offset_reset="earliest", sinks=[store_latest, push_telemetry, remember])
     publisher = kafka_publisher(topic)
     stop = asyncio.Event()
     await proxy.cut()  # the broker is away when the consumer starts

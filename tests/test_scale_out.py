@@ -14,11 +14,11 @@ from django.db import connections
 
 from evdash.asgi import application
 from gateway import services
-from gateway.kafka.consumer import TelemetryConsumer
 from gateway.kafka.topics import dead_letter_topic, ensure_topics, telemetry_topic
 from gateway.models import Site
 from gateway.profiles.store import SHIPPED_DIR, read_spec_file
 from gateway.simulator.fleet import SimulatorFleet
+from gateway.sinks import live_consumer
 from gateway.telemetry import decode_record
 from tests.conftest import make_charge_point, session_cookie_headers, within
 from tests.kafka_read import read_all
@@ -95,7 +95,7 @@ async def test_two_pollers_by_site_and_two_consumers_deliver_every_record_once(k
 
         # Both consumers join before any record is produced: the partitions are split once, so
         # no rebalance replays a batch (at-least-once delivery would then repeat it, by design).
-        consumers = [TelemetryConsumer(topic, auto_offset_reset="earliest") for _ in range(2)]
+        consumers = [live_consumer(topic, auto_offset_reset="earliest") for _ in range(2)]
         stop_consumers, stop_pollers = asyncio.Event(), asyncio.Event()
         consumer_tasks = [asyncio.create_task(services.run_consumer(stop_consumers, c)) for c in consumers]
         poller_tasks = []

@@ -50,11 +50,12 @@ def build_results_consumer(**options: Any) -> TelemetryConsumer:
     From the earliest offset when its group is new: a result must not be lost to the race with
     the group's first join, and old results only meet rows that are no longer pending.
     """
+    alerts = options.pop("alerts", None)  # an AlertEngine: a failed command raises an alert
     return TelemetryConsumer(
         command_results_topic(),
         group_id=f"{setting('CONSUMER_GROUP')}-commands",
         auto_offset_reset="earliest",
-        sinks=[store_results],
+        sinks=[store_results] if alerts is None else [store_results, alerts.on_command_results],
         dead_letter_to=results_dead_letter_topic(),
         decode=CommandResult.from_json,
         **options,

@@ -1,7 +1,9 @@
-"""Consume telemetry from Kafka: validate, hand each batch to the sinks (store, push), dead-letter what fails.
+"""Consume from Kafka: decode, hand each batch to the sinks it was given, dead-letter what fails.
 
-The same consumer serves the command results (gateway/commands/results.py): it takes the decoder of
-its messages (`decode`, telemetry records by default) and the sinks, and keeps its batching,
+The consumer knows Kafka and nothing of what the sinks do: the service assembles them
+(gateway/sinks.py: latest state, alerts and live push in one group; history and sessions in
+another). The same machinery serves the command results (gateway/commands/results.py): it takes
+the decoder of its messages (`decode`, telemetry records by default) and keeps its batching,
 retries and dead-lettering for both.
 
 Delivery is at least once: a batch is committed only when each of its messages was handled by
@@ -18,15 +20,12 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord
-from asgiref.sync import sync_to_async
 
 from gateway.conf import setting
 from gateway.kafka.config import client_options, producer_options
 from gateway.kafka.topics import dead_letter_topic
-from gateway.live.push import push_telemetry
 from gateway.runtime import Backoff
-from gateway.storage import save_latest
-from gateway.telemetry import Record, decode_record
+from gateway.telemetry import decode_record
 
 logger = logging.getLogger(__name__)
 
@@ -54,16 +53,6 @@ FETCH_MAX_WAIT_MS = 10
 GETMANY_TIMEOUT_MS = 500
 
 
-async def store_latest(records: list[Record]) -> None:
-    """Sink: the latest record of each charge point, in the database."""
-    await sync_to_async(save_latest)(records)
-
-
-def default_sinks() -> list[Sink]:
-    """What the consumer does with each batch: store it, then push it to the browsers."""
-    return [store_latest, push_telemetry]
-
-
 class _StopRequested(Exception):
     """Stop was set while a batch waited to be retried: leave it uncommitted for the next run."""
 
@@ -84,7 +73,7 @@ class TelemetryConsumer:
         group_id: str | None = None,
         auto_offset_reset: str = "latest",
         max_batch: int = 500,
-        sinks: Sequence[Sink] | None = None,
+        sinks: Sequence[Sink],
         dead_letter_to: str | None = None,
         attempts: int = HANDLE_ATTEMPTS,
         retry_backoff: Backoff | None = None,
@@ -95,7 +84,7 @@ class TelemetryConsumer:
         self.group_id = group_id or setting("CONSUMER_GROUP")
         self.auto_offset_reset = auto_offset_reset
         self.max_batch = max_batch
-        self.sinks = list(sinks) if sinks is not None else default_sinks()
+        self.sinks = list(sinks)
         self.dead_letter_topic = dead_letter_to or dead_letter_topic()
         self.attempts = max(1, attempts)
         self.handled = 0  # records every sink accepted

@@ -20,6 +20,11 @@ def dead_letter_topic() -> str:
     return setting("DEAD_LETTER_TOPIC") or f"{telemetry_topic()}.dlq"
 
 
+def alerts_topic() -> str:
+    """Alerts as they are raised, cleared and acknowledged (gateway/alerts/), key = charge point."""
+    return setting("ALERTS_TOPIC")
+
+
 def commands_topic() -> str:
     """Operator commands to the pollers (gateway/commands/messages.py), key = charge point."""
     return setting("COMMANDS_TOPIC")

@@ -1,8 +1,19 @@
 """Models of the gateway: where charge points are, how to read them, what they last said."""
 
+from gateway.models.alerts import Alert, AlertRule
 from gateway.models.commands import Command
 from gateway.models.profiles import DeviceProfile, Register, StatusRule
 from gateway.models.sites import ChargePoint, Site
 from gateway.models.state import LatestTelemetry
 
-__all__ = ["ChargePoint", "Command", "DeviceProfile", "LatestTelemetry", "Register", "Site", "StatusRule"]
+__all__ = [
+    "Alert",
+    "AlertRule",
+    "ChargePoint",
+    "Command",
+    "DeviceProfile",
+    "LatestTelemetry",
+    "Register",
+    "Site",
+    "StatusRule",
+]

@@ -1,25 +1,36 @@
-"""manage.py runconsumer: Kafka → latest state + live push to the dashboards."""
+"""manage.py runconsumer: Kafka → latest state, alerts, live push, history and sessions."""
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from gateway import services
+from gateway import services, sinks
 from gateway.runtime import configure_verbosity, run_until_stopped
 
 
 class Command(BaseCommand):
-    help = "Consume telemetry from Kafka (as a consumer group member), store it and push it live."
+    help = (
+        "Consume telemetry from Kafka (as a member of its consumer groups): store the latest state, "
+        "evaluate alerts and push live (group 'live'); store history and sessions (group 'history')."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--only",
+            choices=sinks.GROUPS,
+            help="Run one sink group only, e.g. to scale the history writers apart from the live push.",
+        )
 
     def handle(self, *args, **options) -> None:
         configure_verbosity(options["verbosity"])
+        groups = (options["only"],) if options["only"] else sinks.GROUPS
         backend = settings.CHANNEL_LAYERS["default"]["BACKEND"]
-        if backend.endswith("InMemoryChannelLayer"):
+        if sinks.LIVE in groups and backend.endswith("InMemoryChannelLayer"):
             raise CommandError(
                 "runconsumer on its own needs a shared channel layer (set REDIS_URL); in the "
                 "embedded mode `manage.py demo` runs the consumer inside the web server process."
             )
         try:
-            run_until_stopped(services.run_consumer)
+            run_until_stopped(lambda stop: services.run_consumer(stop, groups=groups))
         except Exception as exc:
             # run_consumer logged the traceback; the exit status and this line tell the supervisor.
             raise CommandError(f"runconsumer failed: {type(exc).__name__}: {exc}") from exc
