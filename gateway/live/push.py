@@ -18,6 +18,12 @@ Command updates (a command sent, a result stored, a command swept as unanswered)
 group of each command's charge point, one event per site: the charge point page of that charge
 point shows them (gateway/live/consumers.py filters). They carry no number: a dropped update is
 caught by the page's own fallback (it asks GET /commands/<id>/ when no update arrives in time).
+
+Alert updates (an alert raised, cleared or acknowledged: gateway.alerts.messages.alert_json dicts)
+go to the fleet group (the fleet page's alert feed) and to the site group of each alert's site
+(a fleet page filtered to the site, the charge point page of the alert's charge point): one event
+per group, holding that group's alerts. They carry no number either: an alert feed that reconnects
+reloads the open alerts with its snapshot, and the /alerts/ page reads the database.
 """
 
 import asyncio
@@ -39,9 +45,14 @@ logger = logging.getLogger(__name__)
 #   {"type": "command.update", "commands": [command_json(command), ...]}
 #       (gateway.commands.service.command_json: id, charge_point, action, value, status,
 #       reason_code, reason, read_back, username, created_at, expires_at, completed_at, latency_ms)
+#   {"type": "alert.update", "alerts": [alert_json(alert), ...]}
+#       (gateway.alerts.messages.alert_json: type "alert", schema_version, event
+#       raised|cleared|acknowledged, id, rule, kind, severity, charge_point, site, message, value,
+#       raised_at, cleared_at, acknowledged_at, acknowledged_by)
 #   {"type": "session.logout"}
 TELEMETRY_EVENT = "telemetry.batch"
 COMMAND_EVENT = "command.update"
+ALERT_EVENT = "alert.update"
 LOGOUT_EVENT = "session.logout"
 # This process, as a sender: a restarted consumer is a new sender, whose numbers start again.
 SENDER = uuid.uuid4().hex[:16]
@@ -92,6 +103,27 @@ async def push_command_updates(commands: list[dict]) -> None:
             for site, batch in by_site.items()
         )
     )
+
+
+def alert_events(alerts: list[dict]) -> dict[str, dict]:
+    """The event for each group that some alerts concern: all of them to the fleet, each site its own."""
+    by_site: dict[str, list[dict]] = defaultdict(list)
+    for alert in alerts:
+        if alert.get("site"):
+            by_site[alert["site"]].append(alert)
+    events = {FLEET_GROUP: {"type": ALERT_EVENT, "alerts": list(alerts)}}
+    for site, site_alerts in by_site.items():
+        events[site_group(site)] = {"type": ALERT_EVENT, "alerts": site_alerts}
+    return events
+
+
+async def push_alerts(alerts: list[dict]) -> None:
+    """Send alert updates (alert_json dicts) to the fleet group and to the site group of each alert."""
+    layer = get_channel_layer()
+    if layer is None or not alerts:
+        return
+    events = alert_events(alerts)
+    await asyncio.gather(*(layer.group_send(group, event) for group, event in events.items()))
 
 
 async def command_sites(commands: list[dict]) -> dict[str, str]:
