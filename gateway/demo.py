@@ -58,6 +58,9 @@ DEMO_PROFILES = (
 # ~240 µs of CPU per read would take most of a core at 1,000 charge points and starve the rest of
 # the demo. One lean process serves ~10,000 reads/s; a charge point costs 1 to 4 reads a second.
 LEAN_SIMULATOR_ABOVE = 100
+# The demo's simulated day runs compressed (gateway/simulator/behaviour.py, session_scale): within
+# two minutes an operator sees sessions finish, with their energy, and faults raise and clear alerts.
+DEMO_SESSION_SCALE = 0.01
 CHARGE_POINTS_PER_SIMULATOR_PROCESS = 2500
 MAX_CHARGE_POINTS = 10_000
 MAX_PORT = 65535
@@ -75,6 +78,7 @@ class DemoOptions:
     modbus_base_port: int
     speedup: float
     seed: int | None
+    session_scale: float = 1.0  # ChargePointBehaviour.session_scale; `manage.py demo` defaults to DEMO_SESSION_SCALE
     mqtt_port: int = DEFAULT_MQTT_PORT
     direct: bool = False  # poller -> Kafka, without the MQTT broker and the bridge
 
@@ -124,6 +128,7 @@ def simulator_args(options: DemoOptions, profile_slugs: list[str]) -> list[str]:
     count = options.charge_points
     args = ["simulate", "--count", str(count), "--base-port", str(options.modbus_base_port)]
     args += ["--speedup", str(options.speedup), "--profiles", ",".join(profile_slugs)]
+    args += ["--session-scale", str(options.session_scale)]
     if options.seed is not None:
         args += ["--seed", str(options.seed)]
     if count > LEAN_SIMULATOR_ABOVE:

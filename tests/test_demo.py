@@ -369,6 +369,9 @@ def test_small_demo_fleet_is_served_by_pymodbus() -> None:
     assert args[args.index("--profiles") + 1] == "alfen-eve,keba-p30"
     assert args[args.index("--seed") + 1] == "7"
     assert "--lean" not in args and "--processes" not in args
+    assert args[args.index("--session-scale") + 1] == "1.0"
+    compressed = demo.simulator_args(demo_options(12, session_scale=demo.DEMO_SESSION_SCALE), ["alfen-eve"])
+    assert compressed[compressed.index("--session-scale") + 1] == "0.01"
 
 
 @pytest.mark.parametrize(("count", "processes"), [(1000, 1), (5000, min(2, os.cpu_count() or 1))])

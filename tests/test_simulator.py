@@ -6,6 +6,7 @@ import math
 import random
 import re
 import socket
+import statistics
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -668,3 +669,30 @@ async def test_coils_and_discrete_inputs_read_and_write() -> None:
             assert (await client.read_discrete_inputs(5, count=1, device_id=UNIT)).bits[0] is False
         finally:
             client.close()
+
+
+def test_session_scale_compresses_the_day_not_the_power() -> None:
+    """The demo's compressed day (session_scale 0.01): sessions finish and faults come within
+    minutes, while a charging car still draws real currents (the same as at full scale)."""
+    scaled = [ChargePointBehaviour(random.Random(seed), session_scale=0.01, start_busy=False) for seed in range(8)]
+    finished_at: list[float] = []
+    faulted = False
+    charging_power_w: list[float] = []
+    for second in range(1, 301):
+        for behaviour in scaled:
+            for event in behaviour.tick(1.0):
+                if event.kind == "session_finished":
+                    finished_at.append(second)
+                faulted = faulted or event.kind == "fault"
+            if behaviour.status == OperatorStatus.CHARGING:
+                charging_power_w.append(behaviour.power_w)
+    assert finished_at and min(finished_at) <= 120, "no session of 8 chargers finished within 2 minutes"
+    assert faulted, "no fault in 5 minutes of 8 chargers"
+    # Real power: a car charges at 6..32 A on 1 or 3 phases of 230 V, i.e. 1.1..22 kW.
+    assert charging_power_w and 1_000 < statistics.median(charging_power_w) < 23_000
+
+    full_scale = ChargePointBehaviour(random.Random(0), start_busy=False)
+    for _ in range(300):
+        assert not [event for event in full_scale.tick(1.0) if event.kind == "session_finished"]
+    with pytest.raises(ValueError, match="session_scale"):
+        ChargePointBehaviour(random.Random(0), session_scale=0)

@@ -79,9 +79,18 @@ class ChargePointBehaviour:
         mean_idle_s: float = 1200.0,
         mean_fault_interval_s: float = 6 * 3600.0,
         start_busy: bool | None = None,
+        session_scale: float = 1.0,
     ) -> None:
+        if not 0 < session_scale <= 1:
+            raise ValueError("session_scale must be in (0, 1]")
         self.rng = rng
         self.speedup = speedup
+        # Compresses the day, not the physics: idle gaps, the energy a car needs, its stay and the
+        # time between faults shrink by this factor while currents and power stay real (the demo
+        # uses 0.01, so sessions start and finish and faults come and go within minutes).
+        self.session_scale = session_scale
+        mean_idle_s *= session_scale
+        mean_fault_interval_s *= session_scale
         self.rated_current_a = rated_current_a
         self.mean_idle_s = mean_idle_s
         self.mean_fault_interval_s = mean_fault_interval_s
@@ -165,8 +174,8 @@ class ChargePointBehaviour:
         self.vehicle = Vehicle(
             phases=phases,
             max_current_a=float(rng.choice((16, 16, 20, 32, 32))),
-            energy_needed_wh=rng.uniform(4_000, 45_000),
-            departs_at_s=self.now_s + rng.uniform(1800, 6 * 3600),
+            energy_needed_wh=rng.uniform(4_000, 45_000) * self.session_scale,
+            departs_at_s=self.now_s + rng.uniform(1800, 6 * 3600) * self.session_scale,
             imbalance_a=imbalance,
         )
         self.session_energy_wh = 0.0
@@ -230,7 +239,8 @@ class ChargePointBehaviour:
         self.phase = Phase.FINISHING
         if self.vehicle is not None:
             # A driver who stops the session unplugs within minutes; a full car waits for them.
-            self.vehicle.departs_at_s = max(self.vehicle.departs_at_s, self.now_s + self.rng.uniform(30, 180))
+            stay_s = self.rng.uniform(30, 180) * max(self.session_scale, 0.1)
+            self.vehicle.departs_at_s = max(self.vehicle.departs_at_s, self.now_s + stay_s)
         detail = f"{reason}, {self.session_energy_wh / 1000:.2f} kWh"
         return BehaviourEvent("session_finished", self.now_s, detail)
 
@@ -264,7 +274,8 @@ class ChargePointBehaviour:
         return BehaviourEvent("fault_cleared", self.now_s, f"now {self.status}")
 
     def _idle_duration_s(self) -> float:
-        return min(max(self.rng.expovariate(1.0 / self.mean_idle_s), 60.0), 4 * 3600.0)
+        scale = self.session_scale
+        return min(max(self.rng.expovariate(1.0 / self.mean_idle_s), 60.0 * scale), 4 * 3600.0 * scale)
 
     # --- electrics ----------------------------------------------------------------------
     def _update_electrics(self, dt_s: float) -> None:

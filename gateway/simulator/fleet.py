@@ -44,6 +44,7 @@ class SimulatorFleet:
         lean: bool = False,
         first_index: int = 0,
         ignore_writes: bool = False,
+        session_scale: float = 1.0,
     ) -> None:
         profiles = (profile,) if isinstance(profile, ProfileSpec) else tuple(profile)
         if not profiles:
@@ -76,7 +77,7 @@ class SimulatorFleet:
                 SimulatedChargePoint(
                     name,
                     spec,
-                    ChargePointBehaviour(rng, speedup=speedup),
+                    ChargePointBehaviour(rng, speedup=speedup, session_scale=session_scale),
                     host=host,
                     port=base_port + index - first_index if base_port else 0,
                     unit_id=unit,

@@ -49,6 +49,7 @@ class FleetPlan:
     unit_id: int | None = None
     lean: bool = False
     ignore_writes: bool = False
+    session_scale: float = 1.0  # see ChargePointBehaviour: the demo compresses sessions
     tick_s: float | None = None  # None: the fleet's default
     run_for_s: float | None = None
     verbosity: int = 1
@@ -68,6 +69,7 @@ class FleetPlan:
             unit_id=self.unit_id,
             lean=self.lean,
             ignore_writes=self.ignore_writes,
+            session_scale=self.session_scale,
             first_index=part.first,
             **({} if self.tick_s is None else {"tick_s": self.tick_s}),
         )

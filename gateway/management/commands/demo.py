@@ -35,6 +35,15 @@ class Command(BaseCommand):
         )
         parser.add_argument("--modbus-base-port", type=int, default=15020, help="First simulator port.")
         parser.add_argument("--speedup", type=float, default=1.0, help="Simulated time speed-up.")
+        parser.add_argument(
+            "--session-scale",
+            type=float,
+            default=demo.DEMO_SESSION_SCALE,
+            help=(
+                f"Compress the simulated day (default {demo.DEMO_SESSION_SCALE}: sessions start and finish and faults "
+                "come and go within minutes, at real power); 1 for real-life durations."
+            ),
+        )
         parser.add_argument("--seed", type=int, default=None, help="Simulator random seed.")
 
     def handle(self, *args, **options) -> None:
@@ -50,6 +59,7 @@ class Command(BaseCommand):
             kafka_port=options["kafka_port"],
             modbus_base_port=options["modbus_base_port"],
             speedup=options["speedup"],
+            session_scale=options["session_scale"],
             seed=options["seed"],
             mqtt_port=options["mqtt_port"],
             direct=demo.direct_path_requested(),

@@ -48,6 +48,15 @@ class Command(BaseCommand):
             help="Acknowledge every write but change nothing, like a charger ignoring writes (read-backs mismatch).",
         )
         parser.add_argument(
+            "--session-scale",
+            type=float,
+            default=1.0,
+            help=(
+                "Shrink idle gaps, the energy cars need, their stay and the time between faults by this "
+                "factor (0 < x <= 1); power stays real. The demo uses 0.01: sessions within minutes."
+            ),
+        )
+        parser.add_argument(
             "--processes",
             type=int,
             default=1,
@@ -67,6 +76,8 @@ class Command(BaseCommand):
             raise CommandError("--unit-id must be between 0 and 247.")
         if options["speedup"] <= 0:
             raise CommandError("--speedup must be positive.")
+        if not 0 < options["session_scale"] <= 1:
+            raise CommandError("--session-scale must be above 0 and at most 1.")
         if options["run_for"] is not None and options["run_for"] <= 0:
             raise CommandError("--run-for must be positive.")
         if options["profiles"] is not None:
@@ -88,6 +99,7 @@ class Command(BaseCommand):
                 unit_id=options["unit_id"],
                 lean=options["lean"],
                 ignore_writes=options["ignore_writes"],
+                session_scale=options["session_scale"],
                 tick_s=LEAN_TICK_S if options["lean"] else None,
                 run_for_s=options["run_for"],
                 verbosity=options["verbosity"],
