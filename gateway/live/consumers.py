@@ -15,6 +15,11 @@ Messages to the browser (shapes checked in tests/test_live.py):
         frame per command; the command is gateway.commands.service.command_json's dict: id,
         charge_point, action, value, status, reason_code, reason, read_back, username,
         created_at, expires_at, completed_at, latency_ms)
+    {"type": "alerts", "alerts": [alert_json, ...]}
+        alerts raised, cleared or acknowledged (gateway.alerts.messages.alert_json dicts, in the
+        event's order): /ws/fleet/ gets every alert, /ws/fleet/?site=<slug> the site's,
+        /ws/chargepoints/<slug>/ the charge point's. No snapshot: the alert feed reads the open
+        alerts over HTTP (GET /alerts/?format=json) when it starts and after each reconnect.
     {"type": "error", "error": str}
         once, if the client sends anything
 Pages merge snapshot frames exactly like telemetry frames: a record replaces an older one.
@@ -228,6 +233,18 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def command_update(self, event: dict[str, Any]) -> None:
         """Command updates reach every socket of a site group; only charge point pages show them."""
 
+    async def alert_update(self, event: dict[str, Any]) -> None:
+        """Alerts raised, cleared or acknowledged, for a group this socket joined: send the page's."""
+        if self.resyncing:
+            return
+        alerts = self.select_alerts(event["alerts"])
+        if alerts:
+            await self.send_json({"type": "alerts", "alerts": alerts})
+
+    def select_alerts(self, alerts: list[dict]) -> list[dict]:
+        """The alerts of a group event that this page shows (a fleet or site group's are all shown)."""
+        return alerts
+
     async def session_logout(self, event: dict[str, Any]) -> None:
         """The session that opened this socket logged out."""
         await self.close(code=CLOSE_UNAUTHENTICATED)
@@ -286,6 +303,9 @@ class ChargePointConsumer(LiveConsumer):
 
     def select(self, records: list[Record]) -> list[Record]:
         return [record for record in records if record["charge_point"] == self.slug]
+
+    def select_alerts(self, alerts: list[dict]) -> list[dict]:
+        return [alert for alert in alerts if alert.get("charge_point") == self.slug]
 
     async def command_update(self, event: dict[str, Any]) -> None:
         """Command updates of this charge point's site: send this charge point's, one frame each."""
