@@ -2,6 +2,7 @@
 
 from gateway.models.alerts import Alert, AlertRule
 from gateway.models.commands import Command
+from gateway.models.history import TelemetryRollup, TelemetrySample
 from gateway.models.profiles import DeviceProfile, Register, StatusRule
 from gateway.models.sites import ChargePoint, Site
 from gateway.models.state import LatestTelemetry
@@ -16,4 +17,6 @@ __all__ = [
     "Register",
     "Site",
     "StatusRule",
+    "TelemetryRollup",
+    "TelemetrySample",
 ]
