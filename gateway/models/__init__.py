@@ -4,6 +4,7 @@ from gateway.models.alerts import Alert, AlertRule
 from gateway.models.commands import Command
 from gateway.models.history import TelemetryRollup, TelemetrySample
 from gateway.models.profiles import DeviceProfile, Register, StatusRule
+from gateway.models.sessions import ChargingSession
 from gateway.models.sites import ChargePoint, Site
 from gateway.models.state import LatestTelemetry
 
@@ -11,6 +12,7 @@ __all__ = [
     "Alert",
     "AlertRule",
     "ChargePoint",
+    "ChargingSession",
     "Command",
     "DeviceProfile",
     "LatestTelemetry",

@@ -1,10 +1,88 @@
-"""PLACEHOLDER (lane sessions replaces it): the sessions sink."""
+"""The sessions sink of the history consumer group: derive sessions from each batch, store them.
 
+One transaction per batch: the newest session of each charge point in the batch is read (one
+query), the records applied by gateway/sessions/derive.py, and the sessions that changed written
+back (one bulk update, one bulk insert). The derivation's whole state is in those rows, so a new
+SessionSink (a restarted consumer) continues where the last one stopped, and a batch delivered
+twice changes nothing the second time (its records are at or before each session's last applied
+(ts, seq)).
+"""
+
+import logging
+from collections import defaultdict
+from dataclasses import fields
+
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections, transaction
+from django.db.models import OuterRef, Subquery
+
+from gateway.models import ChargePoint, ChargingSession
+from gateway.sessions.derive import SessionState, derive_sessions
 from gateway.telemetry import Record
+
+logger = logging.getLogger(__name__)
+
+# SessionState field -> ChargingSession field, where the names differ.
+ROW_NAMES = {"charge_point": "charge_point_slug", "site": "site_slug"}
+STATE_FIELDS = [field.name for field in fields(SessionState) if field.name != "id"]
+UPDATE_FIELDS = [ROW_NAMES.get(name, name) for name in STATE_FIELDS]
+
+
+def to_state(row: ChargingSession) -> SessionState:
+    return SessionState(id=row.pk, **{name: getattr(row, ROW_NAMES.get(name, name)) for name in STATE_FIELDS})
+
+
+def to_row(state: SessionState, charge_point_id: int | None) -> ChargingSession:
+    row = ChargingSession(**{ROW_NAMES.get(name, name): getattr(state, name) for name in STATE_FIELDS})
+    row.pk = state.id
+    row.charge_point_id = charge_point_id
+    return row
+
+
+def newest_sessions(slugs: set[str]) -> dict[str, SessionState]:
+    """The newest session (open or closed) of each of these charge points that has one."""
+    newest = ChargingSession.objects.filter(charge_point_slug=OuterRef("charge_point_slug")).order_by("-started_at")
+    rows = ChargingSession.objects.filter(charge_point_slug__in=slugs, pk=Subquery(newest.values("pk")[:1]))
+    return {row.charge_point_slug: to_state(row) for row in rows}
+
+
+def save_sessions(records: list[Record], unknown: set[str] | None = None) -> list[SessionState]:
+    """Derive and store the sessions of a batch; returns those that changed.
+
+    Records of charge points not in the database are skipped (as the history store skips them),
+    with one warning per slug in `unknown` (the slugs already warned about).
+    """
+    close_old_connections()
+    by_charge_point: dict[str, list[Record]] = defaultdict(list)
+    for record in records:
+        by_charge_point[record["charge_point"]].append(record)
+    ids = dict(ChargePoint.objects.filter(slug__in=by_charge_point).values_list("slug", "id"))
+    for slug in by_charge_point.keys() - ids.keys():
+        if unknown is None or slug not in unknown:
+            logger.warning("sessions of unknown charge point %r not derived", slug)
+            if unknown is not None:
+                unknown.add(slug)
+    changed: list[SessionState] = []
+    with transaction.atomic():
+        latest = newest_sessions(set(ids))
+        for slug, batch in by_charge_point.items():
+            if slug in ids:
+                changed += derive_sessions(latest.get(slug), batch)
+        # Existing rows first: a session that closed frees its charge point for the one that opened.
+        existing = [to_row(state, ids.get(state.charge_point)) for state in changed if state.id is not None]
+        ChargingSession.objects.bulk_update(existing, UPDATE_FIELDS)
+        new_states = [state for state in changed if state.id is None]
+        created = ChargingSession.objects.bulk_create([to_row(state, ids[state.charge_point]) for state in new_states])
+        for state, row in zip(new_states, created, strict=True):
+            state.id = row.pk
+    return changed
 
 
 class SessionSink:
-    """Sink: derive charging sessions from a batch of records."""
+    """Sink: derive charging sessions from a batch of records (history group, after the history store)."""
+
+    def __init__(self) -> None:
+        self.unknown: set[str] = set()
 
     async def __call__(self, records: list[Record]) -> None:
-        return None
+        await sync_to_async(save_sessions)(records, self.unknown)
