@@ -1,0 +1,61 @@
+"""What users do to alerts (the write paths views call): acknowledge."""
+
+import asyncio
+import logging
+import uuid
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from asgiref.sync import async_to_sync
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from gateway.alerts.messages import ACKNOWLEDGED, alert_json
+from gateway.kafka.config import producer_options
+from gateway.kafka.topics import alerts_topic
+from gateway.live.push import push_alerts
+from gateway.models import Alert
+
+logger = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_S = 3.0
+
+
+def acknowledge(alert_id: uuid.UUID | str, user: AbstractBaseUser) -> Alert:
+    """Acknowledge an alert (raises Alert.DoesNotExist): who and when are kept, published and pushed.
+
+    Idempotent: a second acknowledgement (another user, a second click) keeps the first and
+    announces nothing. An alert may be acknowledged while active or after it cleared.
+    """
+    name = user.get_username()
+    updated = Alert.objects.filter(id=alert_id, acknowledged_at__isnull=True).update(
+        acknowledged_at=timezone.now(), acknowledged_by=user, acknowledged_by_name=name
+    )
+    alert = Alert.objects.get(id=alert_id)
+    if updated:
+        logger.info("alert %s (%s on %s) acknowledged by %s", alert.id, alert.rule_name, alert.charge_point_slug, name)
+        message = alert_json(alert, ACKNOWLEDGED)
+        transaction.on_commit(lambda: announce(message))
+    return alert
+
+
+def announce(message: dict) -> None:
+    """Publish an alert message on the alerts topic and push it to the pages; a broker outage is logged."""
+    try:
+        async_to_sync(publish_alert)(message)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        logger.warning("alert %s %s not published: %s: %s", message["id"], message["event"], type(exc).__name__, exc)
+    async_to_sync(push_alerts)([message])
+
+
+async def publish_alert(message: dict) -> None:
+    """One alert message to the alerts topic, key = charge point (a short-lived producer: acknowledgements are rare)."""
+    producer = AIOKafkaProducer(**producer_options())
+    try:
+        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+            await producer.start()
+            await producer.send_and_wait(alerts_topic(), orjson.dumps(message), key=message["charge_point"].encode())
+    finally:
+        await producer.stop()
