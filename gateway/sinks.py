@@ -20,6 +20,7 @@ from typing import Any
 
 from gateway.alerts.engine import AlertEngine
 from gateway.conf import setting
+from gateway.history.maintenance import run_maintenance
 from gateway.history.store import store_history
 from gateway.kafka.consumer import Sink, TelemetryConsumer
 from gateway.kafka.topics import telemetry_topic
@@ -72,7 +73,9 @@ def history_group(*, topic: str | None = None, **options: Any) -> SinkGroup:
         sinks=[store_history, SessionSink()],
         **options,
     )
-    return SinkGroup(HISTORY, consumer)
+    # Partitions ahead, rollups of completed minutes, retention: beside the consumer that stores.
+    jobs = {"the history maintenance": (run_maintenance, "history is no longer rolled up nor pruned")}
+    return SinkGroup(HISTORY, consumer, jobs)
 
 
 def live_consumer(topic: str | None = None, **options: Any) -> TelemetryConsumer:

@@ -46,6 +46,11 @@ def bucket_sql(column: str) -> str:
     return f"CAST({epoch_sql(column)} / %s AS INTEGER)"
 
 
+def db_datetime(moment: datetime) -> Any:
+    """A datetime as a raw query's parameter (SQLite compares Django's UTC text, not ISO with an offset)."""
+    return connection.ops.adapt_datetimefield_value(moment)
+
+
 def pick_bucket_s(start: datetime, end: datetime, max_points: int) -> int:
     """The smallest nice bucket width that keeps the aligned buckets of the range within max_points."""
     first, last = start.timestamp(), end.timestamp()
@@ -165,7 +170,7 @@ def _merge_raw_buckets(
         GROUP BY b ORDER BY b
     """  # noqa: S608 - table and column names are constants
     with connection.cursor() as cursor:
-        cursor.execute(sql, [bucket_s, bucket_s, charge_point_id, since, end])
+        cursor.execute(sql, [bucket_s, bucket_s, charge_point_id, db_datetime(since), db_datetime(end)])
         for row in cursor.fetchall():
             parts = [(role, *row[2 + 4 * i : 6 + 4 * i]) for i, role in enumerate(HISTORY_ROLES)]
             _merge(buckets, int(row[0]), row[1], parts)
@@ -191,7 +196,7 @@ def _merge_rollup_buckets(
     """  # noqa: S608 - table and column names are constants
     newest: datetime | None = None
     with connection.cursor() as cursor:
-        cursor.execute(sql, [bucket_s, bucket_s, charge_point_id, since, end])
+        cursor.execute(sql, [bucket_s, bucket_s, charge_point_id, db_datetime(since), db_datetime(end)])
         for row in cursor.fetchall():
             parts = [(role, *row[3 + 4 * i : 7 + 4 * i]) for i, role in enumerate(HISTORY_ROLES)]
             _merge(buckets, int(row[0]), row[1], parts)
@@ -227,7 +232,9 @@ def fleet_power_series(start: datetime, end: datetime, *, site: str | None = Non
     aligned_start = datetime.fromtimestamp(math.floor(start.timestamp() / bucket_s) * bucket_s, UTC)
     site_join, site_where, site_params = "", "", []
     if site:
-        site_join = "JOIN gateway_chargepoint AS cp ON cp.id = h.charge_point_id JOIN gateway_site AS s ON s.id = cp.site_id"
+        site_join = (
+            "JOIN gateway_chargepoint AS cp ON cp.id = h.charge_point_id JOIN gateway_site AS s ON s.id = cp.site_id"
+        )
         site_where = "AND s.slug = %s"
         site_params = [site]
     parts, params = [], []
@@ -243,7 +250,7 @@ def fleet_power_series(start: datetime, end: datetime, *, site: str | None = Non
                 WHERE h.minute >= %s AND h.minute < %s {site_where}
                 GROUP BY 1, 2
             """)  # noqa: S608
-            params += [bucket_s, aligned_start, min(rolled, end), *site_params]
+            params += [bucket_s, db_datetime(aligned_start), db_datetime(min(rolled, end)), *site_params]
             raw_from = rolled
     parts.append(f"""
         SELECT h.charge_point_id AS cp_id, {bucket_sql("h.ts")} AS b, sum(h.power_w) AS total, count(h.power_w) AS n
@@ -251,7 +258,7 @@ def fleet_power_series(start: datetime, end: datetime, *, site: str | None = Non
         WHERE h.ts >= %s AND h.ts <= %s {site_where}
         GROUP BY 1, 2
     """)  # noqa: S608
-    params += [bucket_s, raw_from, end, *site_params]
+    params += [bucket_s, db_datetime(raw_from), db_datetime(end), *site_params]
     sql = f"""
         SELECT b, sum(mean_w) FROM (
             SELECT cp_id, b, sum(total) / sum(n) AS mean_w
