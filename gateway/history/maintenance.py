@@ -12,11 +12,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections, connection
+from django.db import connection
 
 from gateway.conf import setting
 from gateway.history import partitions, rollups
-from gateway.history.query import ROLLUP_TABLE, SAMPLE_TABLE, rolled_up_until
+from gateway.history.query import ROLLUP_TABLE, SAMPLE_TABLE, close_stale_connection, rolled_up_until
 from gateway.runtime import wait_unless_stopped
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def prune(now: datetime) -> dict[str, Any]:
 
 def maintain(now: datetime | None = None) -> dict[str, Any]:
     """One cycle: partitions ahead, roll up, prune (rolled up before the raw rows go)."""
-    close_old_connections()
+    close_stale_connection()
     now = now or datetime.now(UTC)
     report: dict[str, Any] = {"created": []}
     if connection.vendor == "postgresql":
@@ -67,7 +67,7 @@ def maintain(now: datetime | None = None) -> dict[str, Any]:
 
 def status() -> dict[str, Any]:
     """What the history holds: rows, oldest/newest, partitions, rolled up until."""
-    close_old_connections()
+    close_stale_connection()
     info: dict[str, Any] = {"vendor": connection.vendor}
     with connection.cursor() as cursor:
         for table, column in ((SAMPLE_TABLE, "ts"), (ROLLUP_TABLE, "minute")):

@@ -14,7 +14,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db import connection
+from django.db import close_old_connections, connection
 
 from gateway.models import ChargePoint, TelemetrySample
 from gateway.models.history import HISTORY_ROLES
@@ -44,6 +44,12 @@ def bucket_sql(column: str) -> str:
     if connection.vendor == "postgresql":
         return f"floor({epoch_sql(column)} / %s)::bigint"
     return f"CAST({epoch_sql(column)} / %s AS INTEGER)"
+
+
+def close_stale_connection() -> None:
+    """close_old_connections() for the long-running consumer, but never inside a caller's transaction."""
+    if not connection.in_atomic_block:
+        close_old_connections()
 
 
 def db_datetime(moment: datetime) -> Any:

@@ -11,10 +11,11 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections, connection
+from django.db import connection
 
 from gateway.conf import setting
 from gateway.history import partitions, rollups
+from gateway.history.query import close_stale_connection
 from gateway.models import ChargePoint, TelemetrySample
 from gateway.models.history import HISTORY_ROLES
 from gateway.telemetry import Record, parse_ts
@@ -68,7 +69,7 @@ def save_history(records: list[Record]) -> int:
     """
     if not records:
         return 0
-    close_old_connections()
+    close_stale_connection()
     cutoff = raw_cutoff()
     if connection.vendor == "postgresql":
         stored, oldest, unknown = _insert_postgresql(records, cutoff)
