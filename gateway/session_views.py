@@ -1,15 +1,280 @@
-"""PLACEHOLDER: its lane replaces this module (see /work/coord/DESIGN10.md)."""
+"""Charging sessions pages: the list (filters, totals, daily energy per site), its CSV, one session's power curve.
 
-from django.http import HttpResponse
+The sessions themselves come from gateway/sessions (the history consumer derives them); these views
+only filter and render. Days are UTC days (settings.TIME_ZONE), as the stored timestamps are.
+"""
+
+import csv
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, time, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from django import forms
+from django.contrib.auth.decorators import login_required
+from django.core.handlers.asgi import ASGIRequest
+from django.core.paginator import Paginator
+from django.db.models import Count, DurationField, ExpressionWrapper, F, QuerySet, Sum
+from django.db.models.functions import Coalesce, TruncDate
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.utils import timezone
+from django.views.decorators.http import require_safe
+
+from gateway.history.query import charge_point_series
+from gateway.models import ChargePoint, ChargingSession, Site
+from gateway.models.sessions import SessionEnd
+from gateway.telemetry import format_ts
+
+PAGE_SIZE = 50
+# The detail page's power curve shows a little before and after the session.
+CURVE_MARGIN = timedelta(seconds=30)
+CURVE_MAX_POINTS = 1500
+CSV_CHUNK = 2000
+CSV_HEADER = (
+    "session_id",
+    "charge_point",
+    "site",
+    "started_at",
+    "ended_at",
+    "duration_s",
+    "energy_kwh",
+    "peak_power_kw",
+    "end_reason",
+)
+CSV_FIELDS = (
+    "id",
+    "charge_point_slug",
+    "site_slug",
+    "started_at",
+    "ended_at",
+    "last_ts",
+    "energy_wh",
+    "peak_power_w",
+    "end_reason",
+)
 
 
-def sessions(request, **kwargs) -> HttpResponse:
-    return HttpResponse("not yet", status=501)
+class SessionFilter(forms.Form):
+    """The list's and the CSV's filters: site, charge point, and a range of UTC days (both inclusive)."""
+
+    site = forms.SlugField(required=False)
+    charge_point = forms.SlugField(required=False)
+    date_from = forms.DateField(required=False, label="From")
+    date_to = forms.DateField(required=False, label="To")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        start, end = data.get("date_from"), data.get("date_to")
+        if start and end and start > end:
+            raise forms.ValidationError("The range ends before it starts.")
+        return data
+
+    def sessions(self) -> QuerySet[ChargingSession]:
+        """The sessions the (valid) filters select, newest first."""
+        data = self.cleaned_data
+        sessions = ChargingSession.objects.all()
+        if data.get("site"):
+            sessions = sessions.filter(site_slug=data["site"])
+        if data.get("charge_point"):
+            sessions = sessions.filter(charge_point_slug=data["charge_point"])
+        if data.get("date_from"):
+            sessions = sessions.filter(started_at__gte=day_start(data["date_from"]))
+        if data.get("date_to"):
+            sessions = sessions.filter(started_at__lt=day_start(data["date_to"]) + timedelta(days=1))
+        return sessions
+
+    def query_string(self) -> str:
+        """The filters as a query string (for the CSV link and the pages), without empty ones."""
+        return urlencode({key: value for key, value in self.data.items() if key in self.fields and value})
 
 
-def sessions_csv(request, **kwargs) -> HttpResponse:
-    return HttpResponse("not yet", status=501)
+def day_start(day: Any) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=timezone.get_current_timezone())
 
 
-def session_detail(request, **kwargs) -> HttpResponse:
-    return HttpResponse("not yet", status=501)
+DURATION = ExpressionWrapper(Coalesce("ended_at", "last_ts") - F("started_at"), output_field=DurationField())
+
+
+def totals(sessions: QuerySet[ChargingSession]) -> dict[str, Any]:
+    """Count, energy (kWh) and duration of the selected sessions (an open one: so far)."""
+    result = sessions.aggregate(count=Count("id"), energy_wh=Sum("energy_wh"), duration=Sum(DURATION))
+    duration = result["duration"] or timedelta(0)
+    return {
+        "count": result["count"],
+        "energy_kwh": (result["energy_wh"] or 0.0) / 1000.0,
+        "duration": duration,
+        "duration_text": format_duration(duration),
+    }
+
+
+def daily_energy(sessions: QuerySet[ChargingSession], site_names: dict[str, str]) -> list[dict[str, Any]]:
+    """Energy per site and UTC day (by start), one bar trace per site: [{site, name, days, kwh}]."""
+    rows = (
+        sessions.order_by()
+        .annotate(day=TruncDate("started_at"))
+        .values("site_slug", "day")
+        .annotate(energy_wh=Sum("energy_wh"))
+        .order_by("site_slug", "day")
+    )
+    traces: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        slug = row["site_slug"]
+        trace = traces.setdefault(
+            slug, {"site": slug, "name": site_names.get(slug, slug or "—"), "days": [], "kwh": []}
+        )
+        trace["days"].append(row["day"].isoformat())
+        trace["kwh"].append(round((row["energy_wh"] or 0.0) / 1000.0, 3))
+    return list(traces.values())
+
+
+def format_duration(duration: timedelta) -> str:
+    """2 h 05 min, 4 min 10 s, 12 s."""
+    seconds = max(int(duration.total_seconds()), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {seconds:02d} s"
+    return f"{seconds} s"
+
+
+@require_safe
+@login_required
+def sessions(request: HttpRequest) -> HttpResponse:
+    """The sessions list: filters, totals, daily energy per site, the selected sessions paginated."""
+    form = SessionFilter(request.GET)
+    sites = list(Site.objects.all())
+    site_names = {site.slug: site.name for site in sites}
+    context: dict[str, Any] = {"form": form, "sites": sites, "charge_points": ChargePoint.objects.order_by("slug")}
+    if not form.is_valid():
+        return render(request, "gateway/sessions.html", context | {"page": None}, status=400)
+    selected = form.sessions()
+    page = Paginator(selected.select_related("charge_point"), PAGE_SIZE).get_page(request.GET.get("page"))
+    query = form.query_string()
+    context |= {
+        "page": page,
+        "rows": [session_row(session, site_names) for session in page],
+        "totals": totals(selected),
+        "query": query,
+        "page_query": f"{query}&" if query else "",
+        "config": {"daily": daily_energy(selected, site_names)},
+    }
+    return render(request, "gateway/sessions.html", context)
+
+
+def session_row(session: ChargingSession, site_names: dict[str, str]) -> dict[str, Any]:
+    return {
+        "session": session,
+        "site_name": site_names.get(session.site_slug, session.site_slug),
+        "duration": format_duration(session.duration),
+        "energy_kwh": f"{session.energy_kwh:.2f}",
+        "peak_kw": "—" if session.peak_power_w is None else f"{session.peak_power_w / 1000:.1f}",
+        "state": session_state(session),
+    }
+
+
+def session_state(session: ChargingSession) -> str:
+    if session.is_open:
+        return "open"
+    return SessionEnd(session.end_reason).label if session.end_reason else "ended"
+
+
+class Echo:
+    """A file that returns what is written: csv.writer then yields one line at a time."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def csv_line(writer: Any, row: tuple) -> str:
+    pk, charge_point, site, started_at, ended_at, last_ts, energy_wh, peak_power_w, end_reason = row
+    duration_s = ((ended_at or last_ts) - started_at).total_seconds()
+    return writer.writerow(
+        [
+            pk,
+            charge_point,
+            site,
+            format_ts(started_at),
+            format_ts(ended_at) if ended_at else "",
+            f"{duration_s:.0f}",
+            f"{energy_wh / 1000:.3f}",
+            "" if peak_power_w is None else f"{peak_power_w / 1000:.2f}",
+            end_reason or ("open" if ended_at is None else ""),
+        ]
+    )
+
+
+def csv_lines(sessions: QuerySet[ChargingSession]) -> Iterator[str]:
+    """The CSV, a line at a time, reading the database in chunks (a WSGI server)."""
+    writer = csv.writer(Echo())
+    yield writer.writerow(CSV_HEADER)
+    for row in sessions.values_list(*CSV_FIELDS).iterator(chunk_size=CSV_CHUNK):
+        yield csv_line(writer, row)
+
+
+async def csv_lines_async(sessions: QuerySet[ChargingSession]) -> AsyncIterator[str]:
+    """The same under ASGI (daphne): Django would read a sync iterator whole before sending a byte."""
+    writer = csv.writer(Echo())
+    yield writer.writerow(CSV_HEADER)
+    async for row in sessions.values_list(*CSV_FIELDS).aiterator(chunk_size=CSV_CHUNK):
+        yield csv_line(writer, row)
+
+
+@require_safe
+@login_required
+def sessions_csv(request: HttpRequest) -> HttpResponse:
+    """The filtered sessions as CSV, oldest first, streamed: any range, in constant memory."""
+    form = SessionFilter(request.GET)
+    if not form.is_valid():
+        errors = "; ".join(f"{field}: {' '.join(messages)}" for field, messages in form.errors.items())
+        return HttpResponse(f"bad filter: {errors}\n", status=400, content_type="text/plain; charset=utf-8")
+    selected = form.sessions().order_by("started_at", "id")
+    lines = csv_lines_async(selected) if isinstance(request, ASGIRequest) else csv_lines(selected)
+    response = StreamingHttpResponse(lines, content_type="text/csv; charset=utf-8")
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    response["Content-Disposition"] = f'attachment; filename="evdash-sessions-{stamp}.csv"'
+    return response
+
+
+@require_safe
+@login_required
+def session_detail(request: HttpRequest, session_id: int) -> HttpResponse:
+    """One session: its figures and its power curve from the stored history."""
+    session = get_object_or_404(ChargingSession.objects.select_related("charge_point"), pk=session_id)
+    site = Site.objects.filter(slug=session.site_slug).first()
+    end = session.ended_at or session.last_ts
+    curve: dict[str, Any] | None = None
+    try:
+        series = charge_point_series(
+            session.charge_point_slug,
+            session.started_at - CURVE_MARGIN,
+            end + CURVE_MARGIN,
+            max_points=CURVE_MAX_POINTS,
+        )
+    except ChargePoint.DoesNotExist:  # the charge point was deleted: its history went with it
+        series = None
+    if series is not None:
+        curve = {
+            "t": series["t"],
+            "power_w": series["values"].get("power_w", []),
+            "min_power_w": series.get("min", {}).get("power_w"),
+            "max_power_w": series.get("max", {}).get("power_w"),
+            "start": format_ts(session.started_at),
+            "end": format_ts(end),
+            "source": series["source"],
+            "bucket_s": series["bucket_s"],
+            "points": series["points"],
+            "query_ms": series["query_ms"],
+        }
+    return render(
+        request,
+        "gateway/session_detail.html",
+        {
+            "session": session,
+            "row": session_row(session, {site.slug: site.name} if site else {}),
+            "site": site,
+            "config": {"curve": curve},
+        },
+    )

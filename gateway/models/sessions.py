@@ -9,10 +9,10 @@ from django.db.models import F, Q
 class SessionEnd(models.TextChoices):
     """Why a session ended (gateway/sessions/derive.py decides)."""
 
-    FINISHED = "finished", "Charging finished (car still plugged in)"
-    UNPLUGGED = "unplugged", "Car unplugged"
-    UNAVAILABLE = "unavailable", "Charge point out of service"
-    OFFLINE = "offline", "No data for too long (offline or not polled)"
+    FINISHED = "finished", "finished"  # charging stopped, the car still plugged in (OCPP Finishing)
+    UNPLUGGED = "unplugged", "unplugged"
+    UNAVAILABLE = "unavailable", "out of service"
+    OFFLINE = "offline", "offline too long"  # or not polled: no record for MAX_SILENCE_S
 
 
 class Meter(models.TextChoices):

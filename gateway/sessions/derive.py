@@ -13,9 +13,11 @@ When a session starts and ends follows OCPP 1.6's connector statuses, which Oper
   record that was not offline (offline records, or nothing at all because the poller stopped),
   the session ends at that last online record (reason `offline`).
 
-Energy is the difference of one counter between the session's records: the meter total
-(energy_total_wh) if the charger reports one, else its session energy (session_energy_wh), chosen
-at the first reading and kept for the whole session (no mixing of two counters). A drop of the
+Energy is the difference of one counter: the meter total (energy_total_wh) if the charger reports
+one, else its session energy (session_energy_wh), chosen at the first reading and kept for the
+whole session (no mixing of two counters). The baseline is the record just before the session's
+first one (the energy of that poll interval is the session's), unless that record is offline or
+older than MAX_SILENCE_S: then the first record's. A drop of the
 counter by more than RESET_TOLERANCE_WH is a reset (a replaced meter, a firmware restart, a
 session counter cleared): what was counted so far is kept (meter_offset_wh) and counting restarts
 from the new value; the energy between the last reading before the reset and the first after is
@@ -27,9 +29,9 @@ session's last applied (ts, seq) are ignored: batches redelivered after a consum
 nothing, and the state a restarted consumer needs is all in the session (the database row).
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from gateway.choices import OperatorStatus
 from gateway.models.sessions import Meter, SessionEnd
@@ -88,7 +90,7 @@ class SessionState:
     def apply(self, record: Record, ts: datetime) -> None:
         """Count one record of this open session: its counter, its power, its time."""
         values = record.get("values") or {}
-        self._count(values, ts)
+        self.count(values, ts)
         power_w = values.get("power_w")
         if power_w is not None and (self.peak_power_w is None or power_w > self.peak_power_w):
             self.peak_power_w = float(power_w)
@@ -96,7 +98,8 @@ class SessionState:
             self.last_online_at = ts
         self.last_ts, self.last_seq = ts, record["seq"]
 
-    def _count(self, values: dict, ts: datetime) -> None:
+    def count(self, values: dict, ts: datetime) -> None:
+        """Take one reading of the session's counter (the first one chooses the counter)."""
         if not self.meter:
             if values.get(Meter.TOTAL.value) is not None:
                 self.meter = Meter.TOTAL.value
@@ -129,15 +132,24 @@ def record_key(record: Record) -> tuple[str, int]:
     return record["ts"], record["seq"]
 
 
-def derive_sessions(latest: SessionState | None, records: Iterable[Record]) -> list[SessionState]:
+# (charge point slug, ts) -> the charge point's last record before ts, e.g. from the stored history.
+PreviousRecord = Callable[[str, datetime], Record | None]
+
+
+def derive_sessions(
+    latest: SessionState | None, records: Iterable[Record], previous_record: PreviousRecord | None = None
+) -> list[SessionState]:
     """Apply one charge point's records to its newest session (open or closed, or None).
 
     Returns the sessions that changed, oldest first: `latest` if it did, then any that started.
-    Records at or before `latest`'s last applied (ts, seq) are ignored (redelivered).
+    Records at or before `latest`'s last applied (ts, seq) are ignored (redelivered). A session's
+    counter baseline is the record just before its first one (the energy of that poll interval
+    is the session's), from this batch or else from `previous_record`.
     """
     changed: list[SessionState] = []
     current = latest if latest is not None and latest.is_open else None
-    for record in sorted(records, key=record_key):
+    ordered = sorted(records, key=record_key)
+    for index, record in enumerate(ordered):
         status = record["status"]
         if current is None and status not in STARTS:
             continue  # nothing to start or continue: the common case, no timestamp parsed
@@ -152,21 +164,36 @@ def derive_sessions(latest: SessionState | None, records: Iterable[Record]) -> l
             if status not in STARTS:
                 continue
         if current is None:
-            current = SessionState(
-                charge_point=record["charge_point"],
-                site=record.get("site") or "",
-                started_at=ts,
-                last_ts=ts,
-                last_seq=record["seq"],
-                last_online_at=ts,
-            )
-            latest = current
+            if index:
+                before = ordered[index - 1]
+            else:
+                before = previous_record(record["charge_point"], ts) if previous_record else None
+            current = latest = start_session(record, ts, before)
         current.apply(record, ts)
         _note(changed, current)
         if status in ENDS:
             current.close(ts, ENDS[status])
             current = None
     return changed
+
+
+def start_session(record: Record, ts: datetime, before: Record | None) -> SessionState:
+    """A session starting at `record`, its counter baseline from `before` (the record just before it)
+    if that one can vouch for it: online, and not before a silence."""
+    session = SessionState(
+        charge_point=record["charge_point"],
+        site=record.get("site") or "",
+        started_at=ts,
+        last_ts=ts,
+        last_seq=record["seq"],
+        last_online_at=ts,
+    )
+    if before is not None and before["status"] != OFFLINE:
+        before_ts = parse_ts(before["ts"])
+        if timedelta(0) <= ts - before_ts <= timedelta(seconds=MAX_SILENCE_S):
+            session.last_ts = before_ts  # the rise to the first record is checked over this interval
+            session.count(before.get("values") or {}, before_ts)
+    return session
 
 
 def _note(changed: list[SessionState], session: SessionState) -> None:

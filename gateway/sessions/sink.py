@@ -11,14 +11,16 @@ twice changes nothing the second time (its records are at or before each session
 import logging
 from collections import defaultdict
 from dataclasses import fields
+from datetime import datetime
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections, transaction
 from django.db.models import OuterRef, Subquery
 
-from gateway.models import ChargePoint, ChargingSession
+from gateway.models import ChargePoint, ChargingSession, TelemetrySample
+from gateway.models.sessions import Meter
 from gateway.sessions.derive import SessionState, derive_sessions
-from gateway.telemetry import Record
+from gateway.telemetry import Record, format_ts
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +28,7 @@ logger = logging.getLogger(__name__)
 ROW_NAMES = {"charge_point": "charge_point_slug", "site": "site_slug"}
 STATE_FIELDS = [field.name for field in fields(SessionState) if field.name != "id"]
 UPDATE_FIELDS = [ROW_NAMES.get(name, name) for name in STATE_FIELDS]
+METERS = (Meter.TOTAL.value, Meter.SESSION.value)
 
 
 def to_state(row: ChargingSession) -> SessionState:
@@ -44,6 +47,19 @@ def newest_sessions(slugs: set[str]) -> dict[str, SessionState]:
     newest = ChargingSession.objects.filter(charge_point_slug=OuterRef("charge_point_slug")).order_by("-started_at")
     rows = ChargingSession.objects.filter(charge_point_slug__in=slugs, pk=Subquery(newest.values("pk")[:1]))
     return {row.charge_point_slug: to_state(row) for row in rows}
+
+
+def previous_record(slug: str, ts: datetime) -> Record | None:
+    """The charge point's last stored record before ts (the history store ran first on this batch)."""
+    sample = (
+        TelemetrySample.objects.filter(charge_point__slug=slug, ts__lt=ts)
+        .order_by("-ts", "-seq")
+        .values("ts", "status", *METERS)
+        .first()
+    )
+    if sample is None:
+        return None
+    return {"ts": format_ts(sample["ts"]), "status": sample["status"], "values": {key: sample[key] for key in METERS}}
 
 
 def save_sessions(records: list[Record], unknown: set[str] | None = None) -> list[SessionState]:
@@ -67,7 +83,7 @@ def save_sessions(records: list[Record], unknown: set[str] | None = None) -> lis
         latest = newest_sessions(set(ids))
         for slug, batch in by_charge_point.items():
             if slug in ids:
-                changed += derive_sessions(latest.get(slug), batch)
+                changed += derive_sessions(latest.get(slug), batch, previous_record)
         # Existing rows first: a session that closed frees its charge point for the one that opened.
         existing = [to_row(state, ids.get(state.charge_point)) for state in changed if state.id is not None]
         ChargingSession.objects.bulk_update(existing, UPDATE_FIELDS)
