@@ -34,7 +34,7 @@ NICE_BUCKETS_S: tuple[int, ...] = (
 def epoch_sql(column: str) -> str:
     """SQL for a timestamp column as seconds since the epoch (a float, millisecond precision)."""
     if connection.vendor == "postgresql":
-        return f"extract(epoch FROM {column})"
+        return f"extract(epoch FROM {column})::float8"
     # SQLite stores Django datetimes as UTC text: %s is whole seconds, %f - %S the fraction.
     return f"(CAST(strftime('%%s', {column}) AS REAL) + (strftime('%%f', {column}) - strftime('%%S', {column})))"
 
