@@ -97,15 +97,17 @@ def fleet(site: Site, generic_profile: DeviceProfile) -> list[ChargePoint]:
     ]
 
 
-def record(cp: str, seconds: float, status: str = "available", seq: int | None = None, **values: Any) -> Record:
-    """A record of `cp` taken `seconds` after T0 (seq counts tenths of seconds, so it grows with time)."""
+def record(
+    cp: str, seconds: float, status: str = "available", seq: int | None = None, base: datetime = T0, **values: Any
+) -> Record:
+    """A record of `cp` taken `seconds` after `base` (seq counts tenths of seconds, so it grows with time)."""
     made = build_record(
         charge_point=cp,
         site="test-site",
         profile="generic-ev-charger",
         seq=int(seconds * 10) if seq is None else seq,
         fields=None,
-        moment=T0 + timedelta(seconds=seconds),
+        moment=base + timedelta(seconds=seconds),
     )
     made["status"] = status
     made["values"].update(values)

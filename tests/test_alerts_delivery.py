@@ -1,0 +1,232 @@
+"""Alert delivery: e-mail through Django's mail (locmem), webhooks to real local HTTP servers (one
+answering, one refusing, one hanging: bounded retries, the consumer never waits), and the alerts
+topic on the real Kafka (raised, cleared, acknowledged), with the live group's consumer running."""
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
+from django.db import connections
+
+from gateway import services, sinks
+from gateway.alerts.actions import acknowledge
+from gateway.alerts.engine import AlertEngine
+from gateway.alerts.notify import AlertNotifier
+from gateway.choices import AlertKind
+from gateway.kafka.config import producer_options
+from gateway.kafka.topics import alerts_topic, ensure_topics, telemetry_topic
+from gateway.models import Alert, AlertRule, ChargePoint, DeviceProfile, Site
+from gateway.runtime import Backoff
+from gateway.telemetry import encode_record
+from tests.conftest import make_charge_point, wait_for, within
+from tests.kafka_read import read_all
+from tests.ports import free_port_run
+from tests.test_alerts import PINNED_KEYS, Clock, create_builtin_rules, record
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+async def close_thread_connections() -> AsyncIterator[None]:
+    yield
+    await sync_to_async(connections.close_all)()
+
+
+@pytest.fixture
+def fleet(site: Site, generic_profile: DeviceProfile) -> list[ChargePoint]:
+    create_builtin_rules()
+    return [make_charge_point(site, generic_profile, f"cp-{n}", 15000 + n) for n in (1, 2)]
+
+
+class Receiver:
+    """A real HTTP server on loopback: answers 204 and keeps the JSON bodies, or reads and never answers."""
+
+    def __init__(self, *, hang: bool = False) -> None:
+        self.hang = hang
+        self.requests = 0
+        self.bodies: list[dict] = []
+        self.server: asyncio.Server | None = None
+        self._released = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/hook"
+
+    async def start(self) -> "Receiver":
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def stop(self) -> None:
+        self._released.set()
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+            body = await reader.readexactly(length)
+            self.requests += 1
+            if self.hang:
+                await self._released.wait()
+            else:
+                self.bodies.append(json.loads(body))
+                writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def receivers() -> AsyncIterator[dict[str, Receiver]]:
+    running = {"ok": await Receiver().start(), "hanging": await Receiver(hang=True).start()}
+    yield running
+    for receiver in running.values():
+        await receiver.stop()
+
+
+def refused_url() -> str:
+    """A loopback port nobody listens on: the connection is refused at once."""
+    return f"http://127.0.0.1:{free_port_run(1)}/hook"
+
+
+async def run_jobs(engine: AlertEngine, stop: asyncio.Event) -> asyncio.Task:
+    return asyncio.create_task(engine.notifier.run(stop))
+
+
+async def test_e_mail_goes_to_the_rules_addresses_on_raise_and_clear(
+    fleet: list[ChargePoint], mailoutbox: list
+) -> None:
+    await AlertRule.objects.filter(kind=AlertKind.FAULTED).aupdate(notify_emails="ops@example.com,\nlead@example.com")
+    engine = AlertEngine(clock=Clock(), notifier=AlertNotifier(publish=False))
+    stop = asyncio.Event()
+    notifier = await run_jobs(engine, stop)
+    try:
+        await engine([record("cp-1", 1, "faulted", error_code=7), record("cp-2", 1)])
+        await engine([record("cp-1", 2, "available")])
+        await wait_for(lambda: len(mailoutbox) == 2, what="two alert e-mails")
+    finally:
+        stop.set()
+        await within(notifier, 5)
+    raised, cleared = mailoutbox
+    assert raised.to == cleared.to == ["ops@example.com", "lead@example.com"]
+    assert raised.subject == "[evdash] RAISED critical: Charger faulted on cp-1"
+    assert cleared.subject == "[evdash] CLEARED critical: Charger faulted on cp-1"
+    alert = await Alert.objects.aget()
+    assert f"Alert id: {alert.id}" in raised.body and "error code 7" in raised.body
+    assert "Cleared: 2026-03-02T08:00:02.000Z" in cleared.body
+
+
+async def test_webhooks_that_refuse_or_hang_cost_bounded_retries_and_never_hold_up_a_batch(
+    fleet: list[ChargePoint], receivers: dict[str, Receiver]
+) -> None:
+    timeout_s, attempts = 0.3, 3
+    for name, url in (("ok", receivers["ok"].url), ("hanging", receivers["hanging"].url), ("refused", refused_url())):
+        await AlertRule.objects.acreate(name=f"Faulted ({name})", kind=AlertKind.FAULTED, webhook_url=url)
+    notifier = AlertNotifier(
+        publish=False, webhook_timeout_s=timeout_s, attempts=attempts, retry=lambda: Backoff(first_s=0.05, max_s=0.1)
+    )
+    engine = AlertEngine(clock=Clock(), notifier=notifier)
+    stop = asyncio.Event()
+    task = await run_jobs(engine, stop)
+    episodes = 2
+    slowest_s = 0.0
+    try:
+        for second in range(40):  # cp-1 faulted for 5 s twice; 100 records a batch
+            faulted = (second % 20) in range(5, 10)
+            batch = [record("cp-1", second, "faulted" if faulted else "charging")]
+            batch += [record("cp-2", second + n / 100, "charging", power_w=7000.0) for n in range(99)]
+            began = time.perf_counter()
+            await engine(batch)
+            slowest_s = max(slowest_s, time.perf_counter() - began)
+            await asyncio.sleep(0.02)  # batches keep coming while the notifier works
+        events = 2 * episodes  # each episode: raised, cleared
+        await wait_for(lambda: notifier.stats.failed == 2 * events, timeout_s=30, what="the failing webhooks given up")
+        await wait_for(lambda: notifier.stats.sent == events, what="the answering webhook served")
+    finally:
+        stop.set()
+        await within(task, 5)
+    # A batch never waited on a webhook (a hanging one takes timeout_s per attempt).
+    assert slowest_s < timeout_s
+    assert receivers["hanging"].requests == events * attempts  # bounded: the first try and two retries
+    assert notifier.stats.retried == 2 * events * (attempts - 1)
+    bodies = receivers["ok"].bodies
+    assert [body["event"] for body in bodies] == ["raised", "cleared"] * episodes
+    assert all(set(body) == PINNED_KEYS and body["rule"] == "Faulted (ok)" for body in bodies)
+    assert len({body["id"] for body in bodies}) == episodes
+
+
+async def produce(records: list[dict]) -> None:
+    producer = AIOKafkaProducer(**producer_options())
+    await producer.start()
+    try:
+        for made in records:
+            await producer.send(telemetry_topic(), encode_record(made), key=made["charge_point"].encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def read_alerts(count: int) -> list[Any]:
+    deadline = time.monotonic() + 20
+    while len(messages := await read_all(alerts_topic())) < count:
+        assert time.monotonic() < deadline, f"{len(messages)} of {count} alert messages on the topic"
+        await asyncio.sleep(0.1)
+    return messages
+
+
+async def test_the_live_group_publishes_alerts_on_the_alerts_topic_while_a_webhook_hangs(
+    kafka: dict, fleet: list[ChargePoint], receivers: dict[str, Receiver]
+) -> None:
+    await AlertRule.objects.filter(kind=AlertKind.FAULTED).aupdate(webhook_url=receivers["hanging"].url)
+    await ensure_topics([telemetry_topic(), alerts_topic()])
+    # A receiver that hangs for longer than the test waits: the consumer must not wait on it.
+    engine = AlertEngine(notifier=AlertNotifier(webhook_timeout_s=60.0))
+    group = sinks.live_group(alerts=engine)
+    stop = asyncio.Event()
+    jobs = {"consumer": (group.consumer.run, "test"), **group.jobs}
+    task = asyncio.create_task(services.run_together(stop, jobs))
+    try:
+        await within(group.consumer.assigned.wait(), 20)
+        statuses = ["charging"] * 50 + ["faulted"] * 50 + ["available"] * 50
+        # Recent records (the engine runs on the real clock): nothing goes stale meanwhile.
+        base = datetime.now(UTC) - timedelta(seconds=15)
+        records = [record("cp-1", n / 10, status, base=base) for n, status in enumerate(statuses)]
+        records += [record("cp-2", n / 10, "charging", base=base) for n in range(150)]
+        await produce(records)
+        await wait_for(lambda: group.consumer.handled == len(records), what="every record handled")
+        raised, cleared = await read_alerts(2)
+        user = await sync_to_async(get_user_model().objects.create_user)("operator", password="x")
+        other = await sync_to_async(get_user_model().objects.create_user)("other", password="x")
+        alert = await Alert.objects.aget()
+        acknowledged = await sync_to_async(acknowledge)(alert.id, user)
+        again = await sync_to_async(acknowledge)(alert.id, other)  # keeps the first
+        *_, ack = await read_alerts(3)
+    finally:
+        stop.set()
+        await within(task, 20)
+    assert receivers["hanging"].requests >= 1  # the webhook was tried (and is still hanging)
+    assert (raised.key, cleared.key, ack.key) == (b"cp-1", b"cp-1", b"cp-1")
+    raised, cleared, ack = (orjson.loads(m.value) for m in (raised, cleared, ack))
+    assert [m["event"] for m in (raised, cleared, ack)] == ["raised", "cleared", "acknowledged"]
+    assert all(set(m) == PINNED_KEYS and m["id"] == str(alert.id) for m in (raised, cleared, ack))
+    assert raised["raised_at"] == records[50]["ts"] and cleared["cleared_at"] == records[100]["ts"]
+    assert (raised["kind"], raised["severity"], raised["site"]) == ("faulted", "critical", "test-site")
+    assert ack["acknowledged_by"] == "operator" and ack["acknowledged_at"] is not None
+    assert acknowledged.acknowledged_by_name == again.acknowledged_by_name == "operator"
+    assert again.acknowledged_at == acknowledged.acknowledged_at
+    assert len(await read_all(alerts_topic())) == 3
