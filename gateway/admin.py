@@ -1,4 +1,5 @@
-"""Admin: manage sites, charge points and device profiles (with their registers inline)."""
+"""Admin: manage sites, charge points and device profiles (with their registers inline), alert rules;
+read the alerts and the command audit."""
 
 import json
 import re
@@ -7,6 +8,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import models
 from django.db.models import QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponse
@@ -18,10 +20,22 @@ from django.utils.http import content_disposition_header
 from gateway.choices import Access, PollGroup
 from gateway.modbus.pacing import SLOW_GROUP_INTERVAL_S, Pacing, poll_time
 from gateway.modbus.planner import plan_reads
-from gateway.models import ChargePoint, Command, DeviceProfile, LatestTelemetry, Register, Site, StatusRule
+from gateway.models import (
+    Alert,
+    AlertRule,
+    ChargePoint,
+    ChargingSession,
+    Command,
+    DeviceProfile,
+    LatestTelemetry,
+    Register,
+    Site,
+    StatusRule,
+)
 from gateway.profiles.spec import CommandSpec, Heartbeat, ProfileFormatError, RegisterSpec, entries_from_json
 from gateway.profiles.store import export_profile_json, import_profile, load_spec, read_profile_bytes
 from gateway.profiles.validate import command_register_problems, heartbeat_register_problems, overlapping
+from gateway.telemetry import schema as telemetry_schema
 
 
 def pacing_warnings(charge_point: ChargePoint) -> list[str]:
@@ -365,3 +379,116 @@ class CommandAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Command | None = None) -> bool:
         return False
+
+
+def telemetry_value_choices() -> list[tuple[str, str]]:
+    """The values a threshold rule can watch: the telemetry record's `values` (its JSON schema)."""
+    names = telemetry_schema()["properties"]["values"]["properties"]
+    return [("", "---------"), *((name, name) for name in names)]
+
+
+class AlertRuleForm(forms.ModelForm):
+    """A threshold rule picks its value from the record's values: a typo would watch nothing, silently.
+    The rest of the checks are the model's (AlertRule.clean, run by the form's model validation)."""
+
+    value = forms.TypedChoiceField(
+        choices=telemetry_value_choices, required=False, help_text="Threshold rules: the telemetry value watched."
+    )
+
+    class Meta:
+        model = AlertRule
+        # The admin adds the fieldsets' other fields, through its formfield_overrides.
+        fields = ["value"]
+
+
+@admin.register(AlertRule)
+class AlertRuleAdmin(admin.ModelAdmin):
+    form = AlertRuleForm
+    # A webhook URL typed without a scheme is taken as https (Django 6's default, without the warning).
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    list_display = ["name", "kind", "enabled", "severity", "condition", "hold_s", "scope", "notifies"]
+    list_filter = ["enabled", "kind", "severity", "site"]
+    list_editable = ["enabled"]
+    search_fields = ["name", "value"]
+    list_select_related = ["site", "charge_point"]
+    autocomplete_fields = ["site", "charge_point"]
+    fieldsets = [
+        (None, {"fields": ["name", "kind", "enabled", "severity"]}),
+        ("Condition", {"fields": ["value", "comparator", "threshold", "hold_s", "hysteresis"]}),
+        ("Scope (neither: every charge point)", {"fields": ["site", "charge_point"]}),
+        ("Notifications", {"fields": ["notify_emails", "webhook_url"]}),
+    ]
+
+    @admin.display(description="condition")
+    def condition(self, rule: AlertRule) -> str:
+        if rule.value and rule.comparator and rule.threshold is not None:
+            return f"{rule.value} {rule.comparator} {rule.threshold:g}"
+        if rule.threshold is not None:
+            return f"threshold {rule.threshold:g}"
+        return ""
+
+    @admin.display(description="scope")
+    def scope(self, rule: AlertRule) -> str:
+        if rule.charge_point_id:
+            return f"charge point {rule.charge_point.slug}"
+        if rule.site_id:
+            return f"site {rule.site.slug}"
+        return "every charge point"
+
+    @admin.display(description="notifies")
+    def notifies(self, rule: AlertRule) -> str:
+        emails = [address for address in re.split(r"[\s,]+", rule.notify_emails) if address]
+        parts = [f"{len(emails)} e-mail{'s' if len(emails) != 1 else ''}"] if emails else []
+        if rule.webhook_url:
+            parts.append("webhook")
+        return ", ".join(parts)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows written by the service only: the admin shows them and changes nothing."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Alert)
+class AlertAdmin(ReadOnlyAdmin):
+    """The alerts as raised by the engine: acknowledged on the dashboard (who and when are kept there)."""
+
+    list_display = [
+        "raised_at", "severity", "rule_name", "charge_point_slug", "site_slug", "message", "cleared_at",
+        "acknowledged_at", "acknowledged_by_name",
+    ]  # fmt: skip
+    list_filter = [
+        "severity", "kind", "site_slug", ("cleared_at", admin.EmptyFieldListFilter),
+        ("acknowledged_at", admin.EmptyFieldListFilter), "raised_at",
+    ]  # fmt: skip
+    search_fields = ["rule_name", "charge_point_slug", "message", "subject"]
+    date_hierarchy = "raised_at"
+
+
+@admin.register(ChargingSession)
+class ChargingSessionAdmin(ReadOnlyAdmin):
+    """Charging sessions as the history consumer derived them from the telemetry: read-only."""
+
+    list_display = [
+        "started_at", "charge_point_slug", "site_slug", "ended_at", "end_reason", "energy_kwh_shown",
+        "peak_power_kw_shown", "meter",
+    ]  # fmt: skip
+    list_filter = ["site_slug", "end_reason", "meter", ("ended_at", admin.EmptyFieldListFilter), "started_at"]
+    search_fields = ["charge_point_slug", "site_slug"]
+    date_hierarchy = "started_at"
+
+    @admin.display(description="energy", ordering="energy_wh")
+    def energy_kwh_shown(self, session: ChargingSession) -> str:
+        return f"{session.energy_wh / 1000:.2f} kWh"
+
+    @admin.display(description="peak power", ordering="peak_power_w")
+    def peak_power_kw_shown(self, session: ChargingSession) -> str:
+        return "" if session.peak_power_w is None else f"{session.peak_power_w / 1000:.1f} kW"
