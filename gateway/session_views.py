@@ -10,11 +10,12 @@ from datetime import datetime, time, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+from asgiref.sync import sync_to_async
 from django import forms
 from django.contrib.auth.decorators import login_required
 from django.core.handlers.asgi import ASGIRequest
 from django.core.paginator import Paginator
-from django.db.models import Count, DurationField, ExpressionWrapper, F, QuerySet, Sum
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
@@ -215,11 +216,27 @@ def csv_lines(sessions: QuerySet[ChargingSession]) -> Iterator[str]:
 
 
 async def csv_lines_async(sessions: QuerySet[ChargingSession]) -> AsyncIterator[str]:
-    """The same under ASGI (daphne): Django would read a sync iterator whole before sending a byte."""
+    """The same under ASGI (daphne), where Django would read a sync iterator whole before sending a
+    byte: chunks of CSV_CHUNK rows, each a query after the last row sent ((started_at, id) order),
+    so no cursor or transaction stays open between chunks while the client reads."""
     writer = csv.writer(Echo())
     yield writer.writerow(CSV_HEADER)
-    async for row in sessions.values_list(*CSV_FIELDS).aiterator(chunk_size=CSV_CHUNK):
-        yield csv_line(writer, row)
+    after: tuple[datetime, int] | None = None
+    while True:
+        chunk = await sync_to_async(csv_chunk)(sessions, after)
+        for row in chunk:
+            yield csv_line(writer, row)
+        if len(chunk) < CSV_CHUNK:
+            return
+        after = (chunk[-1][3], chunk[-1][0])
+
+
+def csv_chunk(sessions: QuerySet[ChargingSession], after: tuple[datetime, int] | None) -> list[tuple]:
+    """The next CSV_CHUNK sessions after (started_at, id), in that order."""
+    if after is not None:
+        started_at, pk = after
+        sessions = sessions.filter(Q(started_at__gt=started_at) | Q(started_at=started_at, id__gt=pk))
+    return list(sessions.order_by("started_at", "id").values_list(*CSV_FIELDS)[:CSV_CHUNK])
 
 
 @require_safe
