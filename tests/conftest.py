@@ -1,6 +1,12 @@
-"""Real servers for the tests: the embedded Kafka broker, sessions for WebSocket clients."""
+"""Real servers for the tests: the embedded Kafka broker, sessions for WebSocket clients.
+
+Parallel runs (pytest-xdist, `make test` runs `-n`): every worker is a process of its own with its own
+Tansu broker (session fixture), free ports, tmp dirs, in-memory SQLite, PostgreSQL test database
+(pytest-django's `_gwN` suffix) and Redis database (worker_redis_url below).
+"""
 
 import asyncio
+import os
 import socket
 import time
 import uuid
@@ -11,6 +17,31 @@ from django.conf import settings
 
 from gateway.kafka.embedded import start_broker, stop_broker
 from gateway.models import ChargePoint, DeviceProfile, Site
+
+REDIS_DATABASES = 16  # Redis's default `databases`
+
+
+def worker_index() -> int:
+    """This xdist worker's number (gw0 -> 0), 0 when not running in parallel."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+
+
+def worker_redis_url(url: str) -> str:
+    """The Redis database of this worker: the given one plus the worker's number (redis://h:p/0 -> /1
+    on gw1), so that two workers' channel layer groups ("fleet", site groups) never meet."""
+    base, _, database = url.rpartition("/")
+    if not base.startswith("redis") or not database.isdigit():
+        return url
+    return f"{base}/{(int(database) + worker_index()) % REDIS_DATABASES}"
+
+
+if settings.REDIS_URL and worker_index():
+    # Before any channel layer exists; os.environ for the services the tests start as processes.
+    os.environ["REDIS_URL"] = settings.REDIS_URL = worker_redis_url(settings.REDIS_URL)
+    for layer in settings.CHANNEL_LAYERS.values():
+        for host in layer.get("CONFIG", {}).get("hosts", []):
+            if isinstance(host, dict) and "address" in host:
+                host["address"] = settings.REDIS_URL
 
 
 def free_port() -> int:
