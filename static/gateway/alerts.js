@@ -85,6 +85,7 @@
     li.className = `alert-item severity-${alert.severity}${alert.cleared_at ? " is-cleared" : " is-active"}${alert.acknowledged_at ? " is-acknowledged" : ""}`;
     li.dataset.alertId = alert.id;
     li.dataset.chargePoint = alert.charge_point;
+    li.dataset.rule = alert.rule;
     li.replaceChildren();
     li.append(span("alert-severity", alert.severity));
     const title = span("alert-title");
