@@ -243,36 +243,47 @@ def fleet_power_series(start: datetime, end: datetime, *, site: str | None = Non
         )
         site_where = "AND s.slug = %s"
         site_params = [site]
-    parts, params = [], []
+    parts, params = [], []  # row sources: (charge point, bucket, power sum, weight)
+    means, mean_params = "", []  # 60 s buckets: a rollup row is already a charge point's mean
     raw_from = aligned_start
     if bucket_s % 60 == 0 and end - start > timedelta(hours=1):
         rolled = rolled_up_until()
         if rolled and rolled > aligned_start:
-            parts.append(f"""
-                SELECT h.charge_point_id AS cp_id, {bucket_sql("h.minute")} AS b,
-                       sum(h.power_w_avg * h.samples) AS total,
-                       sum(CASE WHEN h.power_w_avg IS NOT NULL THEN h.samples END) AS n
+            rollup_rows = f"""
                 FROM {ROLLUP_TABLE} AS h {site_join}
-                WHERE h.minute >= %s AND h.minute < %s {site_where}
-                GROUP BY 1, 2
-            """)  # noqa: S608
-            params += [bucket_s, db_datetime(aligned_start), db_datetime(min(rolled, end)), *site_params]
+                WHERE h.minute >= %s AND h.minute < %s AND h.power_w_avg IS NOT NULL {site_where}
+            """
+            rollup_params = [db_datetime(aligned_start), db_datetime(min(rolled, end)), *site_params]
+            if bucket_s == 60:
+                # The raw tail starts on a minute: no bucket has both sources.
+                means = f" UNION ALL SELECT {bucket_sql('h.minute')} AS b, h.power_w_avg AS mean_w {rollup_rows}"
+                mean_params = [bucket_s, *rollup_params]
+            else:
+                parts.append(f"""
+                    SELECT h.charge_point_id AS cp_id, {bucket_sql("h.minute")} AS b,
+                           h.power_w_avg * h.samples AS total, CAST(h.samples AS DOUBLE PRECISION) AS n
+                    {rollup_rows}
+                """)
+                params += [bucket_s, *rollup_params]
             raw_from = rolled
     parts.append(f"""
-        SELECT h.charge_point_id AS cp_id, {bucket_sql("h.ts")} AS b, sum(h.power_w) AS total, count(h.power_w) AS n
+        SELECT h.charge_point_id AS cp_id, {bucket_sql("h.ts")} AS b,
+               h.power_w AS total, CAST(1 AS DOUBLE PRECISION) AS n
         FROM {SAMPLE_TABLE} AS h {site_join}
-        WHERE h.ts >= %s AND h.ts <= %s {site_where}
-        GROUP BY 1, 2
+        WHERE h.ts >= %s AND h.ts <= %s AND h.power_w IS NOT NULL {site_where}
     """)  # noqa: S608
     params += [bucket_s, db_datetime(raw_from), db_datetime(end), *site_params]
+    # One grouping per (charge point, bucket) over the rows of the sources, then the sum per bucket.
     sql = f"""
         SELECT b, sum(mean_w) FROM (
-            SELECT cp_id, b, sum(total) / sum(n) AS mean_w
+            SELECT b, sum(total) / sum(n) AS mean_w
             FROM ({" UNION ALL ".join(parts)}) AS partials
-            GROUP BY cp_id, b HAVING sum(n) > 0
+            GROUP BY cp_id, b
+            {means}
         ) AS per_charge_point
         GROUP BY b ORDER BY b
     """  # noqa: S608
+    params += mean_params
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
