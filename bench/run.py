@@ -49,6 +49,7 @@ BENCHMARKS: dict[str, tuple[int, int]] = {
     "demo_latency": (120, 240),
     "edge": (360, 1200),
     "commands": (300, 600),
+    "history": (240, 600),
 }
 DOC = common.ROOT / "docs" / "benchmarks.md"
 MACHINE_BLOCK = "machine"
