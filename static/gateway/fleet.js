@@ -2,7 +2,8 @@
 // Records only update the model (one entry per charge point, looked up in a Map). Drawing happens
 // at most once per animation frame and touches only the tiles or rows on screen, so the page's
 // cost follows the size of the screen, not the size of the fleet. Once a second the page
-// re-classifies the fleet (staleness, summary, order) and extends the fleet power chart.
+// re-classifies the fleet (staleness, summary, order) and extends the fleet power chart, which
+// opens with its whole window from the history.
 "use strict";
 
 (function () {
@@ -13,8 +14,6 @@
   const powerFormat = config.formats.power_w;
   const energyFormat = config.formats.session_energy_wh;
   const TICK_MS = 1000;
-  // One point per tick over the chart window: 600 points for 10 minutes.
-  const MAX_POINTS = Math.ceil((config.window_s * 1000) / TICK_MS);
   // Fixed sizes let the page place any tile or row without measuring it (see evdash.css).
   const ROW_HEIGHT_PX = 36;
   const TILE_HEIGHT_PX = 142;
@@ -394,13 +393,17 @@
   }
 
   // --- Fleet power chart --------------------------------------------------------------------
+  // It opens with its whole window from GET /fleet/power-history/ (the fleet's power in the
+  // server's buckets, completed ones only), then adds the live total once a second. Ticks that
+  // come before the history answer stay; the history fills the time before the first of them.
 
   const chartEl = document.getElementById("fleet-power-chart");
-  let chartReady = false;
-  if (chartEl && window.Plotly) {
-    const trace = {
-      x: [],
-      y: [],
+  const chart = { ready: false, dirty: false, t: [], kw: [], revision: 0 }; // t in ms, kw as drawn
+
+  function powerTrace() {
+    return {
+      x: chart.t.map((t) => new Date(t)),
+      y: chart.kw.slice(),
       type: "scatter",
       mode: "lines",
       name: "Fleet power",
@@ -408,15 +411,68 @@
       fill: "tozeroy",
       fillcolor: "rgba(22,163,74,0.12)",
       hovertemplate: "%{y:.1f} kW<extra></extra>",
+      connectgaps: false,
     };
-    Plotly.newPlot(chartEl, [trace], E.plotLayout("kW"), E.PLOT_CONFIG).then(() => {
-      chartReady = true;
+  }
+
+  if (chartEl && window.Plotly) {
+    Plotly.newPlot(chartEl, [powerTrace()], E.plotLayout("kW"), E.PLOT_CONFIG).then(() => {
+      chart.ready = true;
+      chart.dirty = true;
     });
   }
 
+  async function loadPowerHistory() {
+    const url = chartEl && chartEl.dataset.historyUrl;
+    if (!url) return;
+    const params = new URLSearchParams({ window_s: String(config.window_s) });
+    if (config.site) params.set("site", config.site);
+    let answer = null;
+    try {
+      const response = await fetch(`${url}?${params}`, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+      if (response.ok) answer = await response.json();
+      else console.warn("evdash: fleet power history:", response.status);
+    } catch (err) {
+      console.warn("evdash: fleet power history unavailable", err);
+    }
+    if (!answer) return;
+    // A bucket's mean is drawn at its middle; only what precedes the first live tick is taken.
+    const firstLive = chart.t.length > 0 ? chart.t[0] : Infinity;
+    const halfMs = (answer.bucket_s * 1000) / 2;
+    const t = [];
+    const kw = [];
+    answer.t.forEach((ts, i) => {
+      const ms = Date.parse(ts) + halfMs;
+      if (ms < firstLive) {
+        t.push(ms);
+        kw.push(answer.power_w[i] === null ? null : answer.power_w[i] / 1000);
+      }
+    });
+    chart.t = t.concat(chart.t);
+    chart.kw = kw.concat(chart.kw);
+    chart.dirty = true;
+    drawChart();
+    chartEl.dataset.historyPoints = String(t.length);
+    chartEl.dataset.queryMs = String(answer.query_ms);
+  }
+
   function extendChart(now, kw) {
-    if (!chartReady) return;
-    Plotly.extendTraces(chartEl, { x: [[new Date(now)]], y: [[kw]] }, [0], MAX_POINTS);
+    chart.t.push(now);
+    chart.kw.push(kw);
+    // The window slides by time: the history's buckets and the live ticks leave alike.
+    let drop = 0;
+    while (drop < chart.t.length && chart.t[drop] < now - config.window_s * 1000) drop += 1;
+    chart.t.splice(0, drop);
+    chart.kw.splice(0, drop);
+    chart.dirty = true;
+    drawChart();
+  }
+
+  function drawChart() {
+    if (!chart.ready || !chart.dirty) return;
+    chart.revision += 1;
+    Plotly.react(chartEl, [powerTrace()], { ...E.plotLayout("kW"), datarevision: chart.revision }, E.PLOT_CONFIG);
+    chart.dirty = false;
   }
 
   let live = null;
@@ -440,6 +496,7 @@
   loadState();
   renderControls();
   live = E.connectLive(config.ws_path, onMessage);
+  loadPowerHistory();
   tick();
   window.setInterval(tick, TICK_MS);
 })();
