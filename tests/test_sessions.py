@@ -241,3 +241,12 @@ def test_one_open_session_per_charge_point_is_enforced_by_the_database(charge_po
     session.pk = None
     with pytest.raises(IntegrityError):
         session.save()
+
+
+@pytest.mark.production
+def test_on_postgresql_a_restarted_consumer_continues_and_redelivery_changes_nothing(charge_point) -> None:
+    """The same on PostgreSQL (the newest-session subquery, the bulk update, the partitioned history)."""
+    from django.db import connection
+
+    assert connection.vendor == "postgresql"
+    test_a_restarted_consumer_continues_the_session_and_redelivered_batches_change_nothing(charge_point)

@@ -14,9 +14,10 @@ from dataclasses import fields
 from datetime import datetime
 
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections, transaction
+from django.db import transaction
 from django.db.models import OuterRef, Subquery
 
+from gateway.history.query import close_stale_connection
 from gateway.models import ChargePoint, ChargingSession, TelemetrySample
 from gateway.models.sessions import Meter
 from gateway.sessions.derive import SessionState, derive_sessions
@@ -68,7 +69,7 @@ def save_sessions(records: list[Record], unknown: set[str] | None = None) -> lis
     Records of charge points not in the database are skipped (as the history store skips them),
     with one warning per slug in `unknown` (the slugs already warned about).
     """
-    close_old_connections()
+    close_stale_connection()
     by_charge_point: dict[str, list[Record]] = defaultdict(list)
     for record in records:
         by_charge_point[record["charge_point"]].append(record)
