@@ -403,3 +403,18 @@ async def test_records_that_change_nothing_touch_no_database(
     monkeypatch.setattr(store, "save_events", lambda *args: calls.append(args))
     await alerting([record(f"cp-{n % 2 + 1}", 1 + n / 100, "charging", power_w=7000.0) for n in range(200)])
     assert calls == []
+
+
+async def test_two_engines_raising_the_same_alert_store_one_and_both_follow_it(
+    fleet: list[ChargePoint], rules: dict[str, AlertRule], pushed: list[dict]
+) -> None:
+    # E.g. a partition moved to another consumer, whose engine loaded the open alerts before the raise.
+    first, second = engine(Clock()), engine(Clock())
+    await second([record("cp-2", 0)])  # loaded: no open alert yet
+    await first([record("cp-1", 1, "faulted")])
+    await second([record("cp-1", 1, "faulted"), record("cp-1", 2, "faulted")])  # adopts the stored one
+    await second([record("cp-1", 3, "available")])
+    (alert,) = await sync_to_async(alerts)()
+    assert (alert.raised_at, alert.cleared_at) == (T0 + timedelta(seconds=1), T0 + timedelta(seconds=3))
+    await settle()
+    assert [(m["event"], m["id"]) for m in pushed] == [("raised", str(alert.id)), ("cleared", str(alert.id))]
