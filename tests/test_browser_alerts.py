@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from tests.test_browser import demo, log_in, page  # noqa: F401 (fixtures: this module's own demo)
+from tests.test_browser import SCREENSHOTS, demo, log_in, page  # noqa: F401 (fixtures: this module's own demo)
 
 pytestmark = pytest.mark.browser
 
@@ -75,6 +75,8 @@ def test_an_alert_appears_live_and_is_acknowledged_from_the_fleet_page(demo: dic
         timeout=10_000,
     )
     acknowledged_at = other.locator(f"{item} .alert-ack time").get_attribute("datetime")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "dashboard-alerts.png"))
     assert acknowledged_at and acknowledged_at.endswith("Z")
 
     # Stored: the alerts page lists it as acknowledged by admin, at the time the pages showed.
