@@ -235,7 +235,9 @@ async def run_consumer(
     for name in groups:
         if name == sinks.LIVE:
             group = sinks.live_group(alerts=alerts)
-            group.consumer = consumer or group.consumer
+            if consumer is not None:
+                group.consumer = consumer
+                alerts.pipeline_caught_up = lambda: consumer.caught_up
         else:
             group = sinks.history_group() if history is None else sinks.SinkGroup(sinks.HISTORY, history)
         built.append(group)

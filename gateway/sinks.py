@@ -61,6 +61,7 @@ def live_group(*, alerts: AlertEngine | None = None, topic: str | None = None, *
         sinks=[store_latest, alerts, push_telemetry],
         **options,
     )
+    alerts.pipeline_caught_up = lambda: consumer.caught_up
     return SinkGroup(LIVE, consumer, alerts.jobs())
 
 

@@ -30,7 +30,7 @@ GENERIC = read_spec_file(SHIPPED_DIR / "generic-ev-charger.json")
 REDIS_DB = 14  # a database of its own: nothing else listens to the groups this consumer pushes to
 RECORDS_BEFORE_SIGNAL = 12
 POLLER_STOPPED = re.compile(r"poller stopped: (\d+) records published, (\d+) records sent, (\d+) dropped, (\d+) unsent")
-CONSUMER_STOPPED = re.compile(r"consumer stopped: (\d+) records handled")
+CONSUMER_STOPPED = re.compile(r"live consumer stopped: (\d+) records handled")
 
 
 @pytest.fixture

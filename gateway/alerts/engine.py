@@ -85,6 +85,10 @@ class AlertEngine:
         self.clock = clock
         self.notifier = notifier or AlertNotifier()
         self.tick_s = tick_s
+        # Whether the live consumer holds the topic's newest records (TelemetryConsumer.caught_up):
+        # while it catches up on a backlog (after a restart, say) every latest record looks old, and
+        # the stale rule would blame pollers that never stopped. Set by whoever runs the consumer.
+        self.pipeline_caught_up: Callable[[], bool] = lambda: True
         self.rules: list[CompiledRule] = []
         self._rules_by_id: dict[int, CompiledRule] = {}
         self._record_rules: list[CompiledRule] = []
@@ -242,8 +246,8 @@ class AlertEngine:
 
     async def _stale_events(self, moment: datetime) -> list[AlertEvent]:
         rules = [rule for rule in self.rules if rule.kind == AlertKind.STALE]
-        if not rules:
-            return []
+        if not rules or not self.pipeline_caught_up():
+            return []  # neither raise nor clear on records that may be behind the topic
         stale = await sync_to_async(store.stale_charge_points)(moment)
         events = []
         for rule in rules:

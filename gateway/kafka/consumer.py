@@ -92,6 +92,11 @@ class TelemetryConsumer:
         self.failed = 0  # records a sink kept refusing (dead-lettered, stage "handle")
         self.dead_lettered = 0
         self.assigned = asyncio.Event()
+        # True once a fetch found the partitions drained (an empty fetch, or a batch handled up to
+        # the broker's high watermark of its partitions): what the sinks hold is then as fresh as
+        # the topic. False while catching up on a backlog, e.g. after a restart: a rule that judges
+        # the age of data (the stale alert) must wait for it.
+        self.caught_up = False
         self._dead_letters: AIOKafkaProducer | None = None  # set while run() is connected
         self._reconnect = Backoff()
         self._retry = retry_backoff or Backoff(first_s=0.5, max_s=5.0)
@@ -131,15 +136,22 @@ class TelemetryConsumer:
                 if consumer.assignment():
                     self.assigned.set()
                 if not batches:
+                    self.caught_up = bool(consumer.assignment())
                     continue
+                messages = [message for messages in batches.values() for message in messages]
                 try:
-                    await self.handle_batch([message for messages in batches.values() for message in messages], stop)
+                    await self.handle_batch(messages, stop)
                 except _StopRequested:
                     logger.info("stopped while retrying a batch; it stays uncommitted and is consumed again next time")
                     return
                 await consumer.commit()
+                # Caught up when each partition's last message is the broker's last (its high watermark).
+                self.caught_up = all(
+                    tp_messages[-1].offset + 1 >= (consumer.highwater(tp) or 0) for tp, tp_messages in batches.items()
+                )
         finally:
             self._dead_letters = None
+            self.caught_up = False
             await consumer.stop()
             await dead_letters.stop()
 
