@@ -418,8 +418,8 @@ def test_static_assets_are_served(client: Client) -> None:
     for path, marker in (
         ("/static/vendor/plotly.min.js", b"plotly.js"),
         ("/static/gateway/live.js", b"connectLive"),
-        ("/static/gateway/fleet.js", b"extendTraces"),
-        ("/static/gateway/charge_point.js", b"extendTraces"),
+        ("/static/gateway/fleet.js", b"loadPowerHistory"),
+        ("/static/gateway/charge_point.js", b"load(\"hour\")"),
         ("/static/gateway/evdash.css", b".tile"),
     ):
         response = client.get(path)
