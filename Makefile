@@ -9,6 +9,12 @@ STAMP := $(VENV)/.installed
 # Production-mode tests use this machine's PostgreSQL and Redis (override as needed).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+# Test worker processes (pytest-xdist). The tests mostly wait (brokers, subprocesses, browsers), so
+# 4 workers keep 2 cores busy; each test file stays on one worker (module fixtures, file order).
+# Each worker has its own Kafka broker, ports, SQLite/PostgreSQL test database and Redis database
+# (tests/conftest.py). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 4
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: install demo test lint check clean
 
@@ -33,10 +39,10 @@ test: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	EVDASH_MODE=embedded $(PY) manage.py check
 	EVDASH_MODE=embedded $(PY) manage.py makemigrations --check --dry-run
-	EVDASH_MODE=embedded $(PY) -m pytest -m "not production"
+	EVDASH_MODE=embedded $(PY) -m pytest -m "not production" $(PYTEST_PARALLEL)
 	EVDASH_MODE=production DJANGO_SECRET_KEY=test-only-not-secret-$$(date +%s)-0123456789abcdefghijklmnopqrstuvwxyz \
 	  DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
-	  $(PY) -m pytest -m production
+	  $(PY) -m pytest -m production $(PYTEST_PARALLEL)
 
 # Benchmarks (README, Benchmarks): each against real parts within its time budget; prints tables and
 # rewrites the generated blocks of docs/benchmarks.md. `make bench QUICK=1` (or EVDASH_BENCH_QUICK=1)
