@@ -1,5 +1,7 @@
-// The fleet page's alert feed: the alerts that need attention (active, or cleared but never
-// acknowledged), kept live from the page's socket, acknowledged with one click (who and when shown).
+// The alert feed of the fleet page and of a charge point's page: the alerts that need attention
+// (active, or cleared but never acknowledged), kept live from the page's socket, acknowledged with
+// one click (who and when shown). A charge point's page reads ?charge_point=<slug> (its
+// data-feed-url's query string is kept) and its socket sends only that charge point's alerts.
 //
 // It reads the feed over HTTP (GET /alerts/?format=json) when the page opens and each time the
 // socket comes back (a telemetry snapshot that completes), then applies the socket's
@@ -34,8 +36,10 @@
   feedUrl.searchParams.set("format", "json");
   feedUrl.searchParams.set("state", "attention");
   if (panel.dataset.site) feedUrl.searchParams.set("site", panel.dataset.site);
+  // A charge point page's feed: its feed URL carries ?charge_point=<slug> (kept above).
+  const chargePoint = feedUrl.searchParams.get("charge_point") || "";
   const ackUrlTemplate = panel.dataset.ackUrl; // holds the placeholder id ALERT_ID
-  const chargePointUrl = panel.dataset.chargePointUrl; // holds __slug__
+  const chargePointUrl = panel.dataset.chargePointUrl; // holds __slug__; none on a charge point's page
   const ALERT_ID = "00000000-0000-0000-0000-000000000000";
   const MAX_SHOWN = 100;
   const SEVERITY_RANK = { critical: 0, warning: 1, info: 2 };
@@ -55,9 +59,9 @@
     alerts.set(alert.id, merged);
   }
 
-  /** Whether the alert belongs in this feed (a site's fleet page shows its site's only). */
+  /** Whether the alert belongs in this feed (a site's fleet page shows its site's, a charge point's page its own). */
   function shown(alert) {
-    return !panel.dataset.site || alert.site === panel.dataset.site;
+    return (!panel.dataset.site || alert.site === panel.dataset.site) && (!chargePoint || alert.charge_point === chargePoint);
   }
 
   function timeText(iso) {
@@ -91,10 +95,14 @@
     const title = span("alert-title");
     const rule = document.createElement("strong");
     rule.textContent = alert.rule;
-    const link = document.createElement("a");
-    link.href = chargePointUrl.replace("__slug__", encodeURIComponent(alert.charge_point));
-    link.textContent = alert.charge_point;
-    title.append(rule, " · ", link);
+    if (chargePointUrl) {
+      const link = document.createElement("a");
+      link.href = chargePointUrl.replace("__slug__", encodeURIComponent(alert.charge_point));
+      link.textContent = alert.charge_point;
+      title.append(rule, " · ", link);
+    } else {
+      title.append(rule, " · ", alert.charge_point);
+    }
     li.append(title);
     li.append(span("alert-message", alert.message));
     const when = span("alert-when");
