@@ -6,8 +6,9 @@ the other:
   the push to the dashboards. One upsert per batch: what the operator sees now is never behind a
   slow history database.
 - **history** (EVDASH_CONSUMER_GROUP + "-history"): the telemetry history, then the charging
-  sessions derived from it. A new history group starts from the earliest offset the topic still
-  holds, so what was published before it first ran is stored too.
+  sessions derived from it (and a job that ends the sessions of chargers gone silent). A new
+  history group starts from the earliest offset the topic still holds, so what was published
+  before it first ran is stored too.
 
 A group commits a batch only when every one of its sinks handled it (gateway/kafka/consumer.py),
 and every sink tolerates a batch twice. A new sink is a function (or object) taking a batch of
@@ -25,6 +26,7 @@ from gateway.history.store import store_history
 from gateway.kafka.consumer import Sink, TelemetryConsumer
 from gateway.kafka.topics import telemetry_topic
 from gateway.live.push import push_telemetry
+from gateway.sessions.silence import SilentSessionCloser
 from gateway.sessions.sink import SessionSink
 from gateway.storage import store_latest
 
@@ -75,7 +77,12 @@ def history_group(*, topic: str | None = None, **options: Any) -> SinkGroup:
         **options,
     )
     # Partitions ahead, rollups of completed minutes, retention: beside the consumer that stores.
-    jobs = {"the history maintenance": (run_maintenance, "history is no longer rolled up nor pruned")}
+    # Sessions of chargers that went silent (no record will come to end them), once caught up.
+    closer = SilentSessionCloser(caught_up=lambda: consumer.caught_up)
+    jobs = {
+        "the history maintenance": (run_maintenance, "history is no longer rolled up nor pruned"),
+        "the silent session closer": (closer, "sessions of chargers that went silent stay open"),
+    }
     return SinkGroup(HISTORY, consumer, jobs)
 
 

@@ -11,7 +11,9 @@ When a session starts and ends follows OCPP 1.6's connector statuses, which Oper
   charge) and through `offline` for up to MAX_SILENCE_S: a charger that comes back within that
   time continues its session. Once a record arrives more than MAX_SILENCE_S after the last
   record that was not offline (offline records, or nothing at all because the poller stopped),
-  the session ends at that last online record (reason `offline`).
+  the session ends at that last online record (reason `offline`). If no record comes at all, the
+  history group's job (gateway/sessions/silence.py) ends it the same way by the clock; a closed
+  session is never reopened: a later `charging` record starts a new one.
 
 Energy is the difference of one counter: the meter total (energy_total_wh) if the charger reports
 one, else its session energy (session_energy_wh), chosen at the first reading and kept for the

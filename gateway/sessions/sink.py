@@ -43,10 +43,16 @@ def to_row(state: SessionState, charge_point_id: int | None) -> ChargingSession:
     return row
 
 
-def newest_sessions(slugs: set[str]) -> dict[str, SessionState]:
-    """The newest session (open or closed) of each of these charge points that has one."""
+def newest_sessions(slugs: set[str], *, lock: bool = False) -> dict[str, SessionState]:
+    """The newest session (open or closed) of each of these charge points that has one.
+
+    lock (inside a transaction): lock those rows until it ends, so the job that closes silent
+    sessions (gateway/sessions/silence.py) waits for this batch's update or this batch sees its.
+    """
     newest = ChargingSession.objects.filter(charge_point_slug=OuterRef("charge_point_slug")).order_by("-started_at")
     rows = ChargingSession.objects.filter(charge_point_slug__in=slugs, pk=Subquery(newest.values("pk")[:1]))
+    if lock:
+        rows = rows.select_for_update()
     return {row.charge_point_slug: to_state(row) for row in rows}
 
 
@@ -81,7 +87,7 @@ def save_sessions(records: list[Record], unknown: set[str] | None = None) -> lis
                 unknown.add(slug)
     changed: list[SessionState] = []
     with transaction.atomic():
-        latest = newest_sessions(set(ids))
+        latest = newest_sessions(set(ids), lock=True)
         for slug, batch in by_charge_point.items():
             if slug in ids:
                 changed += derive_sessions(latest.get(slug), batch, previous_record)
