@@ -29,6 +29,7 @@ from gateway.simulator.behaviour import Phase
 from gateway.simulator.fleet import SimulatorFleet
 from tests.conftest import make_charge_point
 from tests.kafka_read import read_all
+from tests.test_alerts import create_builtin_rules
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -88,6 +89,7 @@ async def closed_sessions(slug: str) -> int:
 async def test_the_chain_stores_history_once_derives_a_session_and_raises_and_clears_an_alert(
     kafka, site, generic_profile
 ) -> None:
+    await sync_to_async(create_builtin_rules)()  # migration 0010's rows: a transactional test before flushed them
     fleet = SimulatorFleet(GENERIC, 2, base_port=0, seed=11, speedup=SPEEDUP)
     await fleet.start()
     try:
