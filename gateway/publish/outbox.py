@@ -216,10 +216,11 @@ class Outbox:
             self._cold = False
         return list(itertools.islice(self._memory, limit))
 
-    def remove(self, ids: Collection[int]) -> None:
-        """Delete delivered messages (ids already dropped by the limits are ignored)."""
+    def remove(self, ids: Collection[int]) -> int:
+        """Delete delivered messages; returns how many were still stored (ids already dropped by the
+        limits while they were in flight are ignored: they were counted as dropped)."""
         if not ids:
-            return
+            return 0
         wanted = set(ids)
         removed, freed = self._remove_from_memory(wanted)
         ranges = id_ranges(wanted)
@@ -235,6 +236,7 @@ class Outbox:
             self._db.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?", ranges)
         self._count -= removed
         self._size -= freed
+        return removed
 
     def oldest_age_s(self) -> float | None:
         """Seconds since the oldest stored message was appended; None when empty."""

@@ -199,8 +199,9 @@ class OutboxPublisher:
             result = await self.transport.send(entries)
         finally:
             self.in_flight = 0
-        self.outbox.remove(result.acked)
-        self.stats.delivered += len(result.acked)
+        # A record the full outbox dropped while it was in flight was counted as dropped already:
+        # each record is counted once (published = delivered + dropped + buffered).
+        self.stats.delivered += self.outbox.remove(result.acked)
         if result.error is not None:
             self.stats.failed_sends += len(entries) - len(result.acked)
             error = result.error
