@@ -419,7 +419,7 @@ def test_static_assets_are_served(client: Client) -> None:
         ("/static/vendor/plotly.min.js", b"plotly.js"),
         ("/static/gateway/live.js", b"connectLive"),
         ("/static/gateway/fleet.js", b"loadPowerHistory"),
-        ("/static/gateway/charge_point.js", b"load(\"hour\")"),
+        ("/static/gateway/charge_point.js", b'load("hour")'),
         ("/static/gateway/evdash.css", b".tile"),
     ):
         response = client.get(path)
