@@ -292,6 +292,7 @@ async def measure(port: int, cookie: str, plan: Plan, env: dict[str, str]) -> li
             for key in ("records_per_s", "cpu_us_per_record", "decode_us_per_record"):
                 row[key] = statistics.median(r[key] for r in runs)
             row["store_us_per_record"] = statistics.median(r["store_us_per_record"] for r in runs)
+            row["alerts_us_per_record"] = statistics.median(r["alerts_us_per_record"] for r in runs)
             row["push_us_per_record"] = statistics.median(r["push_us_per_record"] for r in runs)
             row["fleet_delivered_pct"] = 100.0 * fleet_received / result["fleet_pushed"]
             row["charge_point_page_delivered_pct"] = 100.0 * min(received[FLEET_LISTENERS + 1 :]) / cp_expected
