@@ -4,7 +4,8 @@ Thin views: they check the input and call gateway.history.query, which picks raw
 server-side buckets so that a week of 1 Hz data stays a few thousand points.
 
 - GET /chargepoints/<slug>/history/?range=hour|day|week (ending now), or ?start=&end= (ISO 8601
-  with a time zone; end defaults to now), optional &max_points= (10 to 5000, default 1500)
+  with a time zone; end defaults to now), optional &max_points= (10 to 5000, default 1500) and
+  &roles=power_w,current_l1_a (the values to send; default all)
   -> charge_point_series(...) plus "range" and "server_now".
 - GET /fleet/power-history/?window_s=600&site=&bucket_s= -> fleet_power_series(...) over the
   completed buckets of the last window_s seconds, plus "window_s", "site" and "server_now".
@@ -121,9 +122,10 @@ def charge_point_history(request: HttpRequest, slug: str) -> HttpResponse:
     try:
         name, start, end = requested_span(request, now)
         max_points = int(parse_number(request, "max_points", MAX_POINTS_DEFAULT, MAX_POINTS_MIN, MAX_POINTS_MAX))
-    except BadRequest as error:
+        roles = [role.strip() for role in request.GET.get("roles", "").split(",") if role.strip()]
+        series = charge_point_series(slug, start, end, max_points=max_points, roles=roles or None)
+    except (BadRequest, ValueError) as error:
         return json_error(str(error), 400)
-    series = charge_point_series(slug, start, end, max_points=max_points)
     return JsonResponse(series | {"range": name, "server_now": format_ts(now)})
 
 

@@ -99,6 +99,7 @@ def test_only_get_and_head(admin_client: Client, client: Client, cp: ChargePoint
         ({"max_points": "5"}, "max_points must be between 10 and 5000"),
         ({"max_points": "5001"}, "max_points must be between 10 and 5000"),
         ({"max_points": "nan"}, "max_points must be between"),
+        ({"roles": "power_w,voltage_l9_v"}, "unknown values voltage_l9_v"),
     ],
 )
 def test_charge_point_history_refuses_bad_input_with_a_reason(
@@ -185,6 +186,18 @@ def test_a_range_beyond_max_points_is_bucketed_on_the_server(admin_client: Clien
     assert sum(len(v) for v in expected.values()) == 3000  # every sample in one bucket
     # The seam is still the newest raw sample, whatever the buckets.
     assert answer["last"] == {"ts": format_ts(times[-1]), "seq": 3000}
+
+
+def test_roles_send_only_the_values_asked_for_raw_and_bucketed(admin_client: Client, cp: ChargePoint) -> None:
+    rows = add_samples(cp, seconds_before_now(300, 1.0))
+    everything = admin_client.get(history_url(), {"range": "hour"})
+    raw = admin_client.get(history_url(), {"range": "hour", "roles": "power_w,current_l1_a"})
+    assert set(raw.json()["values"]) == {"power_w", "current_l1_a"}
+    assert raw.json()["values"]["power_w"] == [row.power_w for row in rows]
+    assert len(raw.content) < len(everything.content)  # what the page saves on every load
+    bucketed = admin_client.get(history_url(), {"range": "hour", "roles": "power_w", "max_points": "10"}).json()
+    assert bucketed["bucket_s"] > 0
+    assert set(bucketed["values"]) == set(bucketed["min"]) == set(bucketed["max"]) == {"power_w"}
 
 
 def test_the_default_bound_is_1500_points_and_a_larger_one_sends_raw(admin_client: Client, cp: ChargePoint) -> None:

@@ -239,6 +239,8 @@
   const HOUR_MAX_POINTS = 5000;
   // Day, week and custom ranges: the server's default bucketing target.
   const HISTORY_POINTS = 1500;
+  // The values the charts draw (historyPoint and the band): the history sends only these.
+  const CHART_ROLES = ["power_w", "current_l1_a", "current_l2_a", "current_l3_a"];
   // What a following chart holds at most: two hours at 1 Hz. A poller faster than 0.5 s reaches it
   // before the hour is over; its oldest points then leave first.
   const LIVE_MAX_POINTS = 7200;
@@ -378,7 +380,8 @@
   async function fetchHistory(params) {
     if (!historyUrl) return { error: "no history here" };
     try {
-      const response = await fetch(`${historyUrl}?${new URLSearchParams(params)}`, {
+      const query = new URLSearchParams({ ...params, roles: CHART_ROLES.join(",") });
+      const response = await fetch(`${historyUrl}?${query}`, {
         headers: { Accept: "application/json" },
         credentials: "same-origin",
       });
