@@ -2,39 +2,57 @@
 
 The maintenance rolls up the completed minutes since the newest rollup (less a look-back for
 records that arrive a little late), or since the oldest record the sink stored out of order (an
-outbox replayed after an outage: the sink notes it). Each minute is recomputed from its raw
-samples and upserted, so rolling a minute up twice gives the same row.
+outbox replayed after an outage: the sink notes it in the database, RollupBacklog, in the
+transaction that stores the records, and the note goes only once a roll-up covered it, so a
+restart in between loses nothing). Each minute is recomputed from its raw samples and upserted,
+so rolling a minute up twice gives the same row.
 """
 
-import threading
 from datetime import UTC, datetime, timedelta
 
 from django.db import connection
 
 from gateway.history import partitions
 from gateway.history.query import ROLLUP_TABLE, SAMPLE_TABLE, db_datetime, rolled_up_until
-from gateway.models.history import HISTORY_ROLES
+from gateway.models.history import HISTORY_ROLES, RollupBacklog
 
 # Records a little late (the history group behind by a batch) still land in minutes recomputed.
 LOOKBACK = timedelta(minutes=5)
 
-_pending_lock = threading.Lock()
-_pending_since: datetime | None = None
+PENDING = "pending"  # the one row of RollupBacklog
+NOTE_PENDING_SQL = {
+    "postgresql": (
+        "INSERT INTO gateway_rollupbacklog (name, since) VALUES (%s, %s) ON CONFLICT (name) "
+        "DO UPDATE SET since = LEAST(gateway_rollupbacklog.since, excluded.since)"
+    ),
+    "sqlite": (
+        "INSERT INTO gateway_rollupbacklog (name, since) VALUES (%s, %s) ON CONFLICT (name) "
+        "DO UPDATE SET since = min(gateway_rollupbacklog.since, excluded.since)"
+    ),
+}
 
 
-def note_stored(oldest: datetime) -> None:
-    """The sink stored records from `oldest` on: the next roll-up covers their minutes."""
-    global _pending_since
-    with _pending_lock:
-        if _pending_since is None or oldest < _pending_since:
-            _pending_since = oldest
+def note_stored(oldest: datetime, now: datetime | None = None) -> None:
+    """The sink stored records from `oldest` on (call it in the transaction that stored them): if
+    they are older than the roll-up's look-back, note it durably, so the next roll-up covers them.
+
+    Records of the last few minutes need no note (the look-back covers them): live traffic writes
+    nothing here, only a replay of old records does.
+    """
+    if oldest >= (now or datetime.now(UTC)) - LOOKBACK:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(NOTE_PENDING_SQL[connection.vendor], [PENDING, db_datetime(oldest)])
 
 
-def _take_pending() -> datetime | None:
-    global _pending_since
-    with _pending_lock:
-        pending, _pending_since = _pending_since, None
-    return pending
+def pending_since() -> datetime | None:
+    """The oldest out-of-order record noted and not yet rolled up, if any."""
+    return RollupBacklog.objects.filter(name=PENDING).values_list("since", flat=True).first()
+
+
+def _done_pending(since: datetime) -> None:
+    # Conditional: a note of older records written meanwhile stays for the next roll-up.
+    RollupBacklog.objects.filter(name=PENDING, since=since).delete()
 
 
 def floor_minute(moment: datetime) -> datetime:
@@ -59,7 +77,7 @@ def _oldest_sample() -> datetime | None:
 def roll_up(*, since: datetime | None = None, now: datetime | None = None) -> int:
     """Roll up the completed minutes from `since` (default: see the module) to now; returns the rows written."""
     until = floor_minute(now or datetime.now(UTC))
-    pending = _take_pending()
+    pending = pending_since()
     if since is None:
         rolled = rolled_up_until()
         since = rolled - LOOKBACK if rolled else _oldest_sample()
@@ -93,4 +111,7 @@ def roll_up(*, since: datetime | None = None, now: datetime | None = None) -> in
     """  # noqa: S608 - table and column names are constants
     with connection.cursor() as cursor:
         cursor.execute(sql, [db_datetime(since), db_datetime(until)])
-        return cursor.rowcount
+        written = cursor.rowcount
+    if pending is not None and since <= floor_minute(pending):
+        _done_pending(pending)
+    return written

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 from asgiref.sync import sync_to_async
-from django.db import connection
+from django.db import connection, transaction
 
 from gateway.conf import setting
 from gateway.history import partitions, rollups
@@ -72,14 +72,16 @@ def save_history(records: list[Record]) -> int:
         return 0
     close_stale_connection()
     cutoff = raw_cutoff()
-    if connection.vendor == "postgresql":
-        stored, oldest, unknown = _insert_postgresql(records, cutoff)
-    else:
-        stored, oldest, unknown = _insert_orm(records, cutoff)
+    # The records and, for old ones, the roll-up's note of them: both or neither.
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            stored, oldest, unknown = _insert_postgresql(records, cutoff)
+        else:
+            stored, oldest, unknown = _insert_orm(records, cutoff)
+        if oldest is not None:
+            rollups.note_stored(oldest)
     for slug in sorted(unknown):
         logger.warning("telemetry for unknown charge point %r not stored in the history", slug)
-    if oldest is not None:
-        rollups.note_stored(oldest)
     return stored
 
 

@@ -2,7 +2,7 @@
 
 from gateway.models.alerts import Alert, AlertRule
 from gateway.models.commands import Command
-from gateway.models.history import TelemetryRollup, TelemetrySample
+from gateway.models.history import RollupBacklog, TelemetryRollup, TelemetrySample
 from gateway.models.profiles import DeviceProfile, Register, StatusRule
 from gateway.models.sessions import ChargingSession
 from gateway.models.sites import ChargePoint, Site
@@ -17,6 +17,7 @@ __all__ = [
     "DeviceProfile",
     "LatestTelemetry",
     "Register",
+    "RollupBacklog",
     "Site",
     "StatusRule",
     "TelemetryRollup",

@@ -117,3 +117,19 @@ class TelemetryRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.charge_point_id} @ {self.minute.isoformat()} ({self.samples} samples)"
+
+
+class RollupBacklog(models.Model):
+    """Raw samples stored out of order (an outbox replayed after an outage, a history group catching
+    up) whose minutes the next roll-up must recompute, beyond its usual look-back.
+
+    One row (name "pending") holding the oldest such sample's time: written in the transaction that
+    stores the samples, removed only after the roll-up that covered it, so a consumer that dies in
+    between loses nothing.
+    """
+
+    name = models.CharField(max_length=16, primary_key=True)
+    since = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"roll up again from {self.since.isoformat()}"
