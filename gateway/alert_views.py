@@ -1,17 +1,15 @@
 """Alert pages: GET /alerts/ (filtered and paginated; ?format=json is the fleet page's alert feed)
 and POST /alerts/<id>/acknowledge/ (login and CSRF; gateway.alerts.actions.acknowledge does the work).
 
-The views only read and render: raising, clearing and acknowledging (the timestamps, who, the
-Kafka message and the live push) belong to gateway/alerts/.
+The views only render: raising, clearing and acknowledging (the timestamps, who, the Kafka message
+and the live push) belong to gateway/alerts/, and the filters to gateway/alerts/report.py.
 """
 
 import uuid
-from typing import Any
 
 from django import forms
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -21,50 +19,13 @@ from django.views.decorators.http import require_POST, require_safe
 
 from gateway.alerts.actions import acknowledge as acknowledge_alert
 from gateway.alerts.messages import alert_json
-from gateway.choices import AlertSeverity
-from gateway.models import Alert, Site
+from gateway.alerts.report import DEFAULT_STATE, STATES, AlertFilterForm
+from gateway.models import Alert
 from gateway.telemetry import format_ts
 
 ALERTS_PER_PAGE = 50
 # The fleet page's feed asks for the alerts that need attention: more than this is a page to open.
 FEED_MAX_ALERTS = 100
-STATES = {
-    # Still active, or cleared before anyone acknowledged it: what an operator has not dealt with.
-    "attention": ("Needs attention", Q(cleared_at__isnull=True) | Q(acknowledged_at__isnull=True)),
-    "active": ("Active", Q(cleared_at__isnull=True)),
-    "unacknowledged": ("Unacknowledged", Q(acknowledged_at__isnull=True)),
-    "all": ("All", Q()),
-}
-DEFAULT_STATE = "attention"
-
-
-class AlertFilterForm(forms.Form):
-    """The filters of /alerts/ (all optional: an empty one does not filter)."""
-
-    state = forms.ChoiceField(choices=[(key, label) for key, (label, _) in STATES.items()], required=False)
-    severity = forms.ChoiceField(choices=[("", "Any severity"), *AlertSeverity.choices], required=False)
-    site = forms.ChoiceField(required=False)
-    charge_point = forms.SlugField(required=False)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Sites that exist, and those only old alerts still name (the alert keeps the slug as text).
-        names = dict(Site.objects.values_list("slug", "name"))
-        for slug in Alert.objects.exclude(site_slug="").values_list("site_slug", flat=True).distinct():
-            names.setdefault(slug, slug)
-        self.fields["site"].choices = [("", "All sites"), *sorted(names.items(), key=lambda item: item[1].lower())]
-
-    def filter(self, alerts: QuerySet[Alert]) -> QuerySet[Alert]:
-        """`alerts` narrowed to the valid form's filters."""
-        data = self.cleaned_data
-        alerts = alerts.filter(STATES[data["state"] or DEFAULT_STATE][1])
-        if data["severity"]:
-            alerts = alerts.filter(severity=data["severity"])
-        if data["site"]:
-            alerts = alerts.filter(site_slug=data["site"])
-        if data["charge_point"]:
-            alerts = alerts.filter(charge_point_slug=data["charge_point"])
-        return alerts
 
 
 def wants_json(request: HttpRequest) -> bool:
