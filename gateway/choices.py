@@ -159,6 +159,22 @@ class AlertKind(models.TextChoices):
     THRESHOLD = "threshold", "Threshold on a value"
 
 
+class DeliveryChannel(models.TextChoices):
+    """Where an alert event is delivered: the alerts topic, e-mail, a webhook."""
+
+    KAFKA = "kafka", "Alerts topic"
+    EMAIL = "email", "E-mail"
+    WEBHOOK = "webhook", "Webhook"
+
+
+class DeliveryStatus(models.TextChoices):
+    """An owed delivery is pending until delivered (done) or given up after its attempts."""
+
+    PENDING = "pending", "Pending"
+    DONE = "done", "Delivered"
+    GIVEN_UP = "given_up", "Given up"
+
+
 class AlertSeverity(models.TextChoices):
     INFO = "info", "Info"
     WARNING = "warning", "Warning"

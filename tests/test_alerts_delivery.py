@@ -1,6 +1,7 @@
 """Alert delivery: e-mail through Django's mail (locmem), webhooks to real local HTTP servers (one
 answering, one refusing, one hanging: bounded retries, the consumer never waits), and the alerts
-topic on the real Kafka (raised, cleared, acknowledged), with the live group's consumer running."""
+topic on the real Kafka (raised, cleared, acknowledged), with the live group's consumer running.
+Durable: what is owed when a notifier stops is delivered once by the next one; given up is final."""
 
 import asyncio
 import json
@@ -13,6 +14,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connections
 
@@ -20,10 +22,10 @@ from gateway import services, sinks
 from gateway.alerts.actions import acknowledge
 from gateway.alerts.engine import AlertEngine
 from gateway.alerts.notify import AlertNotifier
-from gateway.choices import AlertKind
+from gateway.choices import AlertKind, DeliveryChannel, DeliveryStatus
 from gateway.kafka.config import producer_options
 from gateway.kafka.topics import alerts_topic, ensure_topics, telemetry_topic
-from gateway.models import Alert, AlertRule, ChargePoint, DeviceProfile, Site
+from gateway.models import Alert, AlertDelivery, AlertRule, ChargePoint, DeviceProfile, Site
 from gateway.runtime import Backoff
 from gateway.telemetry import encode_record
 from tests.conftest import make_charge_point, wait_for, within
@@ -64,6 +66,11 @@ class Receiver:
     async def start(self) -> "Receiver":
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         return self
+
+    def answer(self) -> None:
+        """From now on answer 204 (a request hanging meanwhile is closed unanswered)."""
+        self.hang = False
+        self._released.set()
 
     async def stop(self) -> None:
         self._released.set()
@@ -230,3 +237,141 @@ async def test_the_live_group_publishes_alerts_on_the_alerts_topic_while_a_webho
     assert acknowledged.acknowledged_by_name == again.acknowledged_by_name == "operator"
     assert again.acknowledged_at == acknowledged.acknowledged_at
     assert len(await read_all(alerts_topic())) == 3
+
+
+async def statuses(channel: str) -> list[tuple[str, str, int]]:
+    """(event, status, failed attempts) of the deliveries of a channel, oldest first."""
+    rows = AlertDelivery.objects.filter(channel=channel).order_by("id")
+    return [(row.event, row.status, row.attempts) async for row in rows]
+
+
+async def test_what_is_owed_when_the_notifier_stops_is_delivered_once_by_the_next_one(
+    kafka: dict, fleet: list[ChargePoint], receivers: dict[str, Receiver], mailoutbox: list, monkeypatch
+) -> None:
+    hook = receivers["hanging"]
+    await AlertRule.objects.filter(kind=AlertKind.FAULTED).aupdate(
+        webhook_url=hook.url, notify_emails="ops@example.com"
+    )
+    await ensure_topics([alerts_topic()])
+    # The first notifier: the broker unreachable, the webhook hanging (longer than the test waits).
+    monkeypatch.setitem(settings.EVDASH, "KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{free_port_run(1)}")
+    first = AlertNotifier(webhook_timeout_s=60.0)
+    engine = AlertEngine(clock=Clock(), notifier=first)
+    stop = asyncio.Event()
+    task = await run_jobs(engine, stop)
+    try:
+        await engine([record("cp-1", 1, "faulted", error_code=7)])
+        await engine([record("cp-1", 2, "available")])
+        await wait_for(
+            lambda: hook.requests == 2 and first.stats.sent == 2, what="both webhooks hanging, the mails sent"
+        )
+    finally:
+        stop.set()
+        await within(task, 5)
+    assert first.stats.published == 0
+    owed = [("raised", DeliveryStatus.PENDING, 0), ("cleared", DeliveryStatus.PENDING, 0)]
+    assert await statuses(DeliveryChannel.KAFKA) == owed
+    assert await statuses(DeliveryChannel.WEBHOOK) == owed
+    assert [status for _, status, _ in await statuses(DeliveryChannel.EMAIL)] == [DeliveryStatus.DONE] * 2
+
+    # A restart: the broker and the receiver are back.
+    monkeypatch.setitem(settings.EVDASH, "KAFKA_BOOTSTRAP_SERVERS", kafka["KAFKA_BOOTSTRAP_SERVERS"])
+    hook.answer()
+    for restart in (1, 2):
+        notifier = AlertNotifier()
+        stop = asyncio.Event()
+        task = asyncio.create_task(notifier.run(stop))
+        try:
+            await within(notifier.started.wait(), 5)
+            if restart == 1:
+                assert notifier.stats.resumed == 4  # two events: the topic and the webhook each
+                await wait_for(
+                    lambda notifier=notifier: notifier.stats.published == 2 and notifier.stats.sent == 2,
+                    what="the owed delivered",
+                )
+            else:
+                assert notifier.stats.resumed == 0  # the second restart owes nothing
+        finally:
+            stop.set()
+            await within(task, 5)
+        done = [("raised", DeliveryStatus.DONE, 0), ("cleared", DeliveryStatus.DONE, 0)]
+        assert await statuses(DeliveryChannel.KAFKA) == await statuses(DeliveryChannel.WEBHOOK) == done
+    alert = await Alert.objects.aget()
+    published = [orjson.loads(message.value) for message in await read_all(alerts_topic())]
+    assert [(m["id"], m["event"]) for m in published] == [(str(alert.id), "raised"), (str(alert.id), "cleared")]
+    # Webhooks go out in parallel (one worker each): in any order, once each.
+    bodies = {body["event"]: body for body in hook.bodies}
+    assert len(hook.bodies) == 2 and set(bodies) == {"raised", "cleared"}
+    assert all(body["id"] == str(alert.id) for body in hook.bodies)
+    # The raise delivered after the clear is the message of the raise, as it was then.
+    assert published[0]["cleared_at"] is None and bodies["raised"]["cleared_at"] is None
+    assert hook.requests == 4 and len(mailoutbox) == 2  # two hanging, then one per event; mails once
+
+
+async def test_a_webhook_that_keeps_failing_is_given_up_after_its_attempts_and_not_tried_at_the_next_start(
+    fleet: list[ChargePoint], receivers: dict[str, Receiver]
+) -> None:
+    hook = receivers["hanging"]
+    await AlertRule.objects.filter(kind=AlertKind.FAULTED).aupdate(webhook_url=hook.url)
+    attempts = 3
+
+    def notifier() -> AlertNotifier:
+        return AlertNotifier(
+            publish=False, webhook_timeout_s=0.2, attempts=attempts, retry=lambda: Backoff(first_s=0.05, max_s=0.1)
+        )
+
+    first = notifier()
+    engine = AlertEngine(clock=Clock(), notifier=first)
+    stop = asyncio.Event()
+    task = await run_jobs(engine, stop)
+    try:
+        await engine([record("cp-1", 1, "faulted")])
+        await wait_for(lambda: first.stats.failed == 1, what="the webhook given up")
+    finally:
+        stop.set()
+        await within(task, 5)
+    assert hook.requests == attempts
+    assert await statuses(DeliveryChannel.WEBHOOK) == [("raised", DeliveryStatus.GIVEN_UP, attempts)]
+
+    second = notifier()
+    stop = asyncio.Event()
+    task = asyncio.create_task(second.run(stop))
+    try:
+        await within(second.started.wait(), 5)
+    finally:
+        stop.set()
+        await within(task, 5)
+    assert second.stats.resumed == 0 and hook.requests == attempts
+    assert await statuses(DeliveryChannel.WEBHOOK) == [("raised", DeliveryStatus.GIVEN_UP, attempts)]
+    # The topic's delivery (this notifier does not publish) is still owed, for one that does.
+    assert await statuses(DeliveryChannel.KAFKA) == [("raised", DeliveryStatus.PENDING, 0)]
+
+
+async def test_failed_attempts_count_across_restarts(fleet: list[ChargePoint], receivers: dict[str, Receiver]) -> None:
+    """A receiver that fails before and after a restart gets `attempts` tries in all, not per start."""
+    hook = receivers["hanging"]
+    await AlertRule.objects.filter(kind=AlertKind.FAULTED).aupdate(webhook_url=hook.url)
+    slow = Backoff(first_s=60.0, max_s=60.0)  # the first notifier stops while waiting to retry
+    first = AlertNotifier(publish=False, webhook_timeout_s=0.2, attempts=3, retry=lambda: slow)
+    engine = AlertEngine(clock=Clock(), notifier=first)
+    stop = asyncio.Event()
+    task = await run_jobs(engine, stop)
+    try:
+        await engine([record("cp-1", 1, "faulted")])
+        await wait_for(lambda: first.stats.retried == 1, what="the first attempt failed")
+    finally:
+        stop.set()
+        await within(task, 5)
+    assert await statuses(DeliveryChannel.WEBHOOK) == [("raised", DeliveryStatus.PENDING, 1)]
+    second = AlertNotifier(
+        publish=False, webhook_timeout_s=0.2, attempts=3, retry=lambda: Backoff(first_s=0.05, max_s=0.1)
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(second.run(stop))
+    try:
+        await wait_for(lambda: second.stats.failed == 1, what="the webhook given up")
+    finally:
+        stop.set()
+        await within(task, 5)
+    assert hook.requests == 3 and second.stats.retried == 1
+    assert await statuses(DeliveryChannel.WEBHOOK) == [("raised", DeliveryStatus.GIVEN_UP, 3)]

@@ -17,9 +17,9 @@ charge point's last applied (ts, seq) are skipped, and a restarted engine loads 
 and skips redelivered records up to the last stored event of each charge point, so the same
 records twice raise nothing twice. Stores that fail are kept and retried before the next batch.
 
-What happens is stored, then pushed to the pages (gateway.live.push.push_alerts) and queued for
-the notifier (gateway/alerts/notify.py: the alerts topic, e-mail, webhooks), which never holds up
-a batch.
+What happens is stored with the deliveries it owes (one transaction per event), then pushed to the
+pages (gateway.live.push.push_alerts) and handed to the notifier (gateway/alerts/notify.py: the
+alerts topic, e-mail, webhooks), which never holds up a batch.
 """
 
 import asyncio
@@ -366,11 +366,8 @@ class AlertEngine:
                         episode.alert_id = saved.adopted[episode.alert_id]
         if not saved.announced:
             return
-        messages = []
-        for alert, event, rule in saved.announced:
-            message = alert_json(alert, event)
-            messages.append(message)
-            self.notifier.enqueue(message, rule.notify_emails, rule.webhook_url)
+        self.notifier.enqueue(saved.deliveries)
+        messages = [alert_json(alert, event) for alert, event, _rule in saved.announced]
         try:
             await push_alerts(messages)
         except Exception:  # the pages miss an update (they reload the open alerts): not the batch's failure

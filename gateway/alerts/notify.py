@@ -1,21 +1,28 @@
-"""Delivery of alerts beyond the database: the alerts topic, e-mail and webhooks, from in-memory queues.
+"""Delivery of alerts beyond the database: the alerts topic, e-mail and webhooks, from a durable outbox.
 
-The engine only enqueues (never waits), and the notifier job drains the queues beside the
-consumer: a mail server or a webhook receiver that is down, refuses or hangs costs its own
-deliveries (each bounded by a timeout and a few retries with backoff), never a telemetry batch.
+Each stored event (raised, cleared, acknowledged) records in its own transaction the deliveries it
+owes (AlertDelivery rows, gateway/alerts/store.py owe()): the alerts topic always, e-mail and
+webhook per the rule. The engine hands them to the notifier (never waits), whose job drains them
+beside the consumer and marks each one done once delivered (a conditional update: done once). A
+mail server or a webhook receiver that is down, refuses or hangs costs its own deliveries (each
+bounded by a timeout and a few retries with backoff), never a telemetry batch.
 
 - Kafka (evdash.alerts, key = charge point): published in order, retried with backoff until the
-  broker takes them (at least once: a consumer of the topic may see an event twice, same id and
-  event).
+  broker takes them. At least once: an event published but not yet marked done when the process
+  stopped is published again at the next start, so a consumer of the topic may see an event
+  twice; alert_json's id + event identify it (readers keep the first and ignore a repeat).
 - E-mail through Django's mail settings (EMAIL_HOST...; skipped with a warning when the SMTP
   backend has no EMAIL_HOST), one mail per rule to its notify_emails.
 - Webhook: the alert message POSTed as JSON to the rule's webhook_url.
 Mail and webhooks run in a small thread pool of their own: a hanging receiver never holds the
-event loop's default executor (which the Kafka clients use to resolve names).
+event loop's default executor (which the Kafka clients use to resolve names). Their failed
+attempts are counted on the row, across restarts: after `attempts` of them a delivery is given up
+(a warning, status given_up) and never tried again.
 
-The queues are bounded: past QUEUE_CAPACITY an entry is dropped (logged and counted) rather than
-memory growing while a receiver stays down. What is queued when the process stops is flushed for
-FLUSH_TIMEOUT_S, then lost: the alert itself is stored.
+Durable: what is owed when the process stops (a broker down, a receiver hanging) stays pending in
+the database, and a notifier that starts loads it and delivers it first. The in-memory queues are
+bounded: past QUEUE_CAPACITY the oldest entry leaves memory (logged and counted) but stays owed,
+for the next start. A notifier with publish=False leaves the topic's deliveries owed.
 """
 
 import asyncio
@@ -23,7 +30,7 @@ import logging
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -31,11 +38,16 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.mail import get_connection, send_mail
+from django.db import DatabaseError, close_old_connections
 
+from gateway.alerts import store
+from gateway.choices import DeliveryChannel
 from gateway.kafka.config import producer_options
 from gateway.kafka.topics import alerts_topic
+from gateway.models import AlertDelivery
 from gateway.runtime import Backoff
 
 logger = logging.getLogger(__name__)
@@ -52,18 +64,11 @@ FLUSH_TIMEOUT_S = 3.0
 SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """One notification: an e-mail to some addresses or a POST to a webhook, of one alert message."""
-
-    channel: str  # "email" or "webhook"
-    target: str | tuple[str, ...]
-    message: dict[str, Any]
-
-    def describe(self) -> str:
-        target = ", ".join(self.target) if isinstance(self.target, tuple) else self.target
-        message = self.message
-        return f"{self.channel} to {target} ({message['event']} {message['rule']} on {message['charge_point']})"
+def describe(delivery: AlertDelivery) -> str:
+    """e.g. "webhook to http://... (raised Charger faulted on cp-1)"."""
+    target = delivery.target.replace("\n", ", ")
+    message = delivery.message
+    return f"{delivery.channel} to {target} ({message['event']} {message['rule']} on {message['charge_point']})"
 
 
 @dataclass
@@ -72,11 +77,13 @@ class NotifierStats:
     sent: int = 0
     retried: int = 0
     failed: int = 0  # deliveries given up after ATTEMPTS
-    dropped: int = 0  # over QUEUE_CAPACITY
+    dropped: int = 0  # over QUEUE_CAPACITY (left in memory only: still owed, for the next start)
+    resumed: int = 0  # owed deliveries loaded and queued at start
 
 
 class AlertNotifier:
-    """Queues of alert messages to publish and notifications to deliver; run() drains them until stopped."""
+    """Queues of owed deliveries (alert messages to publish, notifications to send); run() loads those
+    owed from before, then drains them until stopped."""
 
     def __init__(
         self,
@@ -97,35 +104,47 @@ class AlertNotifier:
         self.capacity = capacity
         self.publish = publish  # False: nothing goes to Kafka (tests and tools without a broker)
         self.stats = NotifierStats()
-        self._messages: deque[dict[str, Any]] = deque()
-        self._deliveries: deque[Delivery] = deque()
+        self._messages: deque[AlertDelivery] = deque()  # the topic's
+        self._deliveries: deque[AlertDelivery] = deque()  # e-mails and webhooks
+        self._owned: set[int] = set()  # ids queued or in flight: a resumed one is not queued twice
         self._messages_ready = asyncio.Event()
         self._deliveries_ready = asyncio.Event()
         self._mail_warned = False
+        self.started = asyncio.Event()  # set once run() loaded what was owed
 
     @property
     def pending(self) -> int:
         return len(self._messages) + len(self._deliveries)
 
-    def enqueue(self, message: dict[str, Any], emails: tuple[str, ...] = (), webhook_url: str = "") -> None:
-        """Queue an alert message for the topic, and its notifications; never waits."""
-        if self.publish:
-            self._put(self._messages, message, self._messages_ready)
-        if emails:
-            self._put(self._deliveries, Delivery("email", emails, message), self._deliveries_ready)
-        if webhook_url:
-            self._put(self._deliveries, Delivery("webhook", webhook_url, message), self._deliveries_ready)
+    def enqueue(self, deliveries: Iterable[AlertDelivery]) -> None:
+        """Queue owed deliveries (stored already); never waits."""
+        for delivery in deliveries:
+            if delivery.id in self._owned:
+                continue
+            if delivery.channel == DeliveryChannel.KAFKA:
+                if self.publish:
+                    self._put(self._messages, delivery, self._messages_ready)
+            else:
+                self._put(self._deliveries, delivery, self._deliveries_ready)
 
-    def _put(self, queue: deque, item: Any, ready: asyncio.Event) -> None:
+    def _put(self, queue: deque[AlertDelivery], delivery: AlertDelivery, ready: asyncio.Event) -> None:
         if len(queue) >= self.capacity:
             dropped = queue.popleft()
+            self._owned.discard(dropped.id)
             self.stats.dropped += 1
-            logger.warning("alert notification queue full (%d): dropped the oldest (%s)", self.capacity, dropped)
-        queue.append(item)
+            logger.warning(
+                "alert notification queue full (%d): the oldest (%s) waits in the database for the next start",
+                self.capacity,
+                describe(dropped),
+            )
+        queue.append(delivery)
+        self._owned.add(delivery.id)
         ready.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Publish and deliver until stop is set; then a last publish of what is queued (FLUSH_TIMEOUT_S)."""
+        """Deliver what was owed, then publish and deliver until stop is set; then a last publish of
+        what is queued (FLUSH_TIMEOUT_S). What is left stays owed for the next start."""
+        await self._resume()
         executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="alert-notify")
         tasks = [
             asyncio.create_task(self._deliver_loop(stop, executor), name=f"alert-notify-{n}")
@@ -138,8 +157,35 @@ class AlertNotifier:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             executor.shutdown(wait=False, cancel_futures=True)
-            if self._deliveries:
-                logger.warning("%d alert notifications not delivered at shutdown", len(self._deliveries))
+            owed = len(self._messages) + len(self._deliveries)
+            if owed:
+                logger.warning("%d alert notifications not delivered at shutdown: owed, for the next start", owed)
+
+    async def _resume(self) -> None:
+        """Queue the deliveries still owed (oldest first, before any queued meanwhile)."""
+        try:
+            owed = await sync_to_async(store.owed_deliveries)()
+        except DatabaseError as exc:
+            logger.warning("could not load the owed alert notifications (%s); they wait for the next start", exc)
+            owed = []
+        before = len(self._owned)
+        self.enqueue(owed)
+        for queue in (self._messages, self._deliveries):
+            ordered = sorted(queue, key=lambda delivery: delivery.id)
+            queue.clear()
+            queue.extend(ordered)
+        self.stats.resumed = len(self._owned) - before
+        if self.stats.resumed:
+            logger.info("%d alert notifications owed from before: delivering them", self.stats.resumed)
+        self.started.set()
+
+    async def _mark_done(self, deliveries: list[AlertDelivery]) -> None:
+        try:
+            await sync_to_async(_mark_done)([delivery.id for delivery in deliveries])
+        except DatabaseError as exc:  # delivered but still owed: sent again at the next start
+            logger.warning("could not mark %d alert notifications delivered: %s", len(deliveries), exc)
+        for delivery in deliveries:
+            self._owned.discard(delivery.id)
 
     # Kafka
 
@@ -187,12 +233,15 @@ class AlertNotifier:
         topic = alerts_topic()
         async with asyncio.timeout(PUBLISH_TIMEOUT_S):
             sent = [
-                await producer.send(topic, orjson.dumps(message), key=message["charge_point"].encode())
-                for message in batch
+                await producer.send(
+                    topic, orjson.dumps(delivery.message), key=delivery.message["charge_point"].encode()
+                )
+                for delivery in batch
             ]
             await asyncio.gather(*sent)
         for _ in batch:
             self._messages.popleft()
+        await self._mark_done(batch)
         self.stats.published += len(batch)
 
     # Mail and webhooks
@@ -205,24 +254,27 @@ class AlertNotifier:
                 await _wait_either(stop, self._deliveries_ready)
                 continue
             delivery = self._deliveries.popleft()
-            send = self._send_mail if delivery.channel == "email" else self._post_webhook
+            send = self._send_mail if delivery.channel == DeliveryChannel.EMAIL else self._post_webhook
             backoff = self.retry()
-            for attempt in range(1, self.attempts + 1):
+            # Failed attempts are counted across restarts: a receiver that keeps failing is given up.
+            for attempt in range(delivery.attempts + 1, max(self.attempts, delivery.attempts + 1) + 1):
                 try:
                     # The thread's own timeout ends a hanging receiver; this one is the last word.
                     async with asyncio.timeout(self._timeout_s(delivery) + 1.0):
                         await loop.run_in_executor(executor, send, delivery)
                 except Exception as exc:  # whatever the receiver did, it is this delivery's failure
-                    if attempt == self.attempts:
+                    given_up = attempt >= self.attempts
+                    await self._note_failed(delivery, given_up)
+                    if given_up:
                         self.stats.failed += 1
-                        logger.error(
-                            "alert %s failed after %d attempts: %s", delivery.describe(), attempt, _reason(exc)
+                        logger.warning(
+                            "alert %s given up after %d attempts: %s", describe(delivery), attempt, _reason(exc)
                         )
                         break
                     self.stats.retried += 1
                     logger.warning(
                         "alert %s failed (attempt %d of %d: %s); retrying in %.1f s",
-                        delivery.describe(),
+                        describe(delivery),
                         attempt,
                         self.attempts,
                         _reason(exc),
@@ -231,15 +283,24 @@ class AlertNotifier:
                     if await backoff.wait(stop):
                         return
                 else:
+                    await self._mark_done([delivery])
                     self.stats.sent += 1
                     break
 
-    def _timeout_s(self, delivery: Delivery) -> float:
-        return self.mail_timeout_s if delivery.channel == "email" else self.webhook_timeout_s
+    async def _note_failed(self, delivery: AlertDelivery, given_up: bool) -> None:
+        delivery.attempts += 1
+        if given_up:
+            self._owned.discard(delivery.id)
+        try:
+            await sync_to_async(store.note_failed_attempt)(delivery.id, given_up)
+        except DatabaseError as exc:
+            logger.warning("could not note a failed attempt of alert %s: %s", describe(delivery), exc)
 
-    def _post_webhook(self, delivery: Delivery) -> None:
+    def _timeout_s(self, delivery: AlertDelivery) -> float:
+        return self.mail_timeout_s if delivery.channel == DeliveryChannel.EMAIL else self.webhook_timeout_s
+
+    def _post_webhook(self, delivery: AlertDelivery) -> None:
         """POST the message as JSON; any answer but 2xx is a failure (urllib raises HTTPError)."""
-        assert isinstance(delivery.target, str)
         request = urllib.request.Request(  # noqa: S310 (an http(s) URL from the rule's URLField)
             delivery.target,
             data=orjson.dumps(delivery.message),
@@ -249,7 +310,7 @@ class AlertNotifier:
         with urllib.request.urlopen(request, timeout=self.webhook_timeout_s) as response:  # noqa: S310
             response.read()
 
-    def _send_mail(self, delivery: Delivery) -> None:
+    def _send_mail(self, delivery: AlertDelivery) -> None:
         if settings.EMAIL_BACKEND == SMTP_BACKEND and not settings.EMAIL_HOST:
             if not self._mail_warned:
                 logger.warning("alert e-mails are not sent: EMAIL_HOST is not set")
@@ -258,7 +319,7 @@ class AlertNotifier:
         message = delivery.message
         subject, body = mail_text(message)
         connection = get_connection(timeout=self.mail_timeout_s)
-        send_mail(subject, body, None, list(delivery.target), connection=connection)
+        send_mail(subject, body, None, delivery.target.split("\n"), connection=connection)
 
 
 def mail_text(message: dict[str, Any]) -> tuple[str, str]:
@@ -278,6 +339,11 @@ def mail_text(message: dict[str, Any]) -> tuple[str, str]:
         lines.append(f"Value: {message['value']:g}")
     lines.append(f"Alert id: {message['id']}")
     return subject, "\n".join(lines) + "\n"
+
+
+def _mark_done(ids: list[int]) -> None:
+    close_old_connections()  # a long-running loop's connection may have gone stale
+    store.mark_done(ids)
 
 
 def _reason(exc: BaseException) -> str:

@@ -4,6 +4,10 @@ Writes are idempotent, so that a batch handled twice, or two consumers raising t
 change nothing: a raise creates the alert under the partial unique constraints of
 gateway/models/alerts.py (an open alert of the same rule and charge point, or an alert of the
 same rule and subject, is adopted instead), and a clear only updates an alert still open.
+
+An event stored also records, in the same transaction, the deliveries it owes (owe(): AlertDelivery
+rows, the outbox gateway/alerts/notify.py delivers): the alerts topic always, e-mail and webhook
+per the rule. A crash between the event and its deliveries loses neither.
 """
 
 import logging
@@ -13,12 +17,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db import IntegrityError, close_old_connections, transaction
-from django.db.models import Max, Q
+from django.db.models import F, Max, Q
+from django.utils import timezone
 
-from gateway.alerts.messages import CLEARED, RAISED
+from gateway.alerts.messages import CLEARED, RAISED, alert_json
 from gateway.alerts.rules import RECORD_KINDS, CompiledRule, compile_rule
-from gateway.choices import CommandStatus
-from gateway.models import Alert, AlertRule, ChargePoint, Command, LatestTelemetry
+from gateway.choices import CommandStatus, DeliveryChannel, DeliveryStatus
+from gateway.models import Alert, AlertDelivery, AlertRule, ChargePoint, Command, LatestTelemetry
 from gateway.readings import STALE_MIN_MS, is_stale
 from gateway.telemetry import format_ts
 
@@ -51,6 +56,7 @@ class Saved:
     # An engine's id -> the id of the alert already open in the database (raised by another consumer,
     # or before a restart): the engine's episode takes the stored one.
     adopted: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)
+    deliveries: list[AlertDelivery] = field(default_factory=list)  # owed by the announced events
 
 
 def load_rules() -> list[CompiledRule]:
@@ -130,10 +136,52 @@ def save_events(events: list[AlertEvent], ids: dict[str, int]) -> Saved:
             if alert is not None:
                 saved.announced.append((alert, RAISED, event.rule))
         else:
-            alert = _clear(alert_id, event.at)
+            alert = _clear(alert_id, event.at, event.rule, saved)
             if alert is not None:
                 saved.announced.append((alert, CLEARED, event.rule))
     return saved
+
+
+def owe(alert: Alert, event: str, emails: tuple[str, ...] = (), webhook_url: str = "") -> list[AlertDelivery]:
+    """Record the deliveries an event owes (call it in the event's transaction): the alerts topic,
+    and the rule's e-mail and webhook."""
+    message = alert_json(alert, event)
+    owed = [AlertDelivery(alert=alert, event=event, channel=DeliveryChannel.KAFKA, message=message)]
+    if emails:
+        owed.append(
+            AlertDelivery(
+                alert=alert, event=event, channel=DeliveryChannel.EMAIL, target="\n".join(emails), message=message
+            )
+        )
+    if webhook_url:
+        owed.append(
+            AlertDelivery(
+                alert=alert, event=event, channel=DeliveryChannel.WEBHOOK, target=webhook_url, message=message
+            )
+        )
+    return AlertDelivery.objects.bulk_create(owed)
+
+
+def owed_deliveries() -> list[AlertDelivery]:
+    """The deliveries still pending, oldest first: a notifier that starts delivers them."""
+    close_old_connections()
+    return list(AlertDelivery.objects.filter(status=DeliveryStatus.PENDING).order_by("id"))
+
+
+def mark_done(ids: list[int]) -> int:
+    """Delivered: only those still pending change (conditional), so a delivery is done once."""
+    return AlertDelivery.objects.filter(id__in=ids, status=DeliveryStatus.PENDING).update(
+        status=DeliveryStatus.DONE, done_at=timezone.now()
+    )
+
+
+def note_failed_attempt(delivery_id: int, given_up: bool) -> None:
+    """One more failed attempt (counted across restarts); past the last one the delivery is given up."""
+    close_old_connections()
+    changes: dict = {"attempts": F("attempts") + 1}
+    if given_up:
+        changes |= {"status": DeliveryStatus.GIVEN_UP, "done_at": timezone.now()}
+    AlertDelivery.objects.filter(id=delivery_id, status=DeliveryStatus.PENDING).update(**changes)
 
 
 def _raise(event: AlertEvent, alert_id: uuid.UUID, ids: dict[str, int], saved: Saved) -> Alert | None:
@@ -157,6 +205,7 @@ def _raise(event: AlertEvent, alert_id: uuid.UUID, ids: dict[str, int], saved: S
     try:
         with transaction.atomic():
             alert.save(force_insert=True)
+            deliveries = owe(alert, RAISED, event.rule.notify_emails, event.rule.webhook_url)
     except IntegrityError:
         existing = _existing(event)
         if existing is None:
@@ -164,6 +213,7 @@ def _raise(event: AlertEvent, alert_id: uuid.UUID, ids: dict[str, int], saved: S
         if existing.id != alert_id:
             saved.adopted[event.alert_id] = existing.id
         return None
+    saved.deliveries += deliveries
     logger.info(
         "alert raised: %s on %s (%s): %s", event.rule.name, event.charge_point, event.rule.severity, event.message
     )
@@ -180,9 +230,11 @@ def _existing(event: AlertEvent) -> Alert | None:
     ).first()
 
 
-def _clear(alert_id: uuid.UUID, at: datetime | None) -> Alert | None:
-    if not Alert.objects.filter(id=alert_id, cleared_at__isnull=True).update(cleared_at=at):
-        return None  # cleared already (the batch is handled again, or another consumer cleared it)
-    alert = Alert.objects.get(id=alert_id)
+def _clear(alert_id: uuid.UUID, at: datetime | None, rule: CompiledRule, saved: Saved) -> Alert | None:
+    with transaction.atomic():
+        if not Alert.objects.filter(id=alert_id, cleared_at__isnull=True).update(cleared_at=at):
+            return None  # cleared already (the batch is handled again, or another consumer cleared it)
+        alert = Alert.objects.get(id=alert_id)
+        saved.deliveries += owe(alert, CLEARED, rule.notify_emails, rule.webhook_url)
     logger.info("alert cleared: %s on %s", alert.rule_name, alert.charge_point_slug)
     return alert

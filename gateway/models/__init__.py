@@ -1,6 +1,6 @@
 """Models of the gateway: where charge points are, how to read them, what they last said."""
 
-from gateway.models.alerts import Alert, AlertRule
+from gateway.models.alerts import Alert, AlertDelivery, AlertRule
 from gateway.models.commands import Command
 from gateway.models.history import RollupBacklog, TelemetryRollup, TelemetrySample
 from gateway.models.profiles import DeviceProfile, Register, StatusRule
@@ -10,6 +10,7 @@ from gateway.models.state import LatestTelemetry
 
 __all__ = [
     "Alert",
+    "AlertDelivery",
     "AlertRule",
     "ChargePoint",
     "ChargingSession",

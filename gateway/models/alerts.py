@@ -7,7 +7,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
-from gateway.choices import AlertKind, AlertSeverity, Comparator
+from gateway.choices import AlertKind, AlertSeverity, Comparator, DeliveryChannel, DeliveryStatus
 
 
 class AlertRule(models.Model):
@@ -111,3 +111,30 @@ class Alert(models.Model):
     @property
     def active(self) -> bool:
         return self.cleared_at is None
+
+
+class AlertDelivery(models.Model):
+    """A delivery an alert event owes (the outbox of gateway/alerts/notify.py): written in the same
+    transaction as the event, marked done once delivered, or given up after its attempts.
+
+    The message is kept as it was at the event (a raise delivered after the clear still says raised).
+    """
+
+    alert = models.ForeignKey(Alert, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=16)  # raised, cleared or acknowledged
+    channel = models.CharField(max_length=16, choices=DeliveryChannel)
+    target = models.TextField(blank=True)  # the webhook's URL, or the e-mail addresses one per line
+    message = models.JSONField()
+    status = models.CharField(max_length=16, choices=DeliveryStatus, default=DeliveryStatus.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)  # failed ones, across restarts
+    created_at = models.DateTimeField(auto_now_add=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["id"], condition=Q(status=DeliveryStatus.PENDING), name="alert_delivery_pending")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} {self.channel} of {self.alert_id} ({self.status})"
