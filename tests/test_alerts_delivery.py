@@ -19,6 +19,7 @@ from django.contrib.auth import get_user_model
 from django.db import connections
 
 from gateway import services, sinks
+from gateway.alerts import notify
 from gateway.alerts.actions import acknowledge
 from gateway.alerts.engine import AlertEngine
 from gateway.alerts.notify import AlertNotifier
@@ -375,3 +376,30 @@ async def test_failed_attempts_count_across_restarts(fleet: list[ChargePoint], r
         await within(task, 5)
     assert hook.requests == 3 and second.stats.retried == 1
     assert await statuses(DeliveryChannel.WEBHOOK) == [("raised", DeliveryStatus.GIVEN_UP, 3)]
+
+
+async def test_a_running_notifier_looks_again_for_what_is_owed_and_queued_nowhere(
+    kafka: dict, fleet: list[ChargePoint], monkeypatch
+) -> None:
+    """An event owed by another process (e.g. an acknowledgement the web process could not publish)
+    is published by the running notifier's next look, once."""
+    monkeypatch.setattr(notify, "LOOK_AGAIN_S", 0.3)
+    await ensure_topics([alerts_topic()])
+    running = AlertNotifier()
+    stop = asyncio.Event()
+    task = asyncio.create_task(running.run(stop))
+    try:
+        await within(running.started.wait(), 5)
+        assert running.stats.resumed == 0
+        # Another process stores an event and does not publish it.
+        elsewhere = AlertEngine(clock=Clock(), notifier=AlertNotifier(publish=False))
+        await elsewhere([record("cp-1", 1, "faulted")])
+        assert await statuses(DeliveryChannel.KAFKA) == [("raised", DeliveryStatus.PENDING, 0)]
+        await wait_for(lambda: running.stats.published == 1, what="the owed event published by a later look")
+        await asyncio.sleep(1.0)  # three more looks: nothing is published twice
+        assert running.stats.published == 1
+    finally:
+        stop.set()
+        await within(task, 5)
+    assert await statuses(DeliveryChannel.KAFKA) == [("raised", DeliveryStatus.DONE, 0)]
+    assert len(await read_all(alerts_topic())) == 1

@@ -48,7 +48,7 @@ from gateway.choices import DeliveryChannel
 from gateway.kafka.config import producer_options
 from gateway.kafka.topics import alerts_topic
 from gateway.models import AlertDelivery
-from gateway.runtime import Backoff
+from gateway.runtime import Backoff, wait_unless_stopped
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,8 @@ WORKERS = 4  # mails and webhooks in flight at once
 QUEUE_CAPACITY = 10_000
 PUBLISH_TIMEOUT_S = 10.0
 FLUSH_TIMEOUT_S = 3.0
+# How often the notifier looks for owed deliveries queued nowhere (beyond the look at its start).
+LOOK_AGAIN_S = 60.0
 SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
 
 
@@ -111,6 +113,9 @@ class AlertNotifier:
         self._deliveries_ready = asyncio.Event()
         self._mail_warned = False
         self.started = asyncio.Event()  # set once run() loaded what was owed
+        # Ids finished (done or given up) since the last look at the owed rows: a look that read a
+        # row as pending just before it was finished must not queue it again.
+        self._finished_since_look: set[int] = set()
 
     @property
     def pending(self) -> int:
@@ -150,6 +155,7 @@ class AlertNotifier:
             asyncio.create_task(self._deliver_loop(stop, executor), name=f"alert-notify-{n}")
             for n in range(self.workers)
         ]
+        tasks.append(asyncio.create_task(self._look_again(stop), name="alert-notify-owed"))
         try:
             await self._publish_loop(stop)
         finally:
@@ -161,15 +167,33 @@ class AlertNotifier:
             if owed:
                 logger.warning("%d alert notifications not delivered at shutdown: owed, for the next start", owed)
 
+    async def _look_again(self, stop: asyncio.Event) -> None:
+        """Every LOOK_AGAIN_S, queue what is owed and queued nowhere: an acknowledgement whose publish
+        failed in the web process, a delivery that left a full queue. Only rows older than
+        LOOK_AGAIN_S: the web process is still publishing the newer ones itself."""
+        while not await wait_unless_stopped(stop, LOOK_AGAIN_S):
+            try:
+                await self._queue_owed(older_than_s=LOOK_AGAIN_S)
+            except DatabaseError as exc:
+                logger.warning("could not look at the owed alert notifications (%s); trying again", exc)
+
+    async def _queue_owed(self, older_than_s: float = 0.0) -> int:
+        """Queue the owed deliveries not queued yet; returns how many."""
+        self._finished_since_look.clear()
+        owed = await sync_to_async(store.owed_deliveries)(older_than_s)
+        before = len(self._owned)
+        self.enqueue(delivery for delivery in owed if delivery.id not in self._finished_since_look)
+        return len(self._owned) - before
+
     async def _resume(self) -> None:
         """Queue the deliveries still owed (oldest first, before any queued meanwhile)."""
-        try:
-            owed = await sync_to_async(store.owed_deliveries)()
-        except DatabaseError as exc:
-            logger.warning("could not load the owed alert notifications (%s); they wait for the next start", exc)
-            owed = []
         before = len(self._owned)
-        self.enqueue(owed)
+        try:
+            await self._queue_owed()
+        except DatabaseError as exc:
+            logger.warning(
+                "could not load the owed alert notifications (%s); the next look (every LOOK_AGAIN_S) tries again", exc
+            )
         for queue in (self._messages, self._deliveries):
             ordered = sorted(queue, key=lambda delivery: delivery.id)
             queue.clear()
@@ -186,6 +210,7 @@ class AlertNotifier:
             logger.warning("could not mark %d alert notifications delivered: %s", len(deliveries), exc)
         for delivery in deliveries:
             self._owned.discard(delivery.id)
+            self._finished_since_look.add(delivery.id)
 
     # Kafka
 
@@ -291,6 +316,7 @@ class AlertNotifier:
         delivery.attempts += 1
         if given_up:
             self._owned.discard(delivery.id)
+            self._finished_since_look.add(delivery.id)
         try:
             await sync_to_async(store.note_failed_attempt)(delivery.id, given_up)
         except DatabaseError as exc:

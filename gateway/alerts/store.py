@@ -162,10 +162,14 @@ def owe(alert: Alert, event: str, emails: tuple[str, ...] = (), webhook_url: str
     return AlertDelivery.objects.bulk_create(owed)
 
 
-def owed_deliveries() -> list[AlertDelivery]:
-    """The deliveries still pending, oldest first: a notifier that starts delivers them."""
+def owed_deliveries(older_than_s: float = 0.0) -> list[AlertDelivery]:
+    """The deliveries still pending (created more than older_than_s ago), oldest first: a notifier
+    that starts delivers them, and looks again now and then."""
     close_old_connections()
-    return list(AlertDelivery.objects.filter(status=DeliveryStatus.PENDING).order_by("id"))
+    owed = AlertDelivery.objects.filter(status=DeliveryStatus.PENDING)
+    if older_than_s:
+        owed = owed.filter(created_at__lt=timezone.now() - timedelta(seconds=older_than_s))
+    return list(owed.order_by("id"))
 
 
 def mark_done(ids: list[int]) -> int:
