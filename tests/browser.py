@@ -18,3 +18,14 @@ def chromium_path() -> str:
 
 def launch_chromium(playwright):
     return playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+
+
+def serving(url: str) -> bool:
+    """True once the web server at `url` answers its login page."""
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url + "/accounts/login/", timeout=1)
+    except OSError:
+        return False
+    return True

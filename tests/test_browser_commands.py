@@ -25,7 +25,7 @@ from django.conf import settings
 from gateway.commands.messages import CommandMessage, CommandResult
 from gateway.kafka.config import producer_options
 from gateway.kafka.topics import command_results_topic, commands_topic
-from tests.browser import launch_chromium
+from tests.browser import launch_chromium, serving
 from tests.conftest import free_port
 from tests.kafka_read import read_all
 from tests.processes import Service, manage, process_env, wait_until
@@ -109,16 +109,6 @@ def server(kafka: dict, tmp_path: Path) -> Iterator[dict]:
         web.stop(signal.SIGINT)
     finally:
         web.kill()
-
-
-def serving(url: str) -> bool:
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(url + "/accounts/login/", timeout=1)
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from gateway.kafka.config import producer_options
 from gateway.kafka.topics import ensure_topics, telemetry_topic
 from gateway.profiles.decode import TelemetryFields
 from gateway.telemetry import Record, build_record, encode_record, format_ts, parse_ts
-from tests.browser import launch_chromium
+from tests.browser import launch_chromium, serving
 from tests.conftest import free_port
 from tests.processes import Service, manage, process_env, wait_until
 
@@ -161,16 +161,6 @@ def server(kafka: dict, tmp_path: Path) -> Iterator[dict]:
         web.stop()
     finally:
         web.kill()
-
-
-def serving(url: str) -> bool:
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(url + "/accounts/login/", timeout=1)
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture
