@@ -84,6 +84,7 @@ class Publisher:
         self.thread.start()
         self.producer: AIOKafkaProducer | None = None
         self.streaming: asyncio.Future | None = None
+        self.paused = threading.Event()
         self.run(self._start())
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
@@ -108,17 +109,20 @@ class Publisher:
     def backlog(self, moments: list[datetime]) -> None:
         self.run(self._send([self.next_record(moment) for moment in moments]))
 
-    async def _stream(self) -> None:
-        while True:
+    async def _stream(self, paused: threading.Event) -> None:
+        # Paused between sends, never inside one: a record handed to Kafka is always in `sent`
+        # (a cancel during the flush once left a record plotted that the test did not expect).
+        while not paused.is_set():
             await self._send([self.next_record(datetime.now(UTC))])
             await asyncio.sleep(POLL_MS / 1000)  # the poll interval: the pace of a poller, not a wait
 
     def stream(self) -> None:
-        self.streaming = asyncio.run_coroutine_threadsafe(self._stream(), self.loop)
+        self.paused = threading.Event()
+        self.streaming = asyncio.run_coroutine_threadsafe(self._stream(self.paused), self.loop)
 
     def pause(self) -> None:
         if self.streaming is not None:
-            self.loop.call_soon_threadsafe(self.streaming.cancel)
+            self.paused.set()
             wait_until(self.streaming.done, 10, "the stream to pause")
             self.streaming = None
 
