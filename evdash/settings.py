@@ -106,6 +106,9 @@ INSTALLED_APPS = [
     "channels",
     "csp",
     "axes",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "gateway",
 ]
 
@@ -178,6 +181,9 @@ else:
     # Embedded mode hosts the web server and the Kafka consumer in one process (manage.py demo),
     # so the in-memory layer reaches every WebSocket. See README, "Why one process".
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# The API's rate limits count in the cache: shared through Redis in production, per process embedded.
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -247,6 +253,35 @@ AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("EVDASH_LOGIN_COOLOFF
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/lockout.html"
+
+# The REST API (README, Integrations): a token or a login session, always; the same permissions as
+# the pages; cursor pages; one error body; a rate limit per token (EVDASH_API_RATE_LIMIT).
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "gateway.api.auth.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["gateway.api.throttles.TokenRateThrottle"],
+    "DEFAULT_PAGINATION_CLASS": "gateway.api.pagination.CursorPage",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "gateway.api.errors.exception_handler",
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "evdash API",
+    "DESCRIPTION": "Charge points, telemetry, history, sessions, alerts and commands (README, Integrations).",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    # Swagger UI and ReDoc from drf-spectacular-sidecar's static files: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
 
 # Content-Security-Policy (django-csp): scripts only from our own static files, nothing from
 # elsewhere. Plotly.js writes style attributes and <style> rules as it draws, hence inline styles
@@ -340,4 +375,16 @@ EVDASH = {
     # Limits of each outbox; when one is hit the oldest records are dropped, counted and logged.
     "OUTBOX_MAX_BYTES": int(os.environ.get("EVDASH_OUTBOX_MAX_BYTES", str(1024**3))),
     "OUTBOX_MAX_AGE_S": float(os.environ.get("EVDASH_OUTBOX_MAX_AGE_S", str(7 * 86400))),
+    # --- Integrations (README, "Integrations") ---
+    # Requests per API token (per user for a browser session): "<n>/<second|minute|hour|day>".
+    "API_RATE_LIMIT": os.environ.get("EVDASH_API_RATE_LIMIT", "1200/minute"),
+    # /metrics: with a token, scrapers send "Authorization: Bearer <token>"; empty means the web
+    # process's /metrics needs a staff login and the workers' --metrics-port is open (bind it to a
+    # private address: EVDASH_METRICS_HOST).
+    "METRICS_TOKEN": os.environ.get("EVDASH_METRICS_TOKEN", ""),
+    "METRICS_HOST": os.environ.get("EVDASH_METRICS_HOST", "127.0.0.1"),
+    # Per-charge-point labels on metrics: off by default (5,000 charge points x series per metric).
+    "METRICS_CHARGE_POINT_LABELS": env_bool("EVDASH_METRICS_CHARGE_POINT_LABELS", False),
+    # How often each running stage writes its row for the pipeline-health page.
+    "STAGE_STATUS_INTERVAL_S": float(os.environ.get("EVDASH_STAGE_STATUS_INTERVAL_S", "5")),
 }

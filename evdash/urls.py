@@ -30,5 +30,6 @@ urlpatterns = [
     *admin_password_reset,
     path("admin/", admin.site.urls),
     path("accounts/", include(account_urlpatterns(settings.PASSWORD_RESET_ENABLED))),
+    path("api/v1/", include("gateway.api.urls")),
     path("", include("gateway.urls")),
 ]

@@ -24,6 +24,7 @@ from gateway.kafka.topics import (
     telemetry_topic,
 )
 from gateway.modbus.poller import Poller
+from gateway.observe import Observed, observing
 from gateway.publish.outputs import build_publisher, command_result_topic, default_poller_id
 from gateway.publish.publisher import OutboxPublisher, PublishStats
 from gateway.runtime import Backoff, wait_unless_stopped
@@ -57,7 +58,12 @@ async def prepare_topics() -> None:
 
 
 async def run_poller(
-    stop: asyncio.Event, *, site: str | None = None, output: str | None = None, poller_id: str | None = None
+    stop: asyncio.Event,
+    *,
+    site: str | None = None,
+    output: str | None = None,
+    poller_id: str | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     """Poll every enabled charge point, publish through the outbox and carry out operator commands
     until stop is set, then flush.
@@ -91,8 +97,15 @@ async def run_poller(
     poller.hooks = runner  # each needs the other: tied once both exist, before the poller starts its loops
     reporter = asyncio.create_task(report_outbox(publisher, stop), name="outbox-stats")
     intake = asyncio.create_task(take_commands(source, poller, runner, stop), name="command-intake")
+    observed = Observed(
+        "poller",
+        poller_id,
+        {"poller": poller, "publisher": publisher, "runner": runner, "source": source},
+        metrics_port=metrics_port,
+    )
     try:
-        await poller.run(stop)
+        async with observing(observed, stop):
+            await poller.run(stop)
     finally:
         if not stop.is_set():  # the poller failed: the intake would wait for a stop that never comes
             intake.cancel()
@@ -219,6 +232,7 @@ async def run_consumer(
     *,
     groups: tuple[str, ...] = sinks.GROUPS,
     history: TelemetryConsumer | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     """Consume telemetry into its sink groups (gateway/sinks.py: live state, alerts and the push;
     history and sessions) and command results onto their audit rows, until stop is set; meanwhile
@@ -259,8 +273,15 @@ async def run_consumer(
         "command results are no longer stored",
     )
     jobs["the command sweeper"] = (sweep_unanswered, "unanswered commands stay pending")
+    observed = Observed(
+        "consumer",
+        "+".join(group.consumer.group_id for group in built) or setting("CONSUMER_GROUP"),
+        {"groups": built, "results": results, "alerts": alerts if sinks.LIVE in groups else None},
+        metrics_port=metrics_port,
+    )
     try:
-        await run_together(stop, jobs)
+        async with observing(observed, stop):
+            await run_together(stop, jobs)
     finally:
         for group in built:
             consumer_stats = group.consumer

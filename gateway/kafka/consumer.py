@@ -14,6 +14,7 @@ newest by (ts, seq); the dashboard redraws).
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -31,6 +32,10 @@ logger = logging.getLogger(__name__)
 
 Sink = Callable[[list[Any]], Awaitable[object]]  # takes a batch of decoded messages (telemetry records)
 Decode = Callable[[bytes | None], Any]  # a message's value -> what the sinks take; raises if it is not one
+# Told of every batch the sinks took: its messages, their decoded records and how long the sinks
+# took (seconds). Metrics and the pipeline page watch the consumer through these; they must be cheap
+# and must not raise (a failing observer is logged, never the batch's problem).
+BatchObserver = Callable[[Sequence[ConsumerRecord], list[Any], float], None]
 
 # A dead letter keeps the original key and value; these headers say why and where it came from.
 REASON_HEADER = "evdash.reason"
@@ -97,6 +102,9 @@ class TelemetryConsumer:
         # the topic. False while catching up on a backlog, e.g. after a restart: a rule that judges
         # the age of data (the stale alert) must wait for it.
         self.caught_up = False
+        # Messages behind the broker's high watermark per assigned partition, after the last fetch.
+        self.lag_by_partition: dict[int, int] = {}
+        self.batch_observers: list[BatchObserver] = []
         self._dead_letters: AIOKafkaProducer | None = None  # set while run() is connected
         self._reconnect = Backoff()
         self._retry = retry_backoff or Backoff(first_s=0.5, max_s=5.0)
@@ -136,7 +144,9 @@ class TelemetryConsumer:
                 if consumer.assignment():
                     self.assigned.set()
                 if not batches:
-                    self.caught_up = bool(consumer.assignment())
+                    assignment = consumer.assignment()
+                    self.caught_up = bool(assignment)
+                    self.lag_by_partition = {tp.partition: 0 for tp in assignment}
                     continue
                 messages = [message for messages in batches.values() for message in messages]
                 try:
@@ -146,9 +156,15 @@ class TelemetryConsumer:
                     return
                 await consumer.commit()
                 # Caught up when each partition's last message is the broker's last (its high watermark).
-                self.caught_up = all(
-                    tp_messages[-1].offset + 1 >= (consumer.highwater(tp) or 0) for tp, tp_messages in batches.items()
-                )
+                lags = {
+                    tp: max(0, (consumer.highwater(tp) or 0) - tp_messages[-1].offset - 1)
+                    for tp, tp_messages in batches.items()
+                }
+                self.caught_up = not any(lags.values())
+                assigned = {tp.partition for tp in consumer.assignment()}
+                self.lag_by_partition = {
+                    partition: lag for partition, lag in self.lag_by_partition.items() if partition in assigned
+                } | {tp.partition: lag for tp, lag in lags.items()}
         finally:
             self._dead_letters = None
             self.caught_up = False
@@ -173,9 +189,11 @@ class TelemetryConsumer:
         if not decoded:
             return
         records = [record for _message, record in decoded]
+        started = time.perf_counter()
         error = await self._deliver_with_retries(records, stop)
         if error is None:
             self.handled += len(records)
+            self._tell_observers(messages, records, time.perf_counter() - started)
             return
         # Isolate the poison: one record at a time, so the rest of the batch is still handled.
         logger.warning("a batch of %d records kept failing (%s); handling them one by one", len(records), error)
@@ -187,6 +205,13 @@ class TelemetryConsumer:
                 await self._dead_letter(message, "handle", exc)
             else:
                 self.handled += 1
+
+    def _tell_observers(self, messages: Sequence[ConsumerRecord], records: list[Any], duration_s: float) -> None:
+        for observer in self.batch_observers:
+            try:
+                observer(messages, records, duration_s)
+            except Exception:
+                logger.exception("a batch observer failed; the batch itself was handled")
 
     async def _deliver(self, records: list[Any]) -> None:
         for sink in self.sinks:

@@ -3,15 +3,18 @@
 from gateway.models.alerts import Alert, AlertDelivery, AlertRule
 from gateway.models.commands import Command
 from gateway.models.history import RollupBacklog, TelemetryRollup, TelemetrySample
+from gateway.models.pipeline import StageKind, StageStatus
 from gateway.models.profiles import DeviceProfile, Register, StatusRule
 from gateway.models.sessions import ChargingSession
 from gateway.models.sites import ChargePoint, Site
 from gateway.models.state import LatestTelemetry
+from gateway.models.tokens import ApiToken
 
 __all__ = [
     "Alert",
     "AlertDelivery",
     "AlertRule",
+    "ApiToken",
     "ChargePoint",
     "ChargingSession",
     "Command",
@@ -20,6 +23,8 @@ __all__ = [
     "Register",
     "RollupBacklog",
     "Site",
+    "StageKind",
+    "StageStatus",
     "StatusRule",
     "TelemetryRollup",
     "TelemetrySample",

@@ -353,7 +353,7 @@ def build_bridge(command_bridge: CommandBridge | None = None) -> Bridge:
     )
 
 
-async def run_bridge(stop: asyncio.Event) -> None:
+async def run_bridge(stop: asyncio.Event, *, metrics_port: int | None = None) -> None:
     """Forward MQTT telemetry and command results to Kafka, and Kafka commands to MQTT, until stop
     is set (manage.py runbridge).
 
@@ -361,6 +361,7 @@ async def run_bridge(stop: asyncio.Event) -> None:
     after the other half stopped as on SIGTERM: runbridge exits non-zero, and what was not
     acknowledged stays with the MQTT broker (results) or uncommitted in Kafka (commands).
     """
+    from gateway.observe import Observed, observing
     from gateway.services import prepare_topics  # services imports the poller; only runbridge needs this
 
     await prepare_topics()  # the command topics too
@@ -378,12 +379,14 @@ async def run_bridge(stop: asyncio.Event) -> None:
             halt.set()
 
     relay = asyncio.create_task(_relay_stop(stop, halt))
+    observed = Observed("bridge", bridge.client_id, {"bridge": bridge, "commands": commands}, metrics_port)
     try:
-        results = await asyncio.gather(
-            run_half(bridge, "MQTT telemetry and command results no longer reach Kafka"),
-            run_half(commands, "commands no longer reach MQTT"),
-            return_exceptions=True,
-        )
+        async with observing(observed, halt):
+            results = await asyncio.gather(
+                run_half(bridge, "MQTT telemetry and command results no longer reach Kafka"),
+                run_half(commands, "commands no longer reach MQTT"),
+                return_exceptions=True,
+            )
     finally:
         relay.cancel()
         bridge.log_stopped()

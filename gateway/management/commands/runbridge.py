@@ -21,10 +21,19 @@ class Command(BaseCommand):
         "on disk, and commands from Kafka to the MQTT broker."
     )
 
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            help="Serve Prometheus /metrics, /healthz and /readyz on this port (README, Integrations).",
+        )
+
     def handle(self, *args, **options) -> None:
         configure_verbosity(options["verbosity"])
         try:
-            run_until_stopped(run_bridge, loop_factory=uvloop.new_event_loop)
+            run_until_stopped(
+                lambda stop: run_bridge(stop, metrics_port=options["metrics_port"]), loop_factory=uvloop.new_event_loop
+            )
         except (ImproperlyConfigured, OutboxLocked) as exc:
             raise CommandError(str(exc)) from exc
         except Exception as exc:

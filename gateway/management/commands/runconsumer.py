@@ -19,6 +19,11 @@ class Command(BaseCommand):
             choices=sinks.GROUPS,
             help="Run one sink group only, e.g. to scale the history writers apart from the live push.",
         )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            help="Serve Prometheus /metrics, /healthz and /readyz on this port (README, Integrations).",
+        )
 
     def handle(self, *args, **options) -> None:
         configure_verbosity(options["verbosity"])
@@ -30,7 +35,9 @@ class Command(BaseCommand):
                 "embedded mode `manage.py demo` runs the consumer inside the web server process."
             )
         try:
-            run_until_stopped(lambda stop: services.run_consumer(stop, groups=groups))
+            run_until_stopped(
+                lambda stop: services.run_consumer(stop, groups=groups, metrics_port=options["metrics_port"])
+            )
         except Exception as exc:
             # run_consumer logged the traceback; the exit status and this line tell the supervisor.
             raise CommandError(f"runconsumer failed: {type(exc).__name__}: {exc}") from exc

@@ -47,6 +47,11 @@ class Command(BaseCommand):
                 "command consumer group (default: POLLER_ID, else host name + site)."
             ),
         )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            help="Serve Prometheus /metrics, /healthz and /readyz on this port (README, Integrations).",
+        )
 
     def handle(self, *args, **options) -> None:
         configure_verbosity(options["verbosity"])
@@ -66,7 +71,9 @@ class Command(BaseCommand):
             raise_open_file_limit()  # one socket per charge point: thousands, above the usual 1,024
             # uvloop: the event loop's own work is a large share of a poll at thousands of charge points.
             run_until_stopped(
-                lambda stop: services.run_poller(stop, site=site, output=output, poller_id=poller_id),
+                lambda stop: services.run_poller(
+                    stop, site=site, output=output, poller_id=poller_id, metrics_port=options["metrics_port"]
+                ),
                 loop_factory=uvloop.new_event_loop,
             )
         except (OutboxLocked, ImproperlyConfigured) as exc:

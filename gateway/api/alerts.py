@@ -1,0 +1,3 @@
+"""API: alerts (stub; its lane fills it in)."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""API: commands (stub; its lane fills it in)."""
+
+urlpatterns: list = []

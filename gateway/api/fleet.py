@@ -1,0 +1,3 @@
+"""API: fleet (stub; its lane fills it in)."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""API: history (stub; its lane fills it in)."""
+
+urlpatterns: list = []

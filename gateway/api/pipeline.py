@@ -1,0 +1,3 @@
+"""API: pipeline (stub; its lane fills it in)."""
+
+urlpatterns: list = []

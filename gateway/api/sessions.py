@@ -1,0 +1,3 @@
+"""API: sessions (stub; its lane fills it in)."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""API: stream (stub; its lane fills it in)."""
+
+urlpatterns: list = []

@@ -1,0 +1,1 @@
+"""Liveness and readiness: of the web process (/healthz, /readyz) and of each worker."""

@@ -1,0 +1,1 @@
+"""Prometheus metrics of every process: collectors over the counters the parts keep, the worker endpoint."""
