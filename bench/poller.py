@@ -27,7 +27,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -192,8 +194,21 @@ def stats_lines(log: Path) -> list[tuple[float, int, int, float, float]]:
     return found
 
 
-def measure(count: int, mix: str, *, warmup_s: float, window_s: float) -> dict:
-    """One fleet size and profile mix: start everything, measure a steady window, stop."""
+def scrape_metrics(port: int, every_s: float, stop: threading.Event, scrapes: list[int]) -> None:
+    """What Prometheus does to the poller: GET /metrics every `every_s` (its CPU counts as the poller's)."""
+    while not stop.wait(every_s):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                scrapes.append(len(response.read()))
+        except OSError:
+            scrapes.append(0)
+
+
+def measure(count: int, mix: str, *, warmup_s: float, window_s: float, scrape_s: float | None = None) -> dict:
+    """One fleet size and profile mix: start everything, measure a steady window, stop.
+
+    scrape_s: run the poller with --metrics-port and scrape it at this interval during the window.
+    """
     from gateway.kafka.embedded import start_broker, stop_broker
 
     slugs = MIXES[mix]
@@ -225,8 +240,10 @@ def measure(count: int, mix: str, *, warmup_s: float, window_s: float) -> dict:
             children = start_simulators(count, base_port, slugs, env, scratch_dir)
             wait_listening(base_port + count - 1, 120)
             log = scratch_dir / "poller.log"
+            metrics_port = free_port()
+            metrics = ["--metrics-port", str(metrics_port)] if scrape_s else []
             poller = subprocess.Popen(
-                ["taskset", "-c", str(POLLER_CORE), PYTHON, MANAGE, "runpoller", "-v", "1"],
+                ["taskset", "-c", str(POLLER_CORE), PYTHON, MANAGE, "runpoller", "-v", "1", *metrics],
                 cwd=ROOT,
                 env=env,
                 stdout=log.open("wb"),
@@ -236,9 +253,18 @@ def measure(count: int, mix: str, *, warmup_s: float, window_s: float) -> dict:
             children.append(poller)
             time.sleep(warmup_s)
             seen = len(stats_lines(log))
+            scraping, scrapes = threading.Event(), []
+            scraper = threading.Thread(target=scrape_metrics, args=(metrics_port, scrape_s, scraping, scrapes))
+            if scrape_s:
+                scraper.start()
             cpu_start, started = cpu_s(poller.pid), time.monotonic()
             time.sleep(window_s)
             cpu_used, elapsed = cpu_s(poller.pid) - cpu_start, time.monotonic() - started
+            scraping.set()
+            if scrape_s:
+                scraper.join()
+                if not scrapes or not all(scrapes):
+                    raise RuntimeError(f"scraping the poller's /metrics failed: {scrapes}")
             rss = rss_mb(poller.pid)
             lines = stats_lines(log)[seen:]
             if poller.poll() is not None:
@@ -261,7 +287,7 @@ def measure(count: int, mix: str, *, warmup_s: float, window_s: float) -> dict:
             "cpu_us_per_record": round(cpu_used / (polls_per_s * elapsed) * 1e6, 1) if lines else None,
             "cpu_percent_of_core": round(100 * cpu_used / elapsed, 1),
             "rss_mb": round(rss, 1),
-        }
+        } | ({"metrics_scraped_every_s": scrape_s, "scrapes": len(scrapes)} if scrape_s else {})
 
 
 def run(quick: bool, sizes: tuple[int, ...] | None = None, mixes: tuple[str, ...] | None = None) -> list[dict]:
@@ -279,12 +305,15 @@ def main() -> None:
     parser.add_argument("--mixes", help=f"comma-separated: {', '.join(MIXES)}")
     parser.add_argument("--warmup", type=float, help="seconds before measuring")
     parser.add_argument("--window", type=float, help="seconds measured")
+    parser.add_argument(
+        "--scrape", type=float, help="run the poller with --metrics-port and scrape /metrics every SCRAPE seconds"
+    )
     args = parser.parse_args()
     sizes = tuple(int(size) for size in args.sizes.split(",")) if args.sizes else None
     mixes = tuple(args.mixes.split(",")) if args.mixes else None
-    if args.warmup or args.window:
+    if args.warmup or args.window or args.scrape:
         rows = [
-            measure(count, mix, warmup_s=args.warmup or 20.0, window_s=args.window or 40.0)
+            measure(count, mix, warmup_s=args.warmup or 20.0, window_s=args.window or 40.0, scrape_s=args.scrape)
             for count in sizes or (500, 2000, 5000)
             for mix in mixes or tuple(MIXES)
         ]

@@ -50,6 +50,7 @@ BENCHMARKS: dict[str, tuple[int, int]] = {
     "edge": (360, 1200),
     "commands": (300, 600),
     "history": (240, 600),
+    "api": (180, 300),
 }
 DOC = common.ROOT / "docs" / "benchmarks.md"
 MACHINE_BLOCK = "machine"
