@@ -136,18 +136,23 @@ def fleet_power_history(request: HttpRequest) -> HttpResponse:
     site = request.GET.get("site", "").strip() or None
     if site is not None and not Site.objects.filter(slug=site).exists():
         return json_error(f"no site {site!r}", 404)
+    now = timezone.now()
     try:
-        window_s = parse_number(request, "window_s", FLEET_WINDOW_DEFAULT_S, 1, FLEET_WINDOW_MAX_S)
-        bucket_s = parse_number(request, "bucket_s", FLEET_BUCKET_DEFAULT_S, FLEET_BUCKET_MIN_S, FLEET_WINDOW_MAX_S)
-        if window_s / bucket_s > FLEET_POINTS_MAX:
-            raise BadRequest(f"window_s / bucket_s is over {FLEET_POINTS_MAX} points: use a longer bucket")
+        window_s, bucket_s, start, end = fleet_power_span(request, now)
     except BadRequest as error:
         return json_error(str(error), 400)
-    now = timezone.now()
+    series = fleet_power_series(start, end, site=site, bucket_s=bucket_s)
+    return JsonResponse(series | {"window_s": window_s, "site": site, "server_now": format_ts(now)})
+
+
+def fleet_power_span(request: HttpRequest, now: datetime) -> tuple[float, float, datetime, datetime]:
+    """(window_s, bucket_s, start, end) of a fleet power request (the page's and the API's)."""
+    window_s = parse_number(request, "window_s", FLEET_WINDOW_DEFAULT_S, 1, FLEET_WINDOW_MAX_S)
+    bucket_s = parse_number(request, "bucket_s", FLEET_BUCKET_DEFAULT_S, FLEET_BUCKET_MIN_S, FLEET_WINDOW_MAX_S)
+    if window_s / bucket_s > FLEET_POINTS_MAX:
+        raise BadRequest(f"window_s / bucket_s is over {FLEET_POINTS_MAX} points: use a longer bucket")
     # Completed buckets only: the one still filling would show a dip (not every charge point has
     # reported in it yet), and the page's live line takes over from its start.
     epoch_s = now.timestamp()
     end = datetime.fromtimestamp(epoch_s - epoch_s % bucket_s, tz=now.tzinfo)
-    start = end - timedelta(seconds=window_s)
-    series = fleet_power_series(start, end, site=site, bucket_s=bucket_s)
-    return JsonResponse(series | {"window_s": window_s, "site": site, "server_now": format_ts(now)})
+    return window_s, bucket_s, end - timedelta(seconds=window_s), end

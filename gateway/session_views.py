@@ -10,6 +10,7 @@ from typing import Any
 from django.contrib.auth.decorators import login_required
 from django.core.handlers.asgi import ASGIRequest
 from django.core.paginator import Paginator
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
@@ -77,7 +78,12 @@ def sessions_csv(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         errors = "; ".join(f"{field}: {' '.join(messages)}" for field, messages in form.errors.items())
         return HttpResponse(f"bad filter: {errors}\n", status=400, content_type="text/plain; charset=utf-8")
-    selected = form.sessions().order_by("started_at", "id")
+    return csv_download(request, form.sessions())
+
+
+def csv_download(request: HttpRequest, sessions: QuerySet[ChargingSession]) -> StreamingHttpResponse:
+    """The sessions as a streamed CSV attachment, oldest first (the page's and the API's)."""
+    selected = sessions.order_by("started_at", "id")
     lines = csv_lines_async(selected) if isinstance(request, ASGIRequest) else csv_lines(selected)
     response = StreamingHttpResponse(lines, content_type="text/csv; charset=utf-8")
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
