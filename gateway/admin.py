@@ -17,6 +17,7 @@ from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.http import content_disposition_header
 
+import gateway.api.admin  # noqa: F401 (registers the API token admin)
 from gateway.choices import Access, PollGroup
 from gateway.modbus.pacing import SLOW_GROUP_INTERVAL_S, Pacing, poll_time
 from gateway.modbus.planner import plan_reads

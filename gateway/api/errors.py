@@ -2,6 +2,8 @@
 
 from typing import Any
 
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -16,6 +18,11 @@ def error_body(status: int, code: str, message: str, fields: dict[str, Any] | No
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handling (status, headers such as WWW-Authenticate and Retry-After), our body."""
+    # Django's own exceptions (get_object_or_404) as DRF's, whose codes (not_found, ...) the body names.
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound(*exc.args)
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied(*exc.args)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None  # not an API error: Django's 500 handling, logged
