@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from gateway import alert_views, history_views, session_views, views
+from gateway import alert_views, history_views, pipeline_views, session_views, views
 
 app_name = "gateway"
 urlpatterns = [
@@ -17,4 +17,5 @@ urlpatterns = [
     path("sessions/<int:session_id>/", session_views.session_detail, name="session_detail"),
     path("alerts/", alert_views.alerts, name="alerts"),
     path("alerts/<uuid:alert_id>/acknowledge/", alert_views.acknowledge, name="acknowledge_alert"),
+    path("pipeline/", pipeline_views.pipeline, name="pipeline"),
 ]

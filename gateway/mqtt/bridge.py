@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import aiomqtt
@@ -165,6 +166,9 @@ class Bridge:
         self._malformed_logged_at: float | None = None
         self.replay_watch = ReplayWatch()
         self._closed = False  # the outbox is closed: its age can no longer be read
+        # Told of each batch once persisted and acknowledged: (its messages, time.time() then). The
+        # pipeline page samples its MQTT hop here (gateway/pipeline); cheap, must not raise.
+        self.batch_observers: list[Callable[[Sequence[aiomqtt.Message], float], None]] = []
 
     @property
     def subscriptions(self) -> list[str]:
@@ -300,6 +304,11 @@ class Bridge:
                 paho.ack(message.mid, message.qos)
         self.received += len(batch)
         self.results_received += results
+        for observer in self.batch_observers:
+            try:
+                observer(batch, time.time())
+            except Exception:  # an observer's defect is never the batch's problem
+                logger.exception("a batch observer failed; the batch itself was persisted")
 
     def _route(self, topic: str) -> tuple[str, str]:
         """(Kafka topic, charge point) of an MQTT topic; ValueError when it names no charge point."""
