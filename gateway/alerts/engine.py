@@ -101,6 +101,7 @@ class AlertEngine:
         self._loaded = False
         self._loaded_at = 0.0  # time.monotonic() of the last rule load
         self._commands_since: datetime | None = None
+        self.evaluations = 0  # records judged against their rules (redelivered ones skipped): a metric
         self._lock = asyncio.Lock()  # the sinks and the clock take turns on the state
 
     # The sinks
@@ -143,6 +144,7 @@ class AlertEngine:
     def evaluate(self, records: Iterable[Record]) -> list[AlertEvent]:
         """The raises and clears a batch decides (the in-memory state moves on; the caller stores them)."""
         events: list[AlertEvent] = []
+        evaluated = 0
         marks = self._marks
         rules_for = self._rules_for
         episodes = self._episodes
@@ -154,6 +156,7 @@ class AlertEngine:
             if mark is not None and (ts < mark[0] or (ts == mark[0] and seq <= mark[1])):
                 continue  # applied already: a redelivered batch, or an older record
             marks[charge_point] = (ts, seq)
+            evaluated += 1
             rules = rules_for.get(charge_point)
             if rules is None:
                 rules = self._rules_of(charge_point, record["site"])
@@ -185,6 +188,7 @@ class AlertEngine:
                         events.append(self._clear(rule, charge_point, episode, parse_ts(ts)))
                     if episode.alert_id is None:
                         del open_here[rule.id]
+        self.evaluations += evaluated
         return events
 
     def _rules_of(self, charge_point: str, site: str) -> tuple[CompiledRule, ...]:

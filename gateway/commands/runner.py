@@ -12,6 +12,7 @@ outbox like telemetry, so a broker outage delays them and loses none.
 """
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -62,6 +63,8 @@ class CommandRunner:
         self.result_topic = result_topic
         self.delivered = 0
         self.republished = 0  # stored results published again for a redelivered command
+        # Results journaled here, by (status, reason code or ""): the commands metric by result.
+        self.results: Counter[tuple[str, str]] = Counter()
         self._in_progress: dict[str, datetime] = {}  # id -> until when a redelivery is ignored
 
     def deliver(self, command: CommandMessage) -> None:
@@ -117,6 +120,7 @@ class CommandRunner:
         if not self.journal.finish(result):
             logger.warning("command %s: already has a result; this one (%s) is dropped", result.id, result.status)
             return
+        self.results[(result.status, result.reason_code or "")] += 1
         logger.info(
             "command %s on %s: %s%s",
             result.id,

@@ -33,6 +33,10 @@ class ProtocolError(Exception):
     """The connection carried something that is not a Modbus TCP answer, or it closed or timed out."""
 
 
+class RequestTimeout(ProtocolError):
+    """No answer within the request's timeout (told apart from other protocol errors in the metrics)."""
+
+
 class ShortResponse(Exception):
     """A well-framed answer carrying fewer values than asked for (the connection stays usable)."""
 
@@ -168,12 +172,12 @@ class ModbusTcpClient(asyncio.Protocol):
 
     def _time_out(self, future: asyncio.Future, timeout_s: float) -> None:
         if not future.done():
-            self._garbled(f"timed out: no answer within {timeout_s:g} s")
+            self._garbled(f"timed out: no answer within {timeout_s:g} s", RequestTimeout)
 
-    def _garbled(self, reason: str) -> None:
+    def _garbled(self, reason: str, error: type[ProtocolError] = ProtocolError) -> None:
         if self._transport is not None:
             self._transport.close()
-        self._fail(ProtocolError(reason))
+        self._fail(error(reason))
 
     def _fail(self, exc: Exception) -> None:
         if self._lost is None:

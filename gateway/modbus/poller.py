@@ -18,7 +18,15 @@ from gateway.commands.execute import execute_command
 from gateway.commands.messages import CommandMessage, CommandResult
 from gateway.commands.queue import CommandHooks, CommandQueue, LoggedResults
 from gateway.conf import setting
-from gateway.modbus.connection import ChargePointConnection, ConnectionFailed, ModbusError, PaceInterrupted
+from gateway.metrics.histogram import BucketCounts
+from gateway.modbus.client import RequestTimeout
+from gateway.modbus.connection import (
+    ChargePointConnection,
+    ConnectionFailed,
+    DeviceException,
+    ModbusError,
+    PaceInterrupted,
+)
 from gateway.modbus.pacing import SLOW_GROUP_INTERVAL_S, Pacing, effective_pacing
 from gateway.modbus.planner import ReadRequest, plan_reads
 from gateway.profiles.codec import Value
@@ -39,6 +47,9 @@ STAGGER_MAX_S = 1.0
 SLOT_GRID_S = 0.01
 Publish = Callable[[Record], None]
 Clock = Callable[[], float]
+# Why a poll lost data (PollStats.failures): the charge point unreachable or its link dropped, a
+# request that timed out, an exception response to a block, a value (or a short answer) not decoded.
+POLL_FAILURE_REASONS = ("connection", "timeout", "device_exception", "decode")
 
 
 @dataclass(frozen=True)
@@ -173,14 +184,26 @@ def load_configs(site: str | None = None) -> list[ChargePointConfig]:
 
 
 class PollStats:
-    """Records published and poll lateness (start vs schedule) since the last stats line."""
+    """Records published and poll lateness (start vs schedule) since the last stats line; and,
+    since start, the counters /metrics reads (gateway/metrics/poller.py).
+
+    The counters are ints, a dict whose keys never change and BucketCounts: a poll pays a few
+    integer increments for them, and the metrics thread can read them while the loop runs.
+    """
 
     def __init__(self) -> None:
         self.records = 0
         self.lateness_s = array.array("d")  # compact: 5,000 charge points for 60 s is 300,000 values
+        self.published = 0  # records of the charge points' loops (not reset by take_line)
+        self.polls = 0
+        self.failures = dict.fromkeys(POLL_FAILURE_REASONS, 0)  # polls that lost data, once per reason
+        self.heartbeats = 0  # heartbeat writes that got through
+        self.poll_duration = BucketCounts()
+        self.lateness = BucketCounts()
 
     def note_lateness(self, lateness_s: float) -> None:
         self.lateness_s.append(lateness_s)
+        self.lateness.observe(lateness_s)
 
     def take_line(self, charge_points: int) -> str:
         """The stats line for the period since the last one; starts a new period."""
@@ -200,6 +223,12 @@ def _percentile(ordered: list[float], percent: float) -> float:
     if not ordered:
         return 0.0
     return ordered[max(0, math.ceil(percent / 100 * len(ordered)) - 1)]
+
+
+def failure_reason(exc: ConnectionFailed) -> str:
+    """"timeout" if a timeout caused the failure (a connect or a request), else "connection"."""
+    cause = exc.__cause__ or exc.__context__
+    return "timeout" if isinstance(cause, TimeoutError | RequestTimeout) else "connection"
 
 
 def error_record(
@@ -252,6 +281,7 @@ class ChargePointPoller:
         # Reconnects: twice the poll interval after the first failure, doubling up to the maximum.
         self.backoff = Backoff(first_s=2 * config.interval_ms / 1000, max_s=setting("RECONNECT_BACKOFF_MAX_S"))
         self.heartbeats_sent = 0
+        self.last_poll_s = 0.0  # how long the last poll took (per charge point metrics)
         self._slow_values: dict[str, Value] = {}
         self._last_values: dict[str, Value] = {}
         self._slow_read_at = -SLOW_GROUP_INTERVAL_S
@@ -272,11 +302,13 @@ class ChargePointPoller:
     async def poll_once(self) -> Record:
         """Connect if needed, read, decode, publish one record (offline if unreachable)."""
         started = self.clock()
+        stats = self.stats
         try:
             await self.connection.ensure_connected()
             record = await self._read_record(started)
             await self._send_due_heartbeats(self.clock())
         except ConnectionFailed as exc:
+            stats.failures[failure_reason(exc)] += 1
             self.failures += 1
             if self.failures == 1:
                 logger.warning("%s offline: %s", self.config.slug, exc)
@@ -286,6 +318,9 @@ class ChargePointPoller:
                 logger.info("%s back online after %d failed polls", self.config.slug, self.failures)
             self.failures = 0
             self.backoff.reset()
+        self.last_poll_s = duration_s = self.clock() - started
+        stats.polls += 1
+        stats.poll_duration.observe(duration_s)
         self.publish(record)
         return record
 
@@ -462,6 +497,7 @@ class ChargePointPoller:
     async def _read_record(self, started: float) -> Record:
         decoded: dict[str, Value] = {}
         problems: list[str] = []
+        device_failed = decode_failed = False
         plan = self.fast_plan
         read_slow = self.slow_plan and started - self._slow_read_at >= SLOW_GROUP_INTERVAL_S
         if read_slow:
@@ -474,10 +510,20 @@ class ChargePointPoller:
             except ModbusError as exc:
                 # One bad block (e.g. ILLEGAL DATA ADDRESS) loses its values, not the record.
                 problems.append(str(exc))
+                if isinstance(exc, DeviceException):
+                    device_failed = True
+                else:
+                    decode_failed = True  # an answer too short for the request
                 continue
             values, errors = self.decoder.decode_block(request, words)
             decoded.update(values)
-            problems += [f"{name}: {reason}" for name, reason in errors.items()]
+            if errors:
+                decode_failed = True
+                problems += [f"{name}: {reason}" for name, reason in errors.items()]
+        if device_failed:
+            self.stats.failures["device_exception"] += 1
+        if decode_failed:
+            self.stats.failures["decode"] += 1
         if read_slow:
             self._slow_read_at = started
             self._slow_values = {
@@ -517,6 +563,7 @@ class ChargePointPoller:
                 logger.warning("%s heartbeat %s failed: %s", self.config.slug, register.name, exc)
             else:
                 self.heartbeats_sent += 1
+                self.stats.heartbeats += 1
                 # Counted from when the write got through (it may have waited for pacing), so
                 # two heartbeats never reach the charger closer than interval_s.
                 self._heartbeat_due[heartbeat.register] = self.clock() + heartbeat.interval_s
@@ -563,6 +610,7 @@ class Poller:
         self.poller_id = poller_id
         self.queues: dict[str, CommandQueue] = {}  # by charge point: exactly those in self.tasks
         self.tasks: dict[str, tuple[ChargePointConfig, asyncio.Task, asyncio.Event]] = {}
+        self.pollers: dict[str, ChargePointPoller] = {}  # the running loops, for the metrics (connected)
         self.unloadable: dict[str, UnloadableChargePoint] = {}
         self._retiring: set[asyncio.Task] = set()
         self._seq: dict[str, int] = {}
@@ -710,7 +758,11 @@ class Poller:
                     hooks=self.hooks,
                     poller_id=self.poller_id,
                 )
-                await poller.run(stop)
+                self.pollers[config.slug] = poller
+                try:
+                    await poller.run(stop)
+                finally:
+                    del self.pollers[config.slug]  # a changed config's loop starts after this one ended
                 return
             except Exception as exc:
                 if self._seq.get(config.slug, 0) > seq_at_start:
@@ -735,6 +787,7 @@ class Poller:
         def publish(record: Record) -> None:
             self._seq[slug] = record["seq"]
             self.stats.records += 1
+            self.stats.published += 1
             self.publish(record)
 
         return publish
