@@ -226,7 +226,7 @@ def _percentile(ordered: list[float], percent: float) -> float:
 
 
 def failure_reason(exc: ConnectionFailed) -> str:
-    """"timeout" if a timeout caused the failure (a connect or a request), else "connection"."""
+    """Why a poll lost its connection: "timeout" (a connect or a request timed out) or "connection"."""
     cause = exc.__cause__ or exc.__context__
     return "timeout" if isinstance(cause, TimeoutError | RequestTimeout) else "connection"
 
