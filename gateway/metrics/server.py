@@ -51,7 +51,7 @@ def build_registry(collectors: Iterable[Collector]) -> CollectorRegistry:
 def readiness_body(results: list[CheckResult]) -> tuple[bool, bytes]:
     """(ready, the JSON body) of a readiness probe's results: ready when every check is ok."""
     ready = all(result.ok for result in results)
-    body = {"status": "ready" if ready else "not ready", "checks": [asdict(result) for result in results]}
+    body = {"ready": ready, "checks": [asdict(result) for result in results]}  # as the web process's /readyz
     return ready, json.dumps(body).encode()
 
 
@@ -77,7 +77,7 @@ class MetricsApp:
                 )
             return self.metrics(environ, start_response)
         if path == "/healthz":
-            return self._answer(start_response, "200 OK", b'{"status": "alive"}', content_type=JSON)
+            return self._answer(start_response, "200 OK", b'{"status": "ok"}', content_type=JSON)
         if path == "/readyz":
             ready, body = self._ready()
             return self._answer(
@@ -96,7 +96,7 @@ class MetricsApp:
             return readiness_body(self.readiness())
         except Exception as exc:  # a broken probe means not ready, said in the answer and the log
             logger.exception("the readiness probe failed")
-            return False, json.dumps({"status": "not ready", "error": f"{type(exc).__name__}: {exc}"}).encode()
+            return False, json.dumps({"ready": False, "checks": [], "error": f"{type(exc).__name__}: {exc}"}).encode()
         finally:
             # A check that used the database did so on this request's thread, which ends now.
             connections.close_all()
