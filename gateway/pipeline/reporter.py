@@ -13,7 +13,6 @@ a row: the last writer wins. One per host is the deployment the README describes
 """
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -188,7 +187,10 @@ class StatusProbe:
         results = parts.get("results")
         if results is not None:
             stats["results"] = consumer_stats(results)
-        stats["records"] = sum(group["handled"] for group in groups)
+        # Each group takes every record: the process's count is its busiest group's, not their sum.
+        stats["records"] = max((group["handled"] for group in groups), default=0)
+        rates = [group["records_per_s"] for group in groups if group["records_per_s"] is not None]
+        stats["records_per_s"] = max(rates, default=None)
         stats["dead_letters"] = sum(group["dead_lettered"] for group in groups) + (
             stats["results"]["dead_lettered"] if results is not None else 0
         )
@@ -272,8 +274,21 @@ async def report_status(observed: Any, stop: asyncio.Event) -> None:
     finally:
         reporter.probe.detach()
         try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(FINAL_WRITE_TIMEOUT_S):
-                    await reporter.write(stopped=True)
+            await write_final(reporter)
         finally:
             uninstall(errors)
+
+
+async def write_final(reporter: StatusReporter) -> None:
+    """The row with stopped_at, within FINAL_WRITE_TIMEOUT_S. observing() cancels this task as soon as
+    the service's body ends, often while we are here: the write is a task of its own, awaited
+    through that cancellation (a cancelled await of the thread could drop the write before it ran)."""
+    final = asyncio.create_task(reporter.write(stopped=True), name="stage-status-final")
+    try:
+        await asyncio.wait({final}, timeout=FINAL_WRITE_TIMEOUT_S)
+    except asyncio.CancelledError:
+        await asyncio.wait({final}, timeout=FINAL_WRITE_TIMEOUT_S)
+        raise
+    finally:
+        if not final.done():
+            final.cancel()

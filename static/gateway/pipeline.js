@@ -117,7 +117,7 @@
         const measured = browserHop();
         value = measured ? `${ms(measured.p50)} / ${ms(measured.p95)}` : "— / —";
         detail = measured
-          ? `${measured.total.samples} samples; ts → here ${ms(measured.total.p50)} / ${ms(measured.total.p95)}`
+          ? `${measured.total.samples} samples, estimated; ts → here ${ms(measured.total.p50)} / ${ms(measured.total.p95)}`
           : "waiting for telemetry on this page's socket";
         box.dataset.samples = measured ? measured.total.samples : 0;
       } else {
@@ -177,7 +177,7 @@
       : el("p", { class: "pipeline-error muted", "data-last-error": "" }, "no warning or error");
     return el(
       "article",
-      { class: `card pipeline-stage state-${stage.state}`, "data-stage-id": stage.id, "data-kind": stage.kind, "data-state": stage.state },
+      { class: `card pipeline-stage state-${stage.state}`, "data-stage-id": stage.id, "data-kind": stage.kind, "data-state": stage.state, "data-pid": stage.pid },
       el(
         "header",
         { class: "pipeline-stage-header" },
