@@ -41,7 +41,7 @@ KIND_LABELS = dict(StageKind.choices)
 HOPS = (
     ("poll", "Poll", "Modbus read and decode: the record's poll_ms"),
     ("mqtt", "MQTT + bridge", "bridge receipt (persisted) - record ts; edge path only"),
-    ("kafka", "Kafka", "producer's message timestamp (CreateTime) - record ts (edge path: - bridge receipt): the outbox wait"),
+    ("kafka", "Kafka", "producer timestamp (CreateTime) - record ts (edge: - bridge receipt): the outbox wait"),
     ("consumer", "Consumer", "sinks done (stored, pushed) - Kafka message timestamp: broker write, fetch, sinks"),
     ("browser", "Browser", "this page's WebSocket receipt - record ts, minus the chain up to the consumer"),
 )
