@@ -179,3 +179,10 @@ def test_cursor_pages_neither_repeat_nor_skip_while_alerts_are_raised() -> None:
             break
         response = api.get(response.json()["next"])
     assert seen == [*expected, str(older.id)]
+
+
+def test_the_schema_declares_the_shape_sent(alerts: dict[str, Alert]) -> None:
+    """The OpenAPI schema's Alert lists exactly the fields of the message the API sends."""
+    from gateway.api.domain_serializers import AlertSerializer
+
+    assert set(AlertSerializer().fields) == set(alert_json(alerts["acked"]))

@@ -272,3 +272,12 @@ def test_the_page_and_the_api_send_through_the_same_service(cp: ChargePoint) -> 
     web, via_api = Command.objects.order_by("created_at")
     assert (web.via, via_api.via) == ("web", "api")
     assert (web.reason_code, web.reason) == (via_api.reason_code, via_api.reason)
+
+
+@pytest.mark.django_db
+def test_the_schema_declares_the_shape_sent() -> None:
+    """The OpenAPI schema's Command lists exactly the fields the API sends."""
+    from gateway.api.domain_serializers import CommandSerializer
+
+    command = make_command("cp-1", 0)
+    assert set(CommandSerializer().fields) == set(CommandSerializer(command).data)

@@ -201,3 +201,10 @@ async def test_the_csv_streams_under_asgi(site) -> None:
     assert response.status_code == 200 and response.is_async
     chunks = [chunk async for chunk in response.streaming_content]
     assert len(csv_rows(b"".join(chunks))) == 31
+
+
+def test_the_schema_declares_the_shape_sent(fleet) -> None:
+    """The OpenAPI schema's Session lists exactly the fields the API sends."""
+    from gateway.api.domain_serializers import SessionSerializer
+
+    assert set(SessionSerializer().fields) == set(SessionSerializer(fleet[0]).data)

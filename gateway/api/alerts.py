@@ -23,7 +23,7 @@ from rest_framework.views import APIView
 from gateway.alerts.actions import acknowledge
 from gateway.alerts.messages import alert_json
 from gateway.alerts.report import STATES, AlertFilterForm
-from gateway.api.domain_serializers import AlertSerializer, valid_filters
+from gateway.api.domain_serializers import AlertSerializer, ApiErrorSerializer, valid_filters
 from gateway.api.etag import ETagMixin
 from gateway.api.pagination import CursorPage
 from gateway.choices import AlertSeverity
@@ -69,7 +69,11 @@ class AlertDetailView(ETagMixin, generics.RetrieveAPIView):
 class AlertAcknowledgeView(APIView):
     """Acknowledge an alert (idempotent: the first acknowledgement is kept)."""
 
-    @extend_schema(operation_id="alerts_acknowledge", request=None, responses={200: AlertSerializer})
+    @extend_schema(
+        operation_id="alerts_acknowledge",
+        request=None,
+        responses={200: AlertSerializer, 401: ApiErrorSerializer, 404: ApiErrorSerializer},
+    )
     def post(self, request: Request, alert_id: uuid.UUID) -> Response:
         try:
             alert = acknowledge(alert_id, request.user)

@@ -27,6 +27,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from gateway.api.domain_serializers import (
+    ApiErrorSerializer,
     CommandRefusalSerializer,
     CommandRequestSerializer,
     CommandSerializer,
@@ -99,8 +100,9 @@ class SendCommandView(APIView):
         responses={
             201: CommandSerializer,
             400: CommandRefusalSerializer,
-            403: OpenApiTypes.OBJECT,
-            404: OpenApiTypes.OBJECT,
+            401: ApiErrorSerializer,
+            403: ApiErrorSerializer,
+            404: ApiErrorSerializer,
             503: CommandRefusalSerializer,
         },
     )

@@ -35,6 +35,19 @@ def valid_filters(form: forms.Form) -> forms.Form:
     return form
 
 
+class ApiErrorDetailSerializer(serializers.Serializer):
+    status = serializers.IntegerField()
+    code = serializers.CharField(help_text="e.g. not_authenticated, not_found, invalid, or a command's reason code.")
+    message = serializers.CharField()
+    fields = serializers.DictField(required=False, help_text="What was wrong with which parameter or field.")
+
+
+class ApiErrorSerializer(serializers.Serializer):
+    """Schema only: the API's one error body (gateway.api.errors.error_body)."""
+
+    error = ApiErrorDetailSerializer()
+
+
 # --- History (the charts' JSON) ---------------------------------------------------------------
 
 
@@ -181,5 +194,5 @@ class CommandRequestSerializer(serializers.Serializer):
 class CommandRefusalSerializer(serializers.Serializer):
     """Schema only: a refused command: the error (code = the reason code) and its audit row."""
 
-    error = serializers.DictField()
+    error = ApiErrorDetailSerializer()
     command = CommandSerializer(allow_null=True)

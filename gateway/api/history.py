@@ -23,7 +23,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from gateway.api.domain_serializers import ChargePointHistorySerializer, FleetPowerSerializer, InvalidQuery
+from gateway.api.domain_serializers import (
+    ApiErrorSerializer,
+    ChargePointHistorySerializer,
+    FleetPowerSerializer,
+    InvalidQuery,
+)
 from gateway.api.etag import ETagMixin
 from gateway.history.query import charge_point_series, fleet_power_series
 from gateway.history_views import (
@@ -38,7 +43,7 @@ from gateway.history_views import (
 from gateway.models import ChargePoint, Site
 from gateway.telemetry import format_ts
 
-ERRORS = {400: OpenApiTypes.OBJECT, 401: OpenApiTypes.OBJECT, 404: OpenApiTypes.OBJECT}
+ERRORS = {400: ApiErrorSerializer, 401: ApiErrorSerializer, 404: ApiErrorSerializer}
 
 
 def timed(series: dict[str, Any], extra: dict[str, Any]) -> Response:
