@@ -6,6 +6,8 @@ from django.contrib.auth import urls as auth_urls
 from django.contrib.auth import views as auth_views
 from django.urls import URLPattern, include, path
 
+from gateway.health import views as health_views
+
 
 def account_urlpatterns(password_reset: bool) -> list[URLPattern]:
     """Login, logout and password change; password reset only when a mail server is configured.
@@ -31,5 +33,9 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include(account_urlpatterns(settings.PASSWORD_RESET_ENABLED))),
     path("api/v1/", include("gateway.api.urls")),
+    # Health and metrics of the web process (README, Integrations): no login for the two probes.
+    path("healthz", health_views.healthz, name="healthz"),
+    path("readyz", health_views.readyz, name="readyz"),
+    path("metrics", health_views.metrics, name="metrics"),
     path("", include("gateway.urls")),
 ]
