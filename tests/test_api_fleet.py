@@ -1,23 +1,29 @@
 """API: sites, profiles, charge points (with the admin's validation and permissions), latest telemetry."""
 
+import asyncio
 import json
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Permission, User
 from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
 
+from gateway.modbus.poller import Poller
 from gateway.models import ApiToken, ChargePoint, DeviceProfile, LatestTelemetry, Site
 from gateway.profiles.decode import TelemetryFields
+from gateway.profiles.store import SHIPPED_DIR, read_spec_file
+from gateway.simulator.fleet import SimulatorFleet
 from gateway.telemetry import build_record
-from tests.conftest import make_charge_point
+from tests.conftest import Collected, make_charge_point, wait_for
 
 pytestmark = pytest.mark.django_db
 API = "/api/v1/"
+GENERIC = read_spec_file(SHIPPED_DIR / "generic-ev-charger.json")
 
 
 @pytest.fixture(autouse=True)
@@ -308,3 +314,37 @@ def test_an_unchanged_read_is_a_304(client, fleet, reader, url) -> None:
     Site.objects.create(slug="new-site", name="New")
     changed = client.get(API + url, headers=reader | {"If-None-Match": etag})
     assert changed.status_code == 200 and changed["ETag"] != etag
+
+
+def test_latest_telemetry_reads_a_page_in_a_fixed_number_of_queries(
+    client, site, generic_profile, reader, django_assert_max_num_queries
+) -> None:
+    for n in range(30):
+        store_latest(make_charge_point(site, generic_profile, f"cp-{n:02d}", 2000 + n))
+    # Authentication (token, user) and the page itself; nothing per charge point.
+    with django_assert_max_num_queries(4):
+        assert len(get_json(client, API + "telemetry/latest/", reader)["results"]) == 30
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_running_poller_follows_a_charge_point_moved_through_the_api(site, generic_profile, settings) -> None:
+    settings.EVDASH = settings.EVDASH | {"RELOAD_INTERVAL_S": 0.5, "MODBUS_TIMEOUT_S": 1.0}
+    async with SimulatorFleet(GENERIC, 2, base_port=0, seed=3) as chargers:
+        first, second = chargers.charge_points
+        for sim, power_w in ((first, 1111), (second, 2222)):
+            sim.set_status("charging")
+            sim.set_value("power_w", power_w)
+        await sync_to_async(make_charge_point)(site, generic_profile, "cp", first.port)
+        writer = await sync_to_async(lambda: ApiToken.issue(user_with("writer", "change_chargepoint"), "x")[1])()
+        collected, stop = Collected(), asyncio.Event()
+        task = asyncio.create_task(Poller(collected).run(stop))
+        try:
+            await wait_for(lambda: len(collected.of("cp")) >= 2, what="cp polled at its first port")
+            moved = await sync_to_async(send)(
+                Client(), "patch", "charge-points/cp/", bearer(writer), {"port": second.port}
+            )
+            assert moved.status_code == 200, moved.content
+            await wait_for(lambda: collected.of("cp")[-1]["values"]["power_w"] == 2222, what="cp read at its new port")
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
