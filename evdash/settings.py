@@ -280,11 +280,12 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Charge points, telemetry, history, sessions, alerts and commands (README, Integrations).",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and its docs page need a token or a login, like every other endpoint.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     "SCHEMA_PATH_PREFIX": "/api/v1",
     # Swagger UI and ReDoc from drf-spectacular-sidecar's static files: no CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
-    "REDOC_DIST": "SIDECAR",
 }
 
 # Content-Security-Policy (django-csp): scripts only from our own static files, nothing from

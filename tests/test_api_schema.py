@@ -77,6 +77,14 @@ def test_the_schema_is_served(admin_client) -> None:
     assert set(response.json()["paths"]) >= FLEET_PATHS
 
 
+@pytest.mark.django_db
+def test_the_schema_and_its_docs_need_a_token_or_a_login(client) -> None:
+    for page in ("schema/", "docs/"):
+        response = client.get(API + page)
+        assert response.status_code == 401, page
+        assert response["WWW-Authenticate"].startswith("Bearer"), page
+
+
 def fetched_references(client: Client, page_url: str) -> tuple[References, dict[str, bytes]]:
     """A page's references and each one's body, fetched through the same client (static files too)."""
     response = client.get(page_url)
