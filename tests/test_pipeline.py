@@ -6,6 +6,8 @@ JSON and GET /api/v1/pipeline/ serve the report (login required)."""
 
 import asyncio
 import logging
+import os
+import subprocess
 from datetime import timedelta
 
 import pytest
@@ -247,3 +249,30 @@ def test_hop_windows_and_the_error_scrub() -> None:
     assert window.summary() is None
     assert scrub("kafka://user:pw@h:9093 and redis://:pw@h/0") == "kafka://user:***@h:9093 and redis://***@h/0"
     assert len(scrub("x" * 2000)) == 500
+
+
+def test_processes_of_one_group_on_one_host_have_a_row_each_and_a_restart_replaces_the_dead_one() -> None:
+    """Two consumers of a group on one machine both show; a restarted one takes its dead
+    predecessor's place, keeping why that one failed until it has an error of its own."""
+    from datetime import UTC, datetime
+
+    from gateway.pipeline.errors import LastError
+    from gateway.pipeline.reporter import write_status
+
+    started = datetime.now(UTC)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    sibling = subprocess.Popen(["sleep", "30"])
+    try:
+        crash = LastError("the live consumer failed: boom", "CRITICAL", "gateway.services", started)
+        common = {"kind": "consumer", "name": "evdash-consumer", "host": "box", "started_at": started, "stats": {}}
+        write_status(pid=dead.pid, last_error=crash, **common)
+        write_status(pid=sibling.pid, last_error=None, **common)
+        write_status(pid=os.getpid(), last_error=None, first=True, **common)
+        by_pid = {row.pid: row for row in StageStatus.objects.filter(name="evdash-consumer")}
+        assert set(by_pid) == {sibling.pid, os.getpid()}
+        assert by_pid[os.getpid()].last_error == "the live consumer failed: boom"
+        assert by_pid[sibling.pid].last_error == ""
+    finally:
+        sibling.kill()
+        sibling.wait()

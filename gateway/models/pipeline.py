@@ -11,7 +11,8 @@ class StageKind(models.TextChoices):
 
 class StageStatus(models.Model):
     """One long-running process (a poller, a bridge, a consumer group member), written by itself
-    every few seconds. A row whose `seen_at` is old is a process that stopped or hangs."""
+    every few seconds. A row whose `seen_at` is old is a process that stopped or hangs; a new
+    process on the same host replaces its dead predecessors' rows (gateway/pipeline/reporter.py)."""
 
     kind = models.CharField(max_length=16, choices=StageKind.choices)
     name = models.CharField(max_length=200, help_text="The poller id, the bridge's client id, the consumer's group.")
@@ -27,7 +28,7 @@ class StageStatus(models.Model):
     class Meta:
         verbose_name = "pipeline stage status"
         verbose_name_plural = "pipeline stage statuses"
-        constraints = [models.UniqueConstraint(fields=["kind", "name", "host"], name="stage_status_unique")]
+        constraints = [models.UniqueConstraint(fields=["kind", "name", "host", "pid"], name="stage_status_per_process")]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.name} on {self.host}"

@@ -8,8 +8,10 @@ process stops (stop set, or the service's body ended and cancelled it) it writes
 with `stopped_at`, so the page tells a clean stop from a process that died or hangs (its row just
 ages). The page reads the rows (gateway/pipeline/report.py); the processes never talk to it.
 
-Several processes of one kind and name on one host (two consumers of a group on one machine) share
-a row: the last writer wins. One per host is the deployment the README describes.
+A row is one process (kind, name, host, pid): two consumers of a group on one machine each have
+theirs. A process starting replaces the rows its dead predecessors on this host left (their pid no
+longer runs), and keeps the newest one's last error until it has one of its own: why the previous
+process crashed stays on the page after the restart.
 """
 
 import asyncio
@@ -207,14 +209,37 @@ def write_status(
     started_at: datetime,
     stats: dict[str, Any],
     last_error: LastError | None,
+    first: bool = False,
 ) -> None:
-    """Upsert the row (sync: run in a thread). The last error is kept from an earlier run until
-    this process has one of its own: why it crashed stays visible after the restart."""
+    """Upsert the row (sync: run in a thread). The first write replaces the rows of dead
+    predecessors on this host, keeping the newest one's last error until this process has one."""
     close_old_connections()  # a long-running process: a connection the database dropped is replaced
-    defaults: dict[str, Any] = {"pid": pid, "started_at": started_at, "seen_at": now_utc(), "stats": stats}
+    name = name[:NAME_MAX_CHARS]
+    defaults: dict[str, Any] = {"started_at": started_at, "seen_at": now_utc(), "stats": stats}
     if last_error is not None:
         defaults |= {"last_error": last_error.message, "last_error_at": last_error.at}
-    StageStatus.objects.update_or_create(kind=kind, name=name[:NAME_MAX_CHARS], host=host, defaults=defaults)
+    elif first:
+        dead = [
+            row
+            for row in StageStatus.objects.filter(kind=kind, name=name, host=host).exclude(pid=pid)
+            if not process_alive(row.pid)
+        ]
+        newest = max((row for row in dead if row.last_error_at), key=lambda row: row.last_error_at, default=None)
+        if newest is not None:
+            defaults |= {"last_error": newest.last_error, "last_error_at": newest.last_error_at}
+        StageStatus.objects.filter(pk__in=[row.pk for row in dead]).delete()
+    StageStatus.objects.update_or_create(kind=kind, name=name, host=host, pid=pid, defaults=defaults)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (the rows compared are this host's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as another user
+        return True
+    return True
 
 
 class StatusReporter:
@@ -228,6 +253,7 @@ class StatusReporter:
         self.pid = os.getpid()
         self.started_at = now_utc()
         self.failing_since: float | None = None  # the database refused our writes since then
+        self.written = False  # the first write replaces dead predecessors' rows
 
     async def write(self, *, stopped: bool = False) -> None:
         stats = self.probe.stats()
@@ -247,6 +273,7 @@ class StatusReporter:
                 started_at=self.started_at,
                 stats=stats,
                 last_error=last,
+                first=not self.written,
             )
         except DatabaseError as exc:
             # The process goes on without its row: the page shows it stale, which it is to the page.
@@ -254,6 +281,7 @@ class StatusReporter:
                 self.failing_since = time.monotonic()
                 logger.warning("could not write the pipeline status row (%s); retrying every interval", exc)
             return
+        self.written = True
         if self.failing_since is not None:
             logger.info("pipeline status row written again after %.0f s", time.monotonic() - self.failing_since)
             self.failing_since = None
