@@ -73,11 +73,10 @@ class OutboxWatch:
 
 
 def consumer_check(name: str, consumer: Any) -> Check:
-    """A TelemetryConsumer is connected to Kafka (its dead-letter producer exists only while it is)
-    and has partitions assigned."""
+    """A TelemetryConsumer is connected to Kafka and has partitions assigned."""
 
     def check() -> CheckResult:
-        connected = getattr(consumer, "_dead_letters", None) is not None
+        connected = consumer.connected
         assigned = consumer.assigned.is_set()
         bad = "not connected to Kafka" if not connected else "no partitions assigned yet"
         return flag(name, connected and assigned, f"connected, lag {sum(consumer.lag_by_partition.values())}", bad)
@@ -102,9 +101,7 @@ def bridge_checks(parts: dict[str, Any]) -> list[Check]:
     bridge, commands = parts["bridge"], parts.get("commands")
 
     def mqtt() -> CheckResult:
-        # The telemetry half keeps no "connected now" flag, only its connects; the command half holds its
-        # client exactly while connected to the same broker.
-        up = bridge.mqtt_connects > 0 and (commands is None or getattr(commands, "_client", None) is not None)
+        up = bridge.mqtt_connected and (commands is None or commands.connected)
         return flag("mqtt", up, f"connected ({bridge.mqtt_connects} connects)", "not connected to the MQTT broker")
 
     return [mqtt, OutboxWatch("outbox (kafka)", bridge.publisher)]

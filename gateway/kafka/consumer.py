@@ -109,6 +109,11 @@ class TelemetryConsumer:
         self._reconnect = Backoff()
         self._retry = retry_backoff or Backoff(first_s=0.5, max_s=5.0)
 
+    @property
+    def connected(self) -> bool:
+        """Connected to Kafka now (readiness probes read it)."""
+        return self._dead_letters is not None
+
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until stop is set, reconnecting after broker outages.
 

@@ -163,6 +163,7 @@ class Bridge:
         self.results_received = 0
         self.malformed = 0
         self.mqtt_connects = 0
+        self.mqtt_connected = False  # connected to the MQTT broker now (readiness probes read it)
         self._malformed_logged_at: float | None = None
         self.replay_watch = ReplayWatch()
         self._closed = False  # the outbox is closed: its age can no longer be read
@@ -221,7 +222,7 @@ class Bridge:
             connected = False
             try:
                 async with client:
-                    connected = True
+                    connected = self.mqtt_connected = True
                     self.mqtt_connects += 1
                     backoff.reset()
                     granted = await client.subscribe([(topic, 1) for topic in self.subscriptions])
@@ -239,6 +240,7 @@ class Bridge:
                     )
                     await self._take_messages(client, stop)
             except aiomqtt.MqttError as exc:
+                self.mqtt_connected = False
                 delay_s = backoff.peek_s()
                 if connected:
                     logger.warning("lost the MQTT broker %s (%s); reconnecting in %.1f s", broker, exc, delay_s)
@@ -246,6 +248,7 @@ class Bridge:
                     logger.warning("MQTT broker %s unavailable (%s); retrying in %.1f s", broker, exc, delay_s)
                 if await backoff.wait(stop):
                     break
+        self.mqtt_connected = False
         logger.info("stopped taking MQTT messages")
 
     def _new_client(self) -> aiomqtt.Client:

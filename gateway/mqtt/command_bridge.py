@@ -229,6 +229,11 @@ class CommandBridge:
             with contextlib.suppress(aiomqtt.MqttError):
                 await client.__aexit__(None, None, None)
 
+    @property
+    def connected(self) -> bool:
+        """Connected to the MQTT broker now (readiness probes read it)."""
+        return self._client is not None
+
     def _new_client(self) -> aiomqtt.Client:
         # A clean session: this client subscribes to nothing, and a PUBLISH cut off by a lost
         # connection is published again (its offset was not committed).
