@@ -97,6 +97,8 @@ class Command(BaseCommand):
             "  user: admin",
             f"  password: {password}" if password else "  password: unchanged (set EVDASH_ADMIN_PASSWORD to reset it)",
             f"  path: {opts.describe_path()}",
+            f"  pipeline health: http://{opts.http_host}:{opts.http_port}/pipeline/",
+            f"  REST API docs: http://{opts.http_host}:{opts.http_port}/api/v1/docs/ (tokens: Admin → API tokens)",
             "  Ctrl-C stops everything.",
             "",
         ]
