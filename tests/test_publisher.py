@@ -10,7 +10,7 @@ from gateway.kafka.topics import ensure_topics
 from gateway.kafka.transport import KafkaTransport
 from gateway.publish.outbox import Outbox
 from gateway.publish.publisher import OutboxPublisher
-from gateway.telemetry import build_record
+from gateway.telemetry import build_record, encode_record
 from tests.conftest import free_port, within
 from tests.kafka_read import read_all, seqs_by_charge_point
 
@@ -136,3 +136,28 @@ def test_the_default_poller_id_is_the_setting_else_the_host_name_and_site(monkey
     assert default_poller_id("depot") == f"{socket.gethostname()}-depot"
     monkeypatch.setitem(settings.EVDASH, "POLLER_ID", "edge-7")
     assert default_poller_id("depot") == "edge-7"
+
+
+async def test_a_producer_whose_sender_died_is_replaced_and_the_next_round_delivers(kafka) -> None:
+    """aiokafka's producer fails every send for good once its sender routine died ("Unexpected
+    error during batch delivery"): the transport starts the next round with a new producer."""
+    from aiokafka.errors import KafkaError
+
+    from gateway.publish.base import OutboxEntry
+
+    topic = kafka["TELEMETRY_TOPIC"]
+    await ensure_topics([topic])
+    transport = KafkaTransport(topic)
+    entries = [OutboxEntry(n, topic, b"cp-a", encode_record(record("cp-a", n))) for n in (1, 2)]
+    await transport.connect()
+    try:
+        # What aiokafka's sender does when its routine dies: every pending and later batch fails.
+        transport._producer._message_accumulator.fail_all(KafkaError("Unexpected error during batch delivery"))
+        failed = await within(transport.send(entries[:1]))
+        assert failed.error is not None and list(failed.acked) == []
+        await transport.connect()
+        delivered = await within(transport.send(entries))
+        assert delivered.error is None and sorted(delivered.acked) == [1, 2]
+    finally:
+        await transport.close()
+    assert seqs_by_charge_point(await read_all(topic)) == {"cp-a": [1, 2]}

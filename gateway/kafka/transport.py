@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 # records) a fleet of thousands waits on round trips. 900 KiB (under the brokers' usual 1 MiB
 # message limit) carries ~1,300.
 MAX_BATCH_BYTES = 900 * 1024
+STOP_TIMEOUT_S = 5.0  # stopping a producer that failed a round (_discard)
 
 
 class KafkaTransport:
@@ -78,7 +79,24 @@ class KafkaTransport:
         )
         acked = [entry_id for ids, _error in results for entry_id in ids]
         errors = [error for _ids, error in results if error is not None]
+        if errors:
+            await self._discard(producer)
         return SendResult(acked, errors[0] if errors else None)
+
+    async def _discard(self, producer: AIOKafkaProducer) -> None:
+        """After a failed round the next one starts with a new producer (connect()).
+
+        aiokafka's producer is unusable for good once its sender routine died ("Unexpected error
+        during batch delivery": every later send raises that again); seen under load after a broker
+        came back, when the bridge then retried for minutes without sending anything. A new
+        producer costs a connection and a metadata request, once per failed round.
+        """
+        if self._producer is producer:
+            self._producer = None
+        try:
+            await asyncio.wait_for(producer.stop(), STOP_TIMEOUT_S)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            logger.debug("stopping a failed producer: %s", exc)
 
     async def close(self) -> None:
         if self._producer is not None:
