@@ -71,6 +71,11 @@ def is_stale(source_ts: datetime | None, now: datetime, poll_interval_ms: int) -
     return (now - source_ts).total_seconds() * 1000 > stale_after_ms(poll_interval_ms)
 
 
+def summary_bucket(status: str, stale: bool) -> str:
+    """The bucket of the fleet summary for a status: a stale record's status is no longer known."""
+    return STALE if stale else status
+
+
 def attention_rank(bucket: str) -> int:
     """Position of a summary bucket in ATTENTION_ORDER; an unknown status sorts just after them."""
     try:
@@ -138,7 +143,7 @@ class Reading:
     @property
     def summary_status(self) -> str:
         """The bucket of the fleet summary: a stale record's status is no longer known."""
-        return STALE if self.stale else self.status
+        return summary_bucket(self.status, self.stale)
 
     @property
     def status_label(self) -> str:

@@ -23,6 +23,7 @@ from gateway.api.serializers import (
     ProfileDetailSerializer,
     ProfileSerializer,
     SiteSerializer,
+    latest_rows,
 )
 from gateway.models import ChargePoint, DeviceProfile, Site
 
@@ -109,8 +110,14 @@ class ChargePointViewSet(ETagMixin, viewsets.ModelViewSet):
 class LatestTelemetryMixin:
     """The charge points with their latest record, read at one `now` per request."""
 
-    queryset = ChargePoint.objects.select_related("site", "latest")
+    queryset = ChargePoint.objects.all()
     serializer_class = LatestTelemetrySerializer
+
+    def get_queryset(self) -> QuerySet:
+        return latest_rows(self.filtered(super().get_queryset()))  # type: ignore[misc]
+
+    def filtered(self, queryset: QuerySet) -> QuerySet:
+        return queryset
 
     def get_serializer_context(self) -> dict[str, Any]:
         return super().get_serializer_context() | {"now": timezone.now()}  # type: ignore[misc]
@@ -122,8 +129,8 @@ class FleetLatestTelemetryView(ETagMixin, LatestTelemetryMixin, generics.ListAPI
 
     ordering = "slug"
 
-    def get_queryset(self) -> QuerySet:
-        return filter_charge_points(super().get_queryset(), self.request.query_params, ("site", "profile", "enabled"))
+    def filtered(self, queryset: QuerySet) -> QuerySet:
+        return filter_charge_points(queryset, self.request.query_params, ("site", "profile", "enabled"))
 
 
 class ChargePointLatestTelemetryView(ETagMixin, LatestTelemetryMixin, generics.RetrieveAPIView):

@@ -9,6 +9,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.db.models import F, QuerySet
 from django.forms.models import model_to_dict
 from django.http import HttpRequest
 from drf_spectacular.types import OpenApiTypes
@@ -17,7 +18,7 @@ from rest_framework import serializers
 
 from gateway.models import ChargePoint, DeviceProfile, Site
 from gateway.profiles.store import load_spec
-from gateway.readings import read_charge_point
+from gateway.readings import NO_DATA, is_stale, stale_after_ms, summary_bucket
 from gateway.telemetry import format_ts
 
 
@@ -149,5 +150,39 @@ class LatestTelemetrySerializer(serializers.Serializer):
     summary_status = serializers.CharField(help_text="As the fleet summary counts it: 'stale' once stale.")
     record = serializers.JSONField(allow_null=True, help_text="The telemetry record (telemetry.v1 schema).")
 
-    def to_representation(self, charge_point: ChargePoint) -> dict[str, Any]:
-        return super().to_representation(read_charge_point(charge_point, self.context["now"]))
+    # The row each item is built from (latest_rows): a fleet page of 1,000 as plain rows instead of
+    # 3,000 model instances and DRF's per-field walk, ~4x faster (docs/benchmarks.md, api).
+    ROW = {
+        "slug": "slug",
+        "name": "name",
+        "enabled": "enabled",
+        "poll_interval_ms": "poll_interval_ms",
+        "site_slug": F("site__slug"),
+        "record": F("latest__record"),
+        "source_ts": F("latest__source_ts"),
+    }
+
+    def to_representation(self, row: dict[str, Any]) -> dict[str, Any]:
+        record, source_ts, interval_ms = row["record"], row["source_ts"], row["poll_interval_ms"]
+        stale = is_stale(source_ts, self.context["now"], interval_ms)
+        status = record["status"] if record else NO_DATA
+        return {
+            "charge_point": row["slug"],
+            "name": row["name"],
+            "site": row["site_slug"],
+            "enabled": row["enabled"],
+            "poll_interval_ms": interval_ms,
+            "stale_after_ms": stale_after_ms(interval_ms),
+            "source_ts": format_ts(source_ts) if source_ts is not None else None,
+            "stale": stale,
+            "status": status,
+            "summary_status": summary_bucket(status, stale),
+            "record": record,
+        }
+
+
+def latest_rows(queryset: QuerySet[ChargePoint]) -> QuerySet:
+    """Charge points as the rows LatestTelemetrySerializer takes (with their latest record)."""
+    plain = [name for name, source in LatestTelemetrySerializer.ROW.items() if isinstance(source, str)]
+    computed = {name: source for name, source in LatestTelemetrySerializer.ROW.items() if not isinstance(source, str)}
+    return queryset.values(*plain, **computed)
