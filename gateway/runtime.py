@@ -10,6 +10,17 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from django.core import checks
+
+# The system checks of the long-running workers (runpoller, runbridge, runconsumer): all but those of
+# what serves pages: the URL conf, the admin, the templates (their tag libraries) and DRF's settings
+# (Tags.compatibility). They would import the REST API and Django REST framework into each worker:
+# ~15 MB more, for nothing. `manage.py check` (make test, deployment) and the web server run them all.
+SKIPPED_IN_WORKERS = {checks.Tags.urls, checks.Tags.admin, checks.Tags.templates, checks.Tags.compatibility}
+WORKER_CHECKS = [
+    tag for name, tag in vars(checks.Tags).items() if not name.startswith("_") and tag not in SKIPPED_IN_WORKERS
+]
+
 logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h

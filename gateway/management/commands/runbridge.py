@@ -12,10 +12,11 @@ from django.core.management.base import BaseCommand, CommandError
 
 from gateway.mqtt.bridge import run_bridge
 from gateway.publish.outbox import OutboxLocked
-from gateway.runtime import configure_verbosity, run_until_stopped
+from gateway.runtime import WORKER_CHECKS, configure_verbosity, run_until_stopped
 
 
 class Command(BaseCommand):
+    requires_system_checks = WORKER_CHECKS  # not the URL conf (gateway/runtime.py)
     help = (
         "Forward telemetry and command results from the MQTT broker to Kafka, through a durable outbox "
         "on disk, and commands from Kafka to the MQTT broker."

@@ -4,10 +4,11 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from gateway import services, sinks
-from gateway.runtime import configure_verbosity, run_until_stopped
+from gateway.runtime import WORKER_CHECKS, configure_verbosity, run_until_stopped
 
 
 class Command(BaseCommand):
+    requires_system_checks = WORKER_CHECKS  # not the URL conf (gateway/runtime.py)
     help = (
         "Consume telemetry from Kafka (as a member of its consumer groups): store the latest state, "
         "evaluate alerts and push live (group 'live'); store history and sessions (group 'history')."

@@ -20,10 +20,11 @@ from gateway.conf import setting
 from gateway.models import Site
 from gateway.publish.outbox import OutboxLocked
 from gateway.publish.outputs import OUTPUTS
-from gateway.runtime import configure_verbosity, raise_open_file_limit, run_until_stopped
+from gateway.runtime import WORKER_CHECKS, configure_verbosity, raise_open_file_limit, run_until_stopped
 
 
 class Command(BaseCommand):
+    requires_system_checks = WORKER_CHECKS  # not the URL conf (gateway/runtime.py)
     help = (
         "Poll every enabled charge point over Modbus TCP, publish telemetry to Kafka or MQTT "
         "and carry out operator commands."
