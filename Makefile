@@ -62,6 +62,8 @@ bench: $(STAMP)
 screenshots: $(STAMP)
 	EVDASH_SCREENSHOT_DIR=$(CURDIR)/docs EVDASH_MODE=embedded DJANGO_DEBUG=1 $(PY) -m pytest tests/test_browser.py \
 	  -k "test_fleet_goes_live or test_charge_point_page_draws_live_charts" -p no:cacheprovider -q
+	EVDASH_SCREENSHOT_DIR=$(CURDIR)/docs EVDASH_MODE=embedded DJANGO_DEBUG=1 $(PY) -m pytest tests/test_browser_pipeline.py \
+	  -p no:cacheprovider -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
