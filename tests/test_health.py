@@ -101,7 +101,8 @@ def get_json(url: str) -> tuple[int, dict]:
 async def proxied(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     """PostgreSQL and a Tansu of this test's own, each reachable only through a TcpProxy."""
     if not postgres_available():
-        pytest.skip(f"no PostgreSQL at {POSTGRES} (make test starts it: scripts/prerequisites test)")
+        # Never skipped: make test starts PostgreSQL (scripts/prerequisites test) or stops with one line.
+        pytest.fail(f"no PostgreSQL at {POSTGRES}: start it (make test does: scripts/prerequisites test)")
     host, _, port = POSTGRES.partition(":")
     database = TcpProxy(host, int(port), free_port())
     broker_port = free_port()
