@@ -56,6 +56,7 @@ from rest_framework import exceptions
 from gateway.api.auth import SCHEME, authenticate_token, token_from_header
 from gateway.api.errors import error_body
 from gateway.live.consumers import GROUP_REFRESH_S
+from gateway.live.gaps import SenderGaps
 from gateway.live.groups import FLEET_GROUP, session_group, site_group
 from gateway.live.limits import open_sockets, sockets_per_user_max
 from gateway.live.push import ALERT_EVENT, LOGOUT_EVENT, TELEMETRY_EVENT
@@ -196,7 +197,7 @@ class EventStream:
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_MAX_EVENTS)
         self.overflowed = False
         self.numbers = itertools.count(1)
-        self.last_numbers: dict[str, int] = {}  # sender -> its last event's number (gateway/live/push.py)
+        self.gaps = SenderGaps()
 
     async def frames(self) -> AsyncIterator[bytes]:
         layer = get_channel_layer()
@@ -271,7 +272,7 @@ class EventStream:
             return [], "logged out"
         chunks: list[bytes] = []
         if kind == TELEMETRY_EVENT:
-            if self.missed(event):
+            if self.gaps.missed(event):
                 chunks.append(frame(next(self.numbers), "missed", {"type": "missed"}))
             if "telemetry" in self.filters.events and (records := self.filters.records(event["records"])):
                 chunks.append(frame(next(self.numbers), "telemetry", {"type": "telemetry", "records": records}))
@@ -280,15 +281,6 @@ class EventStream:
         ):
             chunks.append(frame(next(self.numbers), "alert", {"type": "alerts", "alerts": alerts}))
         return chunks, None
-
-    def missed(self, event: dict[str, Any]) -> bool:
-        """Whether the sender's numbers skipped some (the layer dropped events for this stream)."""
-        sender, number = event.get("sender"), event.get("n")
-        if sender is None or number is None:
-            return False
-        last = self.last_numbers.get(sender)
-        self.last_numbers[sender] = number
-        return last is not None and number > last + 1
 
     async def join_again(self, layer: Any, channel: str) -> None:
         """Redis may have lost the groups (restart, flush): join them again, as the live sockets do."""

@@ -53,6 +53,7 @@ import orjson
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 
+from gateway.live.gaps import SenderGaps
 from gateway.live.groups import FLEET_GROUP, session_group, site_group
 from gateway.live.limits import open_sockets, sockets_per_user_max
 from gateway.models import ChargePoint, LatestTelemetry, Site
@@ -123,7 +124,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if session_key:
             groups = [*groups, session_group(session_key)]
         self.groups_to_join = groups
-        self.last_numbers: dict[str, int] = {}  # sender -> the number of its last event
+        self.gaps = SenderGaps()
         for group in groups:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
@@ -193,7 +194,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         """One consumer batch for a group this socket joined: send what the page shows, if anything."""
         if self.resyncing:
             return  # closed, waiting for the disconnect
-        if self.missed_events(event):
+        if self.gaps.missed(event):
             self.resyncing = True
             logger.warning("live socket %s missed events: closing it for a fresh snapshot", self.channel_name)
             await self.close(code=CLOSE_RESYNC)
@@ -211,15 +212,6 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         middle = len(records) // 2
         await self.send_telemetry(records[:middle])
         await self.send_telemetry(records[middle:])
-
-    def missed_events(self, event: dict[str, Any]) -> bool:
-        """Whether events of this event's sender were skipped before it (a sender's first counts as none)."""
-        sender, number = event.get("sender"), event.get("n")
-        if sender is None or number is None:
-            return False
-        last = self.last_numbers.get(sender)
-        self.last_numbers[sender] = number
-        return last is not None and number > last + 1
 
     def select(self, records: list[Record]) -> list[Record]:
         """The records of a group event that this page shows (the fleet group's are all shown)."""
