@@ -25,16 +25,19 @@ def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
 def labelled_counter(
     name: str, documentation: str, labels: Sequence[str], values: Iterable[tuple[Sequence[str], float]]
 ) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, documentation, labels=list(labels))
-    for label_values, value in values:
-        family.add_metric(list(label_values), value)
-    return family
+    return _labelled(CounterMetricFamily(name, documentation, labels=list(labels)), values)
 
 
 def labelled_gauge(
     name: str, documentation: str, labels: Sequence[str], values: Iterable[tuple[Sequence[str], float]]
 ) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, documentation, labels=list(labels))
+    return _labelled(GaugeMetricFamily(name, documentation, labels=list(labels)), values)
+
+
+Family = TypeVar("Family", CounterMetricFamily, GaugeMetricFamily)
+
+
+def _labelled(family: Family, values: Iterable[tuple[Sequence[str], float]]) -> Family:
     for label_values, value in values:
         family.add_metric(list(label_values), value)
     return family
