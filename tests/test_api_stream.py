@@ -109,8 +109,13 @@ def events_of(text: str) -> list[dict[str, str]]:
     return events
 
 
+STREAM_CHANNEL_PREFIX = "stream."  # the stream's channels: layer.new_channel("stream")
+
+
 async def members(group: str) -> set[str]:
-    return set(get_channel_layer().groups.get(group, {}))
+    """The group's members that are this module's streams: the in-memory layer is the worker
+    process's, and a socket of another test module may still be in the fleet group."""
+    return {name for name in get_channel_layer().groups.get(group, {}) if name.startswith(STREAM_CHANNEL_PREFIX)}
 
 
 @pytest.fixture
