@@ -183,7 +183,7 @@ async def test_a_command_sent_through_the_api_is_applied_on_a_simulated_charger(
             assert sent["status"] == "pending" and sent["via"] == "api" and sent["username"] == "csms"
             assert response["Location"] == detail_url(sent["id"])
             result = await poll_result(api, sent["id"], RESULT_TIMEOUT_S)
-            audit = await sync_to_async(api.get)(LIST_URL, {"charge_point": charge_point.slug, "state": "applied"})
+            audit = await sync_to_async(api.get)(LIST_URL, {"charge_point": charge_point.slug, "status": "applied"})
     finally:
         await fleet.stop()
     assert result["status"] == "applied", result
@@ -213,7 +213,7 @@ async def wait_charging(charge_point: ChargePoint) -> None:
 
 
 @pytest.mark.django_db
-def test_the_audit_filters_by_charge_point_site_and_state() -> None:
+def test_the_audit_filters_by_charge_point_site_and_status() -> None:
     applied = make_command("cp-1", 1)
     failed = make_command("cp-1", 2, status="failed", reason_code="offline", via="api")
     other = make_command("cp-2", 3, site_slug="harbour", action="pause", value=None)
@@ -227,10 +227,10 @@ def test_the_audit_filters_by_charge_point_site_and_state() -> None:
     assert listed() == [str(other.id), str(failed.id), str(applied.id)]  # newest first
     assert listed(charge_point="cp-1") == [str(failed.id), str(applied.id)]
     assert listed(site="harbour") == [str(other.id)]
-    assert listed(state="failed") == [str(failed.id)]
+    assert listed(status="failed") == [str(failed.id)]
     assert listed(action="pause") == [str(other.id)] and listed(via="api") == [str(failed.id)]
-    bad = api.get(LIST_URL, {"state": "exploded"})
-    assert bad.status_code == 400 and list(bad.json()["error"]["fields"]) == ["state"]
+    bad = api.get(LIST_URL, {"status": "exploded"})
+    assert bad.status_code == 400 and list(bad.json()["error"]["fields"]) == ["status"]
     one = api.get(detail_url(failed.id))
     assert one.json() == command_json(failed) | {"site": "test-site", "via": "api"}
     assert api.get(detail_url(failed.id), HTTP_IF_NONE_MATCH=one["ETag"]).status_code == 304

@@ -7,7 +7,7 @@ their results and the audit.
   value missing or out of range, charge point disabled) is a 400 whose error code is the reason
   code, with the audited (failed) command; Kafka not taking it is a 503 (the row says so too).
 - GET commands/{id}/: the command and its outcome (poll until status is not "pending").
-- GET commands/?charge_point=&site=&state=pending|applied|failed&action=&via=: the audit, newest
+- GET commands/?charge_point=&site=&status=pending|applied|failed&action=&via=: the audit, newest
   first, in cursor pages.
 Reads need a login only: the charge point page shows every user the recent commands.
 """
@@ -69,7 +69,7 @@ class CommandFilter(forms.Form):
 
     charge_point = forms.SlugField(required=False)
     site = forms.SlugField(required=False)
-    state = forms.ChoiceField(choices=[("", "any"), *CommandStatus.choices], required=False)
+    status = forms.ChoiceField(choices=[("", "any"), *CommandStatus.choices], required=False)
     action = forms.ChoiceField(choices=[("", "any"), *CommandAction.choices], required=False)
     via = forms.ChoiceField(choices=[("", "any"), ("web", "web"), ("cli", "cli"), ("api", "api")], required=False)
 
@@ -78,7 +78,7 @@ class CommandFilter(forms.Form):
         lookups = {
             "charge_point_slug": data["charge_point"],
             "site_slug": data["site"],
-            "status": data["state"],
+            "status": data["status"],
             "action": data["action"],
             "via": data["via"],
         }
@@ -155,7 +155,7 @@ class CommandListView(ETagMixin, generics.ListAPIView):
         parameters=[
             OpenApiParameter("charge_point", OpenApiTypes.STR, description="A charge point's slug."),
             OpenApiParameter("site", OpenApiTypes.STR, description="A site's slug."),
-            OpenApiParameter("state", OpenApiTypes.STR, enum=CommandStatus.values),
+            OpenApiParameter("status", OpenApiTypes.STR, enum=CommandStatus.values),
             OpenApiParameter("action", OpenApiTypes.STR, enum=CommandAction.values),
             OpenApiParameter("via", OpenApiTypes.STR, enum=["web", "cli", "api"]),
         ],
