@@ -115,6 +115,9 @@ def feed(plan: Plan, batch_size: int) -> dict:
 
     from gateway import sinks as sink_groups
     from gateway.kafka import consumer as consumer_module
+    from gateway.metrics.collectors import collectors_for
+    from gateway.observe import Observed
+    from gateway.pipeline.reporter import StatusProbe
     from gateway.profiles.decode import TelemetryFields
     from gateway.telemetry import build_record, encode_record
 
@@ -159,6 +162,11 @@ def feed(plan: Plan, batch_size: int) -> dict:
         consumer = consumer_module.TelemetryConsumer(
             "bench", sinks=[timed(name, sink) for name, sink in zip(SINK_STAGES, sinks, strict=True)]
         )
+        # What runconsumer attaches to its consumers (gateway/observe.py): the metrics' batch
+        # durations and the pipeline page's latency samples, so their cost is in the figures.
+        observed = Observed("consumer", "bench", {"groups": [sink_groups.SinkGroup(sink_groups.LIVE, consumer)]})
+        collectors_for(observed)
+        StatusProbe(observed).attach()
         seq = 0
         results = []
         fleet_pushed = 0  # records the fleet group got, warm-up included (the listeners count them too)

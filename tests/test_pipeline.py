@@ -103,7 +103,14 @@ async def test_poller_and_consumer_write_their_rows_and_the_report_follows(
             assert poller["name"] == "pipeline-test" and poller["pid"] > 0
             assert poller["stats"]["charge_points"] == 2 and poller["stats"]["output"] == "kafka"
             assert poller["records"] > 0
-            assert set(poller["outbox"]) == {"depth", "oldest_age_s", "dropped", "delivered", "failed_sends"}
+            assert set(poller["outbox"]) == {
+                "depth",
+                "oldest_age_s",
+                "dropped",
+                "delivered",
+                "failed_sends",
+                "stalled_s",
+            }
             assert poller["outbox"]["delivered"] > 0
             groups = {group["name"]: group for group in consumer_stage["stats"]["groups"]}
             assert set(groups) == {"live", "history"}

@@ -161,3 +161,25 @@ async def test_a_producer_whose_sender_died_is_replaced_and_the_next_round_deliv
     finally:
         await transport.close()
     assert seqs_by_charge_point(await read_all(topic)) == {"cp-a": [1, 2]}
+
+
+async def test_stalled_counts_the_time_records_wait_with_none_delivered(kafka, tmp_path: Path) -> None:
+    """The one rule of a stuck outbox (readiness, the pipeline page): records waiting and nothing
+    delivered since; an empty outbox, or one that delivers, is not stalled however old its backlog."""
+    import asyncio
+
+    topic = kafka["TELEMETRY_TOPIC"]
+    await ensure_topics([topic])
+    publisher = kafka_publisher(tmp_path / "p.sqlite3", topic)
+    assert publisher.stats.stalled_s() == 0.0
+    await asyncio.sleep(1.0)  # empty all along: the wait starts with the first record
+    publisher.publish(record("cp-a", 1))
+    publisher.persist()  # not started: nothing can be delivered
+    await asyncio.sleep(0.3)
+    assert 0.3 <= publisher.stats.stalled_s() < 0.9
+    await publisher.start()
+    try:
+        assert await publisher.flush(30)
+        assert publisher.stats.stalled_s() == 0.0
+    finally:
+        await publisher.close()

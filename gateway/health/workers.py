@@ -15,7 +15,6 @@ Per kind:
   Kafka and has partitions assigned.
 """
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -36,34 +35,17 @@ def flag(name: str, ok: bool, good: str, bad: str) -> CheckResult:
 
 
 class OutboxWatch:
-    """The outbox of a publisher is moving: empty, or delivering.
+    """The outbox of a publisher is moving: empty, or delivering (PublishStats.stalled_s: records
+    waiting with none delivered for STUCK_AFTER_S means the transport has been away that long)."""
 
-    It compares the publisher's counters between probes: records waiting while `delivered` has not
-    moved for STUCK_AFTER_S means the transport has been away that long. Until the first probe, the
-    start of the process counts as the last movement.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        publisher: Any,
-        stuck_after_s: float = STUCK_AFTER_S,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, name: str, publisher: Any, stuck_after_s: float = STUCK_AFTER_S) -> None:
         self.name = name
         self.publisher = publisher
         self.stuck_after_s = stuck_after_s
-        self.clock = clock
-        self._delivered = publisher.stats.delivered
-        self._moved_at = clock()
 
     def __call__(self) -> CheckResult:
-        now = self.clock()
         stats = self.publisher.stats
-        waiting, delivered = stats.buffered, stats.delivered  # plain ints kept by the outbox and the publisher
-        if waiting == 0 or delivered != self._delivered:
-            self._delivered, self._moved_at = delivered, now
-        still_s = now - self._moved_at
+        waiting, delivered, still_s = stats.buffered, stats.delivered, stats.stalled_s()
         return flag(
             self.name,
             still_s < self.stuck_after_s,

@@ -6,8 +6,9 @@ States, worst last:
     ok        reporting, nothing below applies
     lagging   behind but moving: outbox older than OUTBOX_LAGGING_S, consumer lag over
               CONSUMER_LAG_LAGGING messages, a hop's p95 over HOP_LAGGING_MS, no partitions yet
-    failing   an ERROR in the last ERROR_RECENT_S, or its outbox not drained for OUTBOX_STUCK_S
-              (the transport is down: records pile up on disk)
+    failing   an ERROR in the last ERROR_RECENT_S, or records waiting in its outbox with none
+              delivered for OUTBOX_STUCK_S (publisher.PublishStats.stalled_s: the transport is down;
+              a backlog that moves is only lagging)
     stopped   it said it stopped (stopped_at), or it has not reported for STALE_INTERVALS of its
               interval: the process died or hangs
 
@@ -75,10 +76,11 @@ def stage_state(row: StageStatus, now: datetime) -> tuple[str, list[str]]:
     outbox = stats.get("outbox") or {}
     outbox_age_s = outbox.get("oldest_age_s")
     if outbox_age_s is not None:
-        depth = outbox.get("depth", 0)
-        if outbox_age_s > OUTBOX_STUCK_S:
+        depth, stalled_s = outbox.get("depth", 0), outbox.get("stalled_s", 0.0)
+        if stalled_s > OUTBOX_STUCK_S:  # nothing delivered for that long, not merely a backlog (publisher.py)
             target = "Kafka" if stats.get("output") == "kafka" else "the MQTT broker"
-            why = f"outbox not draining: {depth} records waiting, the oldest {seconds(outbox_age_s)} ({target} down?)"
+            waited = seconds(stalled_s)
+            why = f"outbox not draining: {depth} records waiting, none delivered for {waited} ({target} down?)"
             reasons.append((FAILING, why))
         elif outbox_age_s > OUTBOX_LAGGING_S:
             reasons.append((LAGGING, f"outbox behind: {depth} records waiting, the oldest {seconds(outbox_age_s)}"))

@@ -72,6 +72,7 @@ def outbox_stats(publisher: Any) -> dict[str, Any]:
         "dropped": stats.dropped,
         "delivered": stats.delivered,
         "failed_sends": stats.failed_sends,
+        "stalled_s": round(stats.stalled_s(), 2),
     }
 
 

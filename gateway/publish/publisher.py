@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 from gateway.publish.base import OutboxEntry, Transport, TransportUnavailable
@@ -30,6 +31,13 @@ class PublishStats:
     published: int = 0  # handed to publish / publish_encoded
     delivered: int = 0  # confirmed by the transport and removed from the outbox
     failed_sends: int = 0  # messages of sends that failed (they stay in the outbox and are sent again)
+    moved_at: float = field(default_factory=time.monotonic)  # the outbox last delivered, or was empty
+
+    def stalled_s(self) -> float:
+        """How long records have waited with none delivered (0 when none wait): the transport has
+        been away that long. A backlog being delivered is behind, not stalled. The one rule of a
+        stuck outbox: readiness (gateway/health/workers.py) and the pipeline page read it."""
+        return 0.0 if self.buffered == 0 else max(0.0, time.monotonic() - self.moved_at)
 
     @property
     def dropped(self) -> int:
@@ -94,6 +102,8 @@ class OutboxPublisher:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
+        if not self.outbox.count:  # the first record to wait: the wait starts now
+            self.stats.moved_at = time.monotonic()
         try:
             self.outbox.append(pending)
         except BaseException:
@@ -202,6 +212,8 @@ class OutboxPublisher:
         # A record the full outbox dropped while it was in flight was counted as dropped already:
         # each record is counted once (published = delivered + dropped + buffered).
         self.stats.delivered += self.outbox.remove(result.acked)
+        if result.acked:
+            self.stats.moved_at = time.monotonic()
         if result.error is not None:
             self.stats.failed_sends += len(entries) - len(result.acked)
             error = result.error
