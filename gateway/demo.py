@@ -81,10 +81,20 @@ class DemoOptions:
     session_scale: float = 1.0  # ChargePointBehaviour.session_scale; `manage.py demo` defaults to DEMO_SESSION_SCALE
     mqtt_port: int = DEFAULT_MQTT_PORT
     direct: bool = False  # poller -> Kafka, without the MQTT broker and the bridge
+    metrics_port: int | None = None  # the poller's --metrics-port; the bridge's is +1, the consumer's +2
 
     @property
     def mqtt_url(self) -> str:
         return f"mqtt://127.0.0.1:{self.mqtt_port}"
+
+    def metrics_ports(self) -> dict[str, int]:
+        """Each worker's /metrics port (README, Integrations); none unless --metrics-port."""
+        if self.metrics_port is None:
+            return {}
+        ports = {"poller": self.metrics_port, "consumer": self.metrics_port + 2}
+        if not self.direct:
+            ports["bridge"] = self.metrics_port + 1
+        return ports
 
     def describe_path(self) -> str:
         """One line for the banner: which path the records take."""
@@ -248,7 +258,16 @@ def child_environment(options: DemoOptions) -> dict[str, str]:
 
 
 def poller_args(options: DemoOptions) -> list[str]:
-    return ["runpoller", "--output", "kafka" if options.direct else "mqtt"]
+    return ["runpoller", "--output", "kafka" if options.direct else "mqtt", *metrics_args(options, "poller")]
+
+
+def bridge_args(options: DemoOptions) -> list[str]:
+    return ["runbridge", *metrics_args(options, "bridge")]
+
+
+def metrics_args(options: DemoOptions, worker: str) -> list[str]:
+    port = options.metrics_ports().get(worker)
+    return [] if port is None else ["--metrics-port", str(port)]
 
 
 def start_brokers(options: DemoOptions) -> dict[str, subprocess.Popen]:
@@ -379,7 +398,9 @@ class ConsumerFailed(CommandError):
     """The demo's in-process Kafka consumer died; the demo stops and exits non-zero."""
 
 
-def serve_web_with_consumer(host: str, port: int, children: dict[str, subprocess.Popen] | None = None) -> None:
+def serve_web_with_consumer(
+    host: str, port: int, children: dict[str, subprocess.Popen] | None = None, metrics_port: int | None = None
+) -> None:
     """Run daphne in this process with the Kafka consumer as a task on its event loop.
 
     `children` (name -> process) are watched once a second; one that ends is logged at once.
@@ -396,7 +417,7 @@ def serve_web_with_consumer(host: str, port: int, children: dict[str, subprocess
     consumer_failure: list[BaseException] = []
 
     def start_consumer() -> None:
-        consumer = asyncio.get_event_loop().create_task(services.run_consumer(stop))
+        consumer = asyncio.get_event_loop().create_task(services.run_consumer(stop, metrics_port=metrics_port))
         consumer.add_done_callback(stop_if_consumer_failed)
         consumer_task.append(consumer)
 

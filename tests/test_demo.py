@@ -22,12 +22,14 @@ import aiomqtt
 import pytest
 from django.conf import settings
 from django.core.management.base import CommandError
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import demo
 from gateway.management.commands.demo import Command
 from gateway.models import ChargePoint
 from gateway.mqtt.embedded import start_mqtt_broker, stop_mqtt_broker
 from tests.conftest import free_port, shipped_profile
+from tests.ports import free_port_run
 
 # A child that announces itself, then runs until stopped; SIGTERM handling is chosen per test.
 CHILD = """
@@ -207,7 +209,9 @@ class RunningDemo:
 
 
 @contextlib.contextmanager
-def running_demo(tmp_path: Path, charge_points: int = 1, **environment: str) -> Iterator[RunningDemo]:
+def running_demo(
+    tmp_path: Path, charge_points: int = 1, extra_args: tuple[str, ...] = (), **environment: str
+) -> Iterator[RunningDemo]:
     """`manage.py demo` (one charge point unless told) on free ports, once it serves pages; killed if left running."""
     http_port, mqtt_port = free_port(), free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith(("DJANGO_", "EVDASH_"))}
@@ -226,6 +230,7 @@ def running_demo(tmp_path: Path, charge_points: int = 1, **environment: str) -> 
                 *ports,
                 "--modbus-base-port",
                 str(free_port()),
+                *extra_args,
             ],
             cwd=settings.BASE_DIR,
             env=env,
@@ -251,13 +256,35 @@ async def first_telemetry_message(port: int) -> aiomqtt.Message:
     raise AssertionError("the subscription ended")
 
 
+def worker_counter(port: int, name: str) -> float:
+    """A counter of a worker's /metrics (README, Integrations), summed over its labels; 0 if absent."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
 def test_demo_runs_the_edge_path_by_default(tmp_path: Path) -> None:
-    """poller -> embedded MQTT broker -> bridge -> Kafka -> consumer, and an orderly stop."""
-    with running_demo(tmp_path) as running:
+    """poller -> embedded MQTT broker -> bridge -> Kafka -> consumer, and an orderly stop; with
+    --metrics-port, each worker's /metrics counts what went through it."""
+    metrics = free_port_run(3)
+    with running_demo(tmp_path, extra_args=("--metrics-port", str(metrics))) as running:
         message = asyncio.run(asyncio.wait_for(first_telemetry_message(running.mqtt_port), 30))
         assert message.topic.value == "evdash/demo-site/cp-01/telemetry"
         assert json.loads(message.payload)["charge_point"] == "cp-01"
         wait_until(lambda: running.stored_charge_points() == 1, 30, "a record stored by the consumer")
+        counted = {
+            "poller": (metrics, "evdash_records_published_total"),
+            "bridge": (metrics + 1, "evdash_bridge_records_out_total"),
+            "consumer": (metrics + 2, "evdash_consumer_records_total"),
+        }
+        for worker, (port, counter) in counted.items():
+            wait_until(lambda port=port, counter=counter: worker_counter(port, counter) > 0, 30, f"{worker} metrics")
+            assert f"  {worker} metrics: http://127.0.0.1:{port}/metrics" in running.log().splitlines()
         assert child_running(running.process.pid, "manage.py runbridge") is not None
         assert child_running(running.process.pid, "manage.py runpoller --output mqtt") is not None
         assert running.stop() == 0, running.log()[-3000:]

@@ -45,6 +45,13 @@ class Command(BaseCommand):
             ),
         )
         parser.add_argument("--seed", type=int, default=None, help="Simulator random seed.")
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=None,
+            help="Serve each worker's /metrics, /healthz and /readyz: the poller on this port, the bridge on +1, "
+            "the consumer on +2 (README, Integrations).",
+        )
 
     def handle(self, *args, **options) -> None:
         configure_verbosity(options["verbosity"])
@@ -63,6 +70,7 @@ class Command(BaseCommand):
             seed=options["seed"],
             mqtt_port=options["mqtt_port"],
             direct=demo.direct_path_requested(),
+            metrics_port=options["metrics_port"],
         )
         call_command("migrate", interactive=False, verbosity=0)
         created = demo.ensure_demo_fleet(count, opts.modbus_base_port)
@@ -80,10 +88,12 @@ class Command(BaseCommand):
             children["simulate"] = demo.spawn(demo.simulator_args(opts, demo.demo_profile_slugs()), env)
             if not opts.direct:
                 asyncio.run(demo.open_bridge_session(opts))
-                children["runbridge"] = demo.spawn(["runbridge"], env)
+                children["runbridge"] = demo.spawn(demo.bridge_args(opts), env)
             children["runpoller"] = demo.spawn(demo.poller_args(opts), env)
             self.stdout.write("\n".join(self.banner(opts, password)))
-            demo.serve_web_with_consumer(opts.http_host, opts.http_port, children)
+            demo.serve_web_with_consumer(
+                opts.http_host, opts.http_port, children, metrics_port=opts.metrics_ports().get("consumer")
+            )
         finally:
             self.stdout.write(demo.describe_stopping(children, direct=opts.direct))
             exits = demo.stop_children(children)
@@ -98,6 +108,7 @@ class Command(BaseCommand):
             f"  password: {password}" if password else "  password: unchanged (set EVDASH_ADMIN_PASSWORD to reset it)",
             f"  path: {opts.describe_path()}",
             f"  pipeline health: http://{opts.http_host}:{opts.http_port}/pipeline/",
+            *(f"  {worker} metrics: http://127.0.0.1:{port}/metrics" for worker, port in opts.metrics_ports().items()),
             f"  REST API docs: http://{opts.http_host}:{opts.http_port}/api/v1/docs/ (tokens: Admin → API tokens)",
             "  Ctrl-C stops everything.",
             "",
