@@ -1,35 +1,22 @@
 """API tokens: issued in the admin and shown once, stored hashed, revoked and expired; rate limits per token."""
 
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Permission, User
-from django.core.cache import cache
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
 from gateway.models import ApiToken
 from gateway.models.tokens import digest_of
+from tests.api import bearer, fresh_throttle  # noqa: F401 (fresh_throttle: an autouse fixture)
 
 pytestmark = pytest.mark.django_db
 SITES = "/api/v1/sites/"
 TOKEN_IN_MESSAGE = re.compile(r"is (evd_[A-Za-z0-9_-]{43})")
-
-
-@pytest.fixture(autouse=True)
-def fresh_throttle() -> Iterator[None]:
-    """Rate-limit counters live in the cache; token ids repeat across rolled-back tests."""
-    cache.clear()
-    yield
-    cache.clear()
-
-
-def bearer(raw: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {raw}"}
 
 
 def staff_with_token_permissions(username: str) -> User:

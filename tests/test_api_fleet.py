@@ -2,14 +2,12 @@
 
 import asyncio
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Permission, User
-from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
 
@@ -19,23 +17,12 @@ from gateway.profiles.decode import TelemetryFields
 from gateway.profiles.store import SHIPPED_DIR, read_spec_file
 from gateway.simulator.fleet import SimulatorFleet
 from gateway.telemetry import build_record
+from tests.api import bearer, fresh_throttle  # noqa: F401 (fresh_throttle: an autouse fixture)
 from tests.conftest import Collected, make_charge_point, wait_for
 
 pytestmark = pytest.mark.django_db
 API = "/api/v1/"
 GENERIC = read_spec_file(SHIPPED_DIR / "generic-ev-charger.json")
-
-
-@pytest.fixture(autouse=True)
-def fresh_throttle() -> Iterator[None]:
-    """Rate-limit counters live in the cache; token ids repeat across rolled-back tests."""
-    cache.clear()
-    yield
-    cache.clear()
-
-
-def bearer(raw: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {raw}"}
 
 
 def user_with(username: str, *codenames: str) -> User:
