@@ -112,6 +112,15 @@ def requested_span(request: HttpRequest, now: datetime) -> tuple[str, datetime, 
     return name, now - timedelta(seconds=RANGES_S[name]), now
 
 
+def requested_series(request: HttpRequest, slug: str, now: datetime) -> tuple[str, dict[str, Any]]:
+    """(range name, series) that a request's range, max_points and roles ask of a charge point;
+    BadRequest or ValueError for what it cannot ask. The page's JSON and the API's both answer it."""
+    name, start, end = requested_span(request, now)
+    max_points = int(parse_number(request, "max_points", MAX_POINTS_DEFAULT, MAX_POINTS_MIN, MAX_POINTS_MAX))
+    roles = [role.strip() for role in request.GET.get("roles", "").split(",") if role.strip()]
+    return name, charge_point_series(slug, start, end, max_points=max_points, roles=roles or None)
+
+
 @require_safe
 @login_required_json
 def charge_point_history(request: HttpRequest, slug: str) -> HttpResponse:
@@ -120,10 +129,7 @@ def charge_point_history(request: HttpRequest, slug: str) -> HttpResponse:
         return json_error(f"no charge point {slug!r}", 404)
     now = timezone.now()
     try:
-        name, start, end = requested_span(request, now)
-        max_points = int(parse_number(request, "max_points", MAX_POINTS_DEFAULT, MAX_POINTS_MIN, MAX_POINTS_MAX))
-        roles = [role.strip() for role in request.GET.get("roles", "").split(",") if role.strip()]
-        series = charge_point_series(slug, start, end, max_points=max_points, roles=roles or None)
+        name, series = requested_series(request, slug, now)
     except (BadRequest, ValueError) as error:
         return json_error(str(error), 400)
     return JsonResponse(series | {"range": name, "server_now": format_ts(now)})

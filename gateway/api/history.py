@@ -30,15 +30,13 @@ from gateway.api.domain_serializers import (
     InvalidQuery,
 )
 from gateway.api.etag import ETagMixin
-from gateway.history.query import charge_point_series, fleet_power_series
+from gateway.history.query import fleet_power_series
 from gateway.history_views import (
-    MAX_POINTS_DEFAULT,
     MAX_POINTS_MAX,
     MAX_POINTS_MIN,
     BadRequest,
     fleet_power_span,
-    parse_number,
-    requested_span,
+    requested_series,
 )
 from gateway.models import ChargePoint, Site
 from gateway.telemetry import format_ts
@@ -76,10 +74,7 @@ class ChargePointHistoryView(ETagMixin, APIView):
             raise exceptions.NotFound(f"no charge point {slug!r}")
         now = timezone.now()
         try:
-            name, start, end = requested_span(request, now)
-            max_points = int(parse_number(request, "max_points", MAX_POINTS_DEFAULT, MAX_POINTS_MIN, MAX_POINTS_MAX))
-            roles = [role.strip() for role in request.query_params.get("roles", "").split(",") if role.strip()]
-            series = charge_point_series(slug, start, end, max_points=max_points, roles=roles or None)
+            name, series = requested_series(request, slug, now)
         except (BadRequest, ValueError) as error:
             raise InvalidQuery(str(error)) from None
         return timed(series, {"range": name})
