@@ -213,7 +213,7 @@ def run_path(path: str, commands: int) -> dict:
         log = var_dir / "demo.log"
         args = ["demo", "--charge-points", str(CHARGE_POINTS), "--port", str(port)]
         args += ["--kafka-port", str(common.free_port()), "--mqtt-port", str(common.free_port())]
-        args += ["--modbus-base-port", str(common.free_port_range(CHARGE_POINTS))]
+        args += ["--modbus-base-port", str(common.free_port_range(CHARGE_POINTS + 1))]  # + the site meter
         demo = common.spawn_manage(args, env, log)
         try:
             common.wait_until(

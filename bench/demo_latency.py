@@ -97,7 +97,7 @@ def start_demo(charge_points: int, var_dir: str) -> tuple[subprocess.Popen, str]
     env = common.embedded_env(Path(var_dir), DJANGO_DEBUG="1", EVDASH_ADMIN_PASSWORD=PASSWORD)
     args = [sys.executable, "manage.py", "demo", "--charge-points", str(charge_points), "--port", str(port)]
     args += ["--kafka-port", str(common.free_port()), "--mqtt-port", str(common.free_port())]
-    args += ["--modbus-base-port", str(common.free_port_range(charge_points))]
+    args += ["--modbus-base-port", str(common.free_port_range(charge_points + 1))]  # + the site meter
     with Path(var_dir, "demo.log").open("w") as log:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -250,7 +250,7 @@ def run_demo_layout(plan: Plan) -> dict:
         log = var_dir / "demo.log"
         args = ["demo", "--charge-points", str(plan.charge_points), "--port", str(port)]
         args += ["--kafka-port", str(common.free_port()), "--mqtt-port", str(common.free_port())]
-        args += ["--modbus-base-port", str(common.free_port_range(plan.charge_points))]
+        args += ["--modbus-base-port", str(common.free_port_range(plan.charge_points + 1))]  # + the site meter
         demo = common.spawn_manage(args, env, log)
         try:
             common.wait_until(

@@ -51,6 +51,7 @@ BENCHMARKS: dict[str, tuple[int, int]] = {
     "commands": (300, 600),
     "history": (240, 600),
     "api": (180, 300),
+    "sitecontrol": (300, 900),
 }
 DOC = common.ROOT / "docs" / "benchmarks.md"
 MACHINE_BLOCK = "machine"

@@ -343,6 +343,8 @@ EVDASH = {
     # Operator commands to the pollers and their results back (README, "Commands"), keyed by charge point.
     "COMMANDS_TOPIC": os.environ.get("EVDASH_COMMANDS_TOPIC", "evdash.commands"),
     "COMMAND_RESULTS_TOPIC": os.environ.get("EVDASH_COMMAND_RESULTS_TOPIC", "evdash.command-results"),
+    # Site load management: each site controller's status every period (gateway/sitecontrol/messages.py).
+    "SITE_STATUS_TOPIC": os.environ.get("EVDASH_SITE_STATUS_TOPIC", "evdash.site-status"),
     # A command not executed within this many seconds of its creation is never executed.
     "COMMAND_EXPIRY_S": float(os.environ.get("EVDASH_COMMAND_EXPIRY_S", "30")),
     # Alerts as they are raised, cleared and acknowledged (README, "Alerts"), keyed by charge point.

@@ -1,5 +1,6 @@
-"""Admin: manage sites, charge points and device profiles (with their registers inline), alert rules;
-read the alerts and the command audit."""
+"""Admin: manage sites (with their load management and meter), charge points and device profiles
+(with their registers inline), alert rules; read the alerts, the command and override audits, the
+site samples and the site control leases."""
 
 import json
 import re
@@ -33,8 +34,16 @@ from gateway.models import (
     Site,
     StatusRule,
 )
+from gateway.models.sitecontrol import AllocationOverride, SiteControlLease, SiteSample
 from gateway.profiles.spec import CommandSpec, Heartbeat, ProfileFormatError, RegisterSpec, entries_from_json
-from gateway.profiles.store import export_profile_json, import_profile, load_spec, read_profile_bytes
+from gateway.profiles.store import (
+    charger_profiles,
+    export_profile_json,
+    import_profile,
+    load_spec,
+    meter_profiles,
+    read_profile_bytes,
+)
 from gateway.profiles.validate import command_register_problems, heartbeat_register_problems, overlapping
 from gateway.telemetry import schema as telemetry_schema
 
@@ -60,9 +69,53 @@ def pacing_warnings(charge_point: ChargePoint) -> list[str]:
 
 @admin.register(Site)
 class SiteAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "address"]
+    """A site, its connection limit (load management) and its optional live meter; Site.clean checks them."""
+
+    list_display = ["name", "slug", "address", "limit_shown", "meter_shown"]
     search_fields = ["name", "slug", "address"]
     prepopulated_fields = {"slug": ["name"]}
+    list_select_related = ["meter_profile"]
+    fieldsets = [
+        (None, {"fields": ["name", "slug", "address"]}),
+        (
+            "Load management",
+            {
+                "description": "Share the site's grid connection among its chargers (blank limit: no load "
+                "management). A limit below the chargers' minimums is allowed: the lowest priorities pause.",
+                "fields": [
+                    ("limit_a", "limit_kw"),
+                    "control_period_s",
+                    ("base_load_a", "margin_a"),
+                    ("failsafe_current_a", "failsafe_timeout_s"),
+                ],
+            },
+        ),
+        (
+            "Site meter",
+            {
+                "description": "Optional: a Modbus meter at the connection, read every second through a meter "
+                "profile (e.g. Eastron SDM630). Without one the draw is the chargers' sum plus the base load.",
+                "fields": ["meter_profile", ("meter_host", "meter_port", "meter_unit_id"), "meter_stale_s"],
+            },
+        ),
+    ]
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "meter_profile":
+            kwargs["queryset"] = meter_profiles()  # a charger's profile is not a meter's (validate.is_meter_profile)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    @admin.display(description="limit", ordering="limit_a")
+    def limit_shown(self, site: Site) -> str:
+        if site.limit_a is None:
+            return "no load management"
+        return f"{site.limit_a:g} A" + (f" / {site.limit_kw:g} kW" if site.limit_kw is not None else "")
+
+    @admin.display(description="meter", ordering="meter_host")
+    def meter_shown(self, site: Site) -> str:
+        if site.meter_profile is None:
+            return ""
+        return f"{site.meter_profile.slug} at {site.meter_host}:{site.meter_port}/{site.meter_unit_id}"
 
 
 @admin.register(ChargePoint)
@@ -77,18 +130,37 @@ class ChargePointAdmin(admin.ModelAdmin):
         "profile",
         "poll_interval_ms",
         "poll_at_pace",
+        "priority",
+        "wiring",
         "enabled",
     ]
-    list_filter = ["enabled", "site", "profile"]
+    list_filter = ["enabled", "site", "profile", "wiring"]
     list_editable = ["enabled"]
     search_fields = ["name", "slug", "host"]
     prepopulated_fields = {"slug": ["name"]}
     list_select_related = ["site", "profile"]
     readonly_fields = ["poll_at_pace"]
     actions = ["enable", "disable"]
+    fieldsets = [
+        (None, {"fields": ["name", "slug", "site", "profile", "enabled"]}),
+        ("Modbus", {"fields": [("host", "port", "unit_id"), "poll_interval_ms", ("request_gap_ms", "write_gap_ms"),
+                               "poll_at_pace"]}),
+        (
+            "Load management",
+            {
+                "description": "How this charger shares its site's limit (used when the site has one).",
+                "fields": ["priority", "wiring", ("min_session_current_a", "max_current_a")],
+            },
+        ),
+    ]  # fmt: skip
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).prefetch_related("profile__registers", "profile__status_rules")
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "profile":
+            kwargs["queryset"] = charger_profiles()  # a meter's profile reads no charger
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     @admin.display(description="one poll at its pacing")
     def poll_at_pace(self, charge_point: ChargePoint) -> str:
@@ -493,3 +565,39 @@ class ChargingSessionAdmin(ReadOnlyAdmin):
     @admin.display(description="peak power", ordering="peak_power_w")
     def peak_power_kw_shown(self, session: ChargingSession) -> str:
         return "" if session.peak_power_w is None else f"{session.peak_power_w / 1000:.1f} kW"
+
+
+@admin.register(AllocationOverride)
+class AllocationOverrideAdmin(ReadOnlyAdmin):
+    """The audit of allocation overrides: created and cancelled from the site page or the API only."""
+
+    list_display = [
+        "created_at", "charge_point_slug", "site_slug", "current_shown", "expires_at", "ended_at", "ended_by",
+        "username", "via", "reason",
+    ]  # fmt: skip
+    list_filter = ["site_slug", "via", ("ended_at", admin.EmptyFieldListFilter), "created_at"]
+    search_fields = ["charge_point_slug", "site_slug", "username", "reason"]
+    date_hierarchy = "created_at"
+
+    @admin.display(description="current", ordering="current_a")
+    def current_shown(self, override: AllocationOverride) -> str:
+        return f"{override.current_a:g} A"
+
+
+@admin.register(SiteSample)
+class SiteSampleAdmin(ReadOnlyAdmin):
+    """What each site's controller did, one row per control period (the site page's history)."""
+
+    list_display = ["at", "site_slug", "state", "limit_a", "draw_a", "allocated_a"]
+    list_filter = ["site_slug", "state", "at"]
+    search_fields = ["site_slug"]
+    date_hierarchy = "at"
+
+
+@admin.register(SiteControlLease)
+class SiteControlLeaseAdmin(ReadOnlyAdmin):
+    """Which poller controls which site (taken and renewed by the pollers only)."""
+
+    list_display = ["site", "poller_id", "host", "pid", "renewed_at"]
+    search_fields = ["site__slug", "poller_id", "host"]
+    list_select_related = ["site"]

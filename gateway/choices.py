@@ -122,6 +122,28 @@ class CommandAction(models.TextChoices):
     SET_CURRENT_LIMIT = "set_current_limit", "Set current limit"
     PAUSE = "pause", "Pause charging"
     RESUME = "resume", "Resume charging"
+    # Site load management: what the charger falls back to by itself when its watchdog lapses.
+    SET_FAILSAFE_CURRENT = "set_failsafe_current", "Set failsafe current"
+    SET_FAILSAFE_TIMEOUT = "set_failsafe_timeout", "Set failsafe timeout"
+
+
+# The actions an operator's buttons send; the failsafe ones are site load management's set-up.
+OPERATOR_ACTIONS: tuple[str, ...] = (CommandAction.SET_CURRENT_LIMIT, CommandAction.PAUSE, CommandAction.RESUME)
+# Actions that carry a value, and its unit.
+VALUE_UNITS: dict[str, str] = {
+    CommandAction.SET_CURRENT_LIMIT: "A",
+    CommandAction.SET_FAILSAFE_CURRENT: "A",
+    CommandAction.SET_FAILSAFE_TIMEOUT: "s",
+}
+
+
+class Wiring(models.TextChoices):
+    """Which of the site's phases a charger is connected to (its L1 first)."""
+
+    THREE_PHASE = "L123", "three-phase (L1, L2, L3)"
+    L1 = "L1", "single-phase on L1"
+    L2 = "L2", "single-phase on L2"
+    L3 = "L3", "single-phase on L3"
 
 
 class CommandStatus(models.TextChoices):
@@ -157,6 +179,9 @@ class AlertKind(models.TextChoices):
     TEMPERATURE = "temperature", "Temperature high"
     COMMAND_FAILED = "command_failed", "Command failed"
     THRESHOLD = "threshold", "Threshold on a value"
+    SITE_METER_STALE = "site_meter_stale", "Site meter stale (load management on its fallback)"
+    SITE_OVER_LIMIT = "site_over_limit", "Site over its connection limit"
+    SITE_CONTROL_REFUSED = "site_control_refused", "Site load management refused"
 
 
 class DeliveryChannel(models.TextChoices):

@@ -29,6 +29,7 @@ from django.core.management.base import CommandError
 from django.db import transaction
 from django.utils import timezone
 
+from gateway.choices import Wiring
 from gateway.conf import setting
 from gateway.kafka.embedded import EmbeddedBrokerError, start_broker, stop_broker
 from gateway.modbus.pacing import fitting_interval_ms
@@ -64,6 +65,33 @@ DEMO_SESSION_SCALE = 0.01
 CHARGE_POINTS_PER_SIMULATOR_PROCESS = 2500
 MAX_CHARGE_POINTS = 10_000
 MAX_PORT = 65535
+
+# Site load management (README, "Site load management"): the demo site shares a connection limit
+# that binds when the car park is busy in the building's afternoon peak, and idles at night.
+# The simulator serves the site meter on the port after the charge points' (one simulator
+# process only: the meter sums every charger).
+DEMO_METER_PROFILE = "eastron-sdm630"
+DEMO_BUILDING_LOAD_A = 24.0  # the building's own afternoon peak per phase (`simulate --building-load-a`)
+DEMO_SHARE_PER_CHARGER_A = 5.0  # of the limit, per charge point: a busy car park (~40 % charging at 16-32 A) exceeds it
+DEMO_MIN_LIMIT_A = 40.0  # a lone charger is never squeezed below its minimum by the building
+# Every third charger single-phase, on L1, L2, L3 in turn (the simulator cycles the same list).
+DEMO_WIRING = ("L123", "L123", "L1", "L123", "L123", "L2", "L123", "L123", "L3")
+# Every fourth charger is a fleet vehicle's bay: it keeps charging when others pause.
+DEMO_FLEET_BAY_PRIORITY, DEMO_PRIORITY = 80, 40
+
+
+def demo_site_limit_a(count: int) -> float:
+    """A limit (A per phase, a multiple of 5) that binds at busy times for a fleet of `count`."""
+    return max(DEMO_MIN_LIMIT_A, 5.0 * round((DEMO_BUILDING_LOAD_A + DEMO_SHARE_PER_CHARGER_A * count) / 5.0))
+
+
+def demo_wiring(index: int) -> str:
+    return DEMO_WIRING[index % len(DEMO_WIRING)]
+
+
+def demo_meter_port(count: int, base_port: int) -> int | None:
+    """The site meter's port, or None when the fleet spans several simulator processes."""
+    return base_port + count if count <= CHARGE_POINTS_PER_SIMULATOR_PROCESS else None
 
 
 DIRECT_VARIABLE = "EVDASH_DEMO_DIRECT"
@@ -131,10 +159,14 @@ def check_fleet_size(count: int, base_port: int) -> None:
         raise CommandError(f"--charge-points must be between 1 and {MAX_CHARGE_POINTS:,}.")
     if not 1 <= base_port <= MAX_PORT - count + 1:
         raise CommandError(f"Modbus ports {base_port}..{base_port + count - 1} are not all in 1..{MAX_PORT}.")
+    meter_port = demo_meter_port(count, base_port)
+    if meter_port is not None and meter_port > MAX_PORT:
+        raise CommandError(f"The site meter's Modbus port {meter_port} (after the charge points') is above {MAX_PORT}.")
 
 
-def simulator_args(options: DemoOptions, profile_slugs: list[str]) -> list[str]:
-    """`manage.py simulate` arguments serving the demo fleet (lean and in several processes when large)."""
+def simulator_args(options: DemoOptions, profile_slugs: list[str], meter_profile: str | None = None) -> list[str]:
+    """`manage.py simulate` arguments serving the demo fleet (lean and in several processes when large),
+    with the site meter (`meter_profile`) on the port after the charge points' when one process serves them."""
     count = options.charge_points
     args = ["simulate", "--count", str(count), "--base-port", str(options.modbus_base_port)]
     args += ["--speedup", str(options.speedup), "--profiles", ",".join(profile_slugs)]
@@ -144,6 +176,11 @@ def simulator_args(options: DemoOptions, profile_slugs: list[str]) -> list[str]:
     if count > LEAN_SIMULATOR_ABOVE:
         processes = min(os.cpu_count() or 1, math.ceil(count / CHARGE_POINTS_PER_SIMULATOR_PROCESS))
         args += ["--lean", "--processes", str(processes)]
+    meter_port = demo_meter_port(count, options.modbus_base_port)
+    if meter_port is not None:  # one simulator process: the site, its wiring, and its meter if there is a profile
+        args += ["--wiring", ",".join(DEMO_WIRING), "--building-load-a", str(DEMO_BUILDING_LOAD_A)]
+        if meter_profile is not None:
+            args += ["--site-meter-port", str(meter_port), "--site-meter-profile", meter_profile]
     return args
 
 
@@ -157,6 +194,45 @@ def demo_profile_slugs() -> list[str]:
     return [profile.slug for profile in demo_profiles()]
 
 
+def demo_meter_profile() -> DeviceProfile | None:
+    """The site meter's profile, if the database has it (migrations ship it)."""
+    return DeviceProfile.objects.filter(slug=DEMO_METER_PROFILE).first()
+
+
+def configure_demo_site(site: Site, count: int, base_port: int) -> None:
+    """Give the demo site its limit (if it has none: an operator's edit is kept) and its meter.
+
+    The meter follows the simulator like the charge points' endpoints do; without the meter's
+    profile, or for a fleet spread over several simulator processes, the controller estimates the
+    draw from the chargers plus the building's typical load.
+    """
+    meter = demo_meter_profile()
+    meter_port = demo_meter_port(count, base_port)
+    if site.limit_a is None:
+        site.limit_a = demo_site_limit_a(count)
+    if meter is not None and meter_port is not None:
+        site.meter_profile, site.meter_host, site.meter_port = meter, "127.0.0.1", meter_port
+        site.meter_unit_id = meter.default_unit_id
+    else:
+        site.meter_profile, site.meter_host = None, ""
+        site.base_load_a = min(DEMO_BUILDING_LOAD_A * 0.6, site.limit_a / 2)
+    site.full_clean()
+    site.save()
+
+
+def describe_site(options: DemoOptions) -> str:
+    """One line for the banner: the site page, its limit and where its draw comes from."""
+    site = Site.objects.select_related("meter_profile").get(slug=DEMO_SITE)
+    url = f"http://{options.http_host}:{options.http_port}/sites/{site.slug}/"
+    if site.limit_a is None:
+        return f"site: {url} (no load management: the site has no limit)"
+    if site.meter_profile is not None:
+        measured = f"meter {site.meter_profile.slug} on {site.meter_host}:{site.meter_port}"
+    else:
+        measured = f"no meter: chargers + {site.base_load_a:g} A base load"
+    return f"site load management: {url} (limit {site.limit_a:g} A per phase, {measured})"
+
+
 def ensure_demo_fleet(count: int, base_port: int) -> int:
     """Create or realign the demo charge points cp-01..cp-N with what the simulator serves.
 
@@ -168,28 +244,34 @@ def ensure_demo_fleet(count: int, base_port: int) -> int:
     profiles = demo_profiles()
     specs = {profile.pk: load_spec(profile) for profile in profiles}
     slugs = [f"cp-{index + 1:02d}" for index in range(count)]
-    endpoint_fields = ["host", "port", "unit_id", "profile"]
+    endpoint_fields = ["host", "port", "unit_id", "profile", "wiring"]
+    compared = ("host", "port", "unit_id", "profile_id", "poll_interval_ms", "wiring")
+    one_simulator = demo_meter_port(count, base_port) is not None  # only it applies the wiring
     new: list[ChargePoint] = []
     changed: list[ChargePoint] = []
     with transaction.atomic():
         site, _ = Site.objects.get_or_create(slug=DEMO_SITE, defaults={"name": "Demo car park"})
+        configure_demo_site(site, count, base_port)
         existing = ChargePoint.objects.in_bulk(slugs, field_name="slug")
         for index, slug in enumerate(slugs):
             profile = profiles[index % len(profiles)]
             endpoint = {"host": "127.0.0.1", "port": base_port + index, "unit_id": profile.default_unit_id}
             cp = existing.get(slug)
+            # The wiring is the simulator's, like the endpoint; the priority is the operator's once set.
+            endpoint["wiring"] = demo_wiring(index) if one_simulator else Wiring.THREE_PHASE.value
             if cp is None:
                 name = f"{profile.vendor or 'Generic'} {index + 1:02d}".replace("evdash", "Generic")
-                cp = ChargePoint(slug=slug, name=name, site=site, profile=profile, **endpoint)
+                priority = DEMO_FLEET_BAY_PRIORITY if index % 4 == 0 else DEMO_PRIORITY
+                cp = ChargePoint(slug=slug, name=name, site=site, profile=profile, priority=priority, **endpoint)
                 new.append(cp)
-            before = [getattr(cp, field) for field in ("host", "port", "unit_id", "profile_id", "poll_interval_ms")]
+            before = [getattr(cp, field) for field in compared]
             for field, value in endpoint.items():
                 setattr(cp, field, value)
             cp.profile = profile
             spec = specs[profile.pk]
             # A paced charger (KEBA: 0.5 s a read) cannot be polled every second.
             cp.poll_interval_ms = fitting_interval_ms(spec, cp.effective_pacing(spec), cp.poll_interval_ms)
-            after = [getattr(cp, field) for field in ("host", "port", "unit_id", "profile_id", "poll_interval_ms")]
+            after = [getattr(cp, field) for field in compared]
             if slug in existing and after != before:
                 cp.updated_at = timezone.now()  # bulk_update skips auto_now; the poller's reload reads it
                 changed.append(cp)

@@ -21,13 +21,16 @@ from gateway.kafka.topics import (
     commands_topic,
     dead_letter_topic,
     ensure_topics,
+    site_status_topic,
     telemetry_topic,
 )
 from gateway.modbus.poller import Poller
 from gateway.observe import Observed, observing
-from gateway.publish.outputs import build_publisher, command_result_topic, default_poller_id
+from gateway.publish.outputs import build_publisher, command_result_topic, default_poller_id, site_status_topic_for
 from gateway.publish.publisher import OutboxPublisher, PublishStats
 from gateway.runtime import Backoff, wait_unless_stopped
+from gateway.sitecontrol.consume import build_site_status_consumer, site_status_jobs
+from gateway.sitecontrol.control import SiteControl
 from gateway.telemetry import Record
 
 logger = logging.getLogger(__name__)
@@ -51,7 +54,14 @@ async def prepare_topics() -> None:
     """Create the topics if the broker lets us; an unreachable broker is retried by the clients."""
     try:
         await ensure_topics(
-            [telemetry_topic(), dead_letter_topic(), commands_topic(), command_results_topic(), alerts_topic()]
+            [
+                telemetry_topic(),
+                dead_letter_topic(),
+                commands_topic(),
+                command_results_topic(),
+                alerts_topic(),
+                site_status_topic(),
+            ]
         )
     except (KafkaError, OSError) as exc:
         logger.warning("could not check Kafka topics (%s); continuing", exc)
@@ -95,12 +105,25 @@ async def run_poller(
     poller = Poller(publisher.publish, site=site, poller_id=poller_id)
     runner = CommandRunner(poller, publisher, journal, poller_id=poller_id, result_topic=command_result_topic(output))
     poller.hooks = runner  # each needs the other: tied once both exist, before the poller starts its loops
+    status_topic = site_status_topic_for(output)
+    site_control = SiteControl(
+        poller_id=poller_id,
+        deliver=runner.deliver,
+        publish_status=lambda status: publisher.publish_encoded(
+            status_topic(status.site), status.key, status.to_json()
+        ),
+        polled=lambda: set(poller.tasks),
+        site=site,
+    )
+    poller.publish = site_control.tap(poller.publish)  # every record also reaches its site's controller
+    runner.result_listeners.append(site_control.on_result)
     reporter = asyncio.create_task(report_outbox(publisher, stop), name="outbox-stats")
     intake = asyncio.create_task(take_commands(source, poller, runner, stop), name="command-intake")
+    control = asyncio.create_task(site_control.run(stop), name="site-control")
     observed = Observed(
         "poller",
         poller_id,
-        {"poller": poller, "publisher": publisher, "runner": runner, "source": source},
+        {"poller": poller, "publisher": publisher, "runner": runner, "source": source, "site_control": site_control},
         metrics_port=metrics_port,
     )
     try:
@@ -109,6 +132,8 @@ async def run_poller(
     finally:
         if not stop.is_set():  # the poller failed: the intake would wait for a stop that never comes
             intake.cancel()
+            control.cancel()
+        await stop_within(control, INTAKE_STOP_TIMEOUT_S)
         await stop_within(intake, INTAKE_STOP_TIMEOUT_S)
         reporter.cancel()
         await asyncio.gather(reporter, return_exceptions=True)
@@ -273,10 +298,17 @@ async def run_consumer(
         "command results are no longer stored",
     )
     jobs["the command sweeper"] = (sweep_unanswered, "unanswered commands stay pending")
+    site_statuses = build_site_status_consumer(alerts=alerts if sinks.LIVE in groups else None)
+    jobs.update(site_status_jobs(consumer=site_statuses))  # samples, site alerts, the site page
     observed = Observed(
         "consumer",
         "+".join(group.consumer.group_id for group in built) or setting("CONSUMER_GROUP"),
-        {"groups": built, "results": results, "alerts": alerts if sinks.LIVE in groups else None},
+        {
+            "groups": built,
+            "results": results,
+            "site_status": site_statuses,
+            "alerts": alerts if sinks.LIVE in groups else None,
+        },
         metrics_port=metrics_port,
     )
     try:

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from gateway import alert_views, history_views, pipeline_views, session_views, views
+from gateway import alert_views, history_views, pipeline_views, session_views, site_views, views
 
 app_name = "gateway"
 urlpatterns = [
@@ -18,4 +18,14 @@ urlpatterns = [
     path("alerts/", alert_views.alerts, name="alerts"),
     path("alerts/<uuid:alert_id>/acknowledge/", alert_views.acknowledge, name="acknowledge_alert"),
     path("pipeline/", pipeline_views.pipeline, name="pipeline"),
+    path("sites/", site_views.sites, name="sites"),
+    path("sites/<slug:slug>/", site_views.site, name="site"),
+    path("sites/<slug:slug>/history/", site_views.site_history, name="site_history"),
+    path("sites/<slug:slug>/overrides/", site_views.create_override, name="site_overrides"),
+    path(
+        "sites/<slug:slug>/overrides/<uuid:override_id>/cancel/",
+        site_views.cancel_override,
+        name="cancel_site_override",
+    ),
+    path("fleet/site-headroom/", site_views.site_headroom, name="fleet_site_headroom"),
 ]

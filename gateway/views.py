@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST, require_safe
 
-from gateway.choices import CommandAction, FailureReason, Iec61851State
+from gateway.choices import OPERATOR_ACTIONS, CommandAction, FailureReason, Iec61851State
 from gateway.commands import service
 from gateway.models import ChargePoint, Command, Site
 from gateway.readings import (
@@ -32,6 +32,7 @@ from gateway.readings import (
     summarize,
     with_meaning,
 )
+from gateway.sitecontrol.report import load_managed_readings
 from gateway.telemetry import format_ts
 
 # How much history the live charts keep: 10 minutes, bounded in points by the page scripts.
@@ -86,10 +87,13 @@ def fleet(request: HttpRequest) -> HttpResponse:
         ws_path += "?" + urlencode({"site": site.slug})
     readings = sorted((read_charge_point(cp, now) for cp in charge_points), key=lambda r: r.attention_key)
     summary = summarize(readings)
+    # Site load management: each load-managed site's limit and headroom (of the site shown, with ?site=).
+    headrooms = load_managed_readings(now, [site] if site else None)
     config = page_config(now, ws_path) | {
         "charge_points": [reading.as_json() for reading in readings],
         "charge_point_url": reverse("gateway:charge_point", args=["__slug__"]),
         "site": site.slug if site else None,
+        "site_headroom_url": reverse("gateway:fleet_site_headroom"),
         **fleet_rules(),
     }
     return render(
@@ -102,6 +106,7 @@ def fleet(request: HttpRequest) -> HttpResponse:
             "readings": readings[:FIRST_PAINT_TILES],
             "summary": summary.rows(),
             "total_power_kw": summary.power_kw,
+            "site_headrooms": headrooms,
             "config": config,
         },
     )
@@ -156,7 +161,7 @@ def charge_point(request: HttpRequest, slug: str) -> HttpResponse:
 def command_panel(cp: ChargePoint) -> list[dict[str, Any]]:
     """The Commands panel's controls, one per action, from the profile's commands."""
     controls = service.command_controls(cp)
-    return [{"action": action, "label": BUTTON_LABELS[action], **controls[action]} for action in CommandAction.values]
+    return [{"action": action, "label": BUTTON_LABELS[action], **controls[action]} for action in OPERATOR_ACTIONS]
 
 
 def json_error(error: str, status: int, reason_code: str = "", command: Command | None = None) -> JsonResponse:
@@ -193,7 +198,7 @@ def send_command(request: HttpRequest, slug: str) -> JsonResponse:
         if not math.isfinite(value):
             return json_error(f"value: {raw_value[:50]!r} is not a number", 400, FailureReason.INVALID)
     try:
-        command = service.send_command(cp, action, value, user=request.user, via="web")
+        command = service.send_command(cp, action, value, user=request.user, via="web", actions=OPERATOR_ACTIONS)
     except service.CommandRefused as refused:
         status = 403 if refused.reason_code == FailureReason.NOT_PERMITTED else 400
         return json_error(refused.reason, status, refused.reason_code, refused.command)

@@ -96,6 +96,7 @@ def kafka(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
         "COMMANDS_TOPIC": f"test.commands.{suffix}",
         "COMMAND_RESULTS_TOPIC": f"test.command-results.{suffix}",
         "ALERTS_TOPIC": f"test.alerts.{suffix}",
+        "SITE_STATUS_TOPIC": f"test.site-status.{suffix}",
         "CONSUMER_GROUP": f"test-consumer-{suffix}",
         "TOPIC_PARTITIONS": 2,
         "RELOAD_INTERVAL_S": 0.5,

@@ -53,11 +53,17 @@ DEFAULT_USERS: dict[str, User] = {
             "write evdash/pollers/+/state",
             "write evdash/+/+/command-results",
             "read evdash/+/+/commands",
+            "write evdash/+/site-status",
         ),
     ),
     "bridge": User(
         "bridge-Secr3t!pw",
-        ("read evdash/+/+/telemetry", "read evdash/+/+/command-results", "write evdash/+/+/commands"),
+        (
+            "read evdash/+/+/telemetry",
+            "read evdash/+/+/command-results",
+            "write evdash/+/+/commands",
+            "read evdash/+/site-status",
+        ),
     ),
     "watcher": User("watcher-Secr3t!pw", ("read #",)),
 }

@@ -23,6 +23,8 @@ def charge_point_form(site, profile, **overrides) -> dict:
         "profile": profile.pk,
         "poll_interval_ms": 1000,
         "enabled": "on",
+        "priority": 0,  # site load management's fields, as the add page fills them in
+        "wiring": "L123",
     } | overrides
 
 

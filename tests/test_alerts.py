@@ -71,9 +71,10 @@ async def close_thread_connections() -> AsyncIterator[None]:
     await sync_to_async(connections.close_all)()
 
 
-def create_builtin_rules() -> dict[str, AlertRule]:
-    """The built-in rules as migration 0010 creates them (a transactional test before flushed its rows)."""
-    migration = importlib.import_module("gateway.migrations.0010_builtin_alert_rules")
+def create_builtin_rules(migration_name: str = "0010_builtin_alert_rules") -> dict[str, AlertRule]:
+    """The built-in rules as a migration creates them (0010: the charge points'; 0015: the sites'),
+    by kind: a transactional test before flushed its rows."""
+    migration = importlib.import_module(f"gateway.migrations.{migration_name}")
     rules = {}
     for name, kind, severity, extra in migration.BUILT_IN:
         rules[kind], _ = AlertRule.objects.update_or_create(

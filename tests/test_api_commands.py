@@ -105,6 +105,7 @@ def test_a_browser_session_sends_only_with_its_csrf_token(cp: ChargePoint) -> No
         ({"action": "set_current_limit"}, "invalid", "needs a value"),
         ({"action": "pause", "value": 10}, "invalid", "pause takes no value"),
         ({"action": "self_destruct"}, "invalid", "unknown action 'self_destruct'"),
+        ({"action": "set_failsafe_timeout", "value": 30}, "invalid", "set_failsafe_timeout is not an operator command"),
     ],
 )
 def test_a_refusal_is_a_400_with_the_reason_and_is_audited(cp: ChargePoint, body: dict, code: str, words: str) -> None:

@@ -4,7 +4,7 @@ import contextlib
 import http.server
 import os
 import re
-import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -18,6 +18,7 @@ from django.conf import settings
 
 from tests.browser import launch_chromium
 from tests.conftest import free_port
+from tests.ports import free_port_run
 
 pytestmark = pytest.mark.browser
 
@@ -33,20 +34,6 @@ ABB_SLUG, ABB_INDEX, ABB_UNIT_ID = "cp-02", 1, 1
 # current limit", FC16, two registers, the limit in mA as an unsigned 32-bit big-endian integer
 # (so 11 A is 11000 = words 0x0000, 0x2AF8). Derived by hand from the vendor document, not our codec.
 ABB_SET_CURRENT_LIMIT = 0x4100
-
-
-def free_port_range(count: int) -> int:
-    """A base port with `count` consecutive free ports above it."""
-    for _ in range(50):
-        base = free_port()
-        if base + count < 65535 and all(_port_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError("no free port range")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
 def manage(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -100,7 +87,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         env,
     )
     log = (var_dir / "demo.log").open("w")
-    modbus_base_port = free_port_range(LIVE_CHARGE_POINTS)  # just before use: other tests take ports too
+    # The charge points' ports and the site meter's after them, below the ephemeral range.
+    modbus_base_port = free_port_run(LIVE_CHARGE_POINTS + 1)
     process = subprocess.Popen(
         [
             sys.executable,
@@ -133,7 +121,13 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     url = f"http://127.0.0.1:{http_port}"
     wait_until_serving(url, process, var_dir / "demo.log", "demo")
     try:
-        yield {"url": url, "process": process, "log": var_dir / "demo.log", "modbus_base_port": modbus_base_port}
+        yield {
+            "url": url,
+            "process": process,
+            "log": var_dir / "demo.log",
+            "modbus_base_port": modbus_base_port,
+            "database": var_dir / "db.sqlite3",
+        }
     finally:
         process.send_signal(2)  # Ctrl-C
         try:
@@ -262,7 +256,43 @@ def test_fleet_goes_live_and_a_dead_charge_point_shows_offline(demo: dict, page)
     set_abb_current_limit(demo, 32)  # back to the rated current, for the other tests
 
 
+@contextlib.contextmanager
+def outside_load_management(demo: dict, slug: str) -> Iterator[None]:
+    """The charge point on the demo's "depot" site (no connection limit) meanwhile: the demo site's
+    controller would write its share over a limit pinned by hand (and should)."""
+
+    def move(site: str) -> None:
+        with sqlite3.connect(demo["database"]) as db:
+            db.execute(
+                "UPDATE gateway_chargepoint SET site_id = (SELECT id FROM gateway_site WHERE slug = ?) WHERE slug = ?",
+                (site, slug),
+            )
+
+    def still_controlled() -> bool:
+        with sqlite3.connect(demo["database"]) as db:
+            row = db.execute(
+                "SELECT status FROM gateway_sitesample WHERE site_slug = 'demo-site' ORDER BY at DESC LIMIT 1"
+            ).fetchone()
+        return row is not None and f'"{slug}"' in row[0]
+
+    move("depot")
+    try:
+        # The poller reloads every 5 s; the controller's next status leaves the charger out.
+        deadline = time.monotonic() + 30
+        while still_controlled():
+            assert time.monotonic() < deadline, f"{slug} still load-managed 30 s after leaving the site"
+            time.sleep(0.5)
+        yield
+    finally:
+        move("demo-site")
+
+
 def test_charge_point_page_shows_the_limit_pinned_in_the_charger(demo: dict, page) -> None:
+    with outside_load_management(demo, ABB_SLUG):
+        limit_shown_as_pinned(demo, page)
+
+
+def limit_shown_as_pinned(demo: dict, page) -> None:
     log_in(page, demo["url"])
     page.goto(f"{demo['url']}/chargepoints/{ABB_SLUG}/")
     page.wait_for_selector("[data-live-indicator][data-state=live]", timeout=20_000)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from gateway.choices import CommandAction, CommandStatus, FailureReason, Function
-from gateway.commands.execute import execute_command, plan_command
+from gateway.commands.execute import Refused, execute_command, plan_command
 from gateway.commands.messages import CommandMessage, CommandResult
 from gateway.modbus.connection import ChargePointConnection
 from gateway.profiles.encode import encode_for_write
@@ -356,7 +356,12 @@ async def test_a_register_on_another_unit_id_is_written_and_read_back_there() ->
 # --- the golden write tables: the exact words each shipped profile's commands put on the wire ------------
 
 SPECS = {spec.slug: spec for spec in (read_spec_file(path) for path in shipped_profile_files())}
-GOLDEN = {"limit 10 A": (CommandAction.SET_CURRENT_LIMIT, 10.0), "pause": (CommandAction.PAUSE, None)}
+GOLDEN = {
+    "limit 10 A": (CommandAction.SET_CURRENT_LIMIT, 10.0),
+    "pause": (CommandAction.PAUSE, None),
+    "failsafe 10 A": (CommandAction.SET_FAILSAFE_CURRENT, 10.0),
+    "failsafe timeout 30 s": (CommandAction.SET_FAILSAFE_TIMEOUT, 30.0),
+}
 # Every golden table has both rows, and every shipped real profile supports both commands.
 GOLDEN_CASES = [(table, row) for table in all_tables() for row in table.writes]
 
@@ -395,3 +400,34 @@ async def test_commands_put_the_golden_words_on_the_wire(table, row) -> None:
     assert seen.function_code in row.function_codes, f"{row.action}: FC{seen.function_code} ({row.source})"
     assert seen == WriteSeen(unit, seen.function_code, row.address, row.words), f"{row.action} ({row.source})"
     assert result.status == CommandStatus.APPLIED, result.reason
+
+
+@pytest.mark.parametrize(
+    ("slug", "action", "value", "expect"),
+    [
+        ("keba-p30", CommandAction.SET_FAILSAFE_CURRENT, 40.0, "40 A is outside what KEBA KeContact P30 takes"),
+        ("keba-p30", CommandAction.SET_FAILSAFE_CURRENT, 3.0, "below the minimum 6"),  # 0 or 6..63 A (keba_rust)
+        ("keba-p30", CommandAction.SET_FAILSAFE_TIMEOUT, 5.0, "5 s is outside what"),
+        ("abb-terra-ac", CommandAction.SET_FAILSAFE_TIMEOUT, 70000.0, "70000 s is outside what"),  # abb_doc: ..65535
+        ("webasto-next", CommandAction.SET_FAILSAFE_CURRENT, 0.0, "0 A is outside what"),  # no source takes 0 A
+    ],
+)
+def test_a_failsafe_value_outside_the_profile_or_register_range_is_refused_before_the_wire(
+    slug: str, action: str, value: float, expect: str
+) -> None:
+    with pytest.raises(Refused) as refused:
+        plan_command(SPECS[slug], make_command(action, value), None)
+    assert refused.value.reason_code == FailureReason.OUT_OF_RANGE
+    assert expect in refused.value.reason and refused.value.reason.endswith("not written")
+
+
+def test_a_failsafe_command_without_a_value_is_invalid() -> None:
+    with pytest.raises(Refused) as refused:
+        plan_command(SPECS["abb-terra-ac"], make_command(CommandAction.SET_FAILSAFE_CURRENT), None)
+    assert (refused.value.reason_code, refused.value.reason) == (
+        FailureReason.INVALID,
+        "set_failsafe_current needs a value in A; not written",
+    )
+    # 0 A: no charging in failsafe, which KEBA (keba_rust: "0 or 6-63 A") and ABB (below 6 A pauses) take.
+    for slug in ("keba-p30", "abb-terra-ac"):
+        assert plan_command(SPECS[slug], make_command(CommandAction.SET_FAILSAFE_CURRENT, 0.0), None).words[-1] == 0

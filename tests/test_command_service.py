@@ -11,7 +11,7 @@ from django.conf import settings
 from django.contrib.auth.models import Permission, User
 from django.urls import reverse
 
-from gateway.choices import CommandStatus, FailureReason
+from gateway.choices import OPERATOR_ACTIONS, CommandStatus, FailureReason
 from gateway.commands.messages import CommandMessage
 from gateway.commands.service import (
     CommandRefused,
@@ -22,7 +22,7 @@ from gateway.commands.service import (
 )
 from gateway.kafka.topics import commands_topic, ensure_topics
 from gateway.models import ChargePoint, Command, DeviceProfile, Site
-from gateway.profiles.spec import CommandSpec, ProfileSpec
+from gateway.profiles.spec import CommandSpec, ProfileSpec, RegisterSpec
 from gateway.profiles.store import SHIPPED_DIR, read_spec_file
 from tests.conftest import free_port, make_charge_point, stored_profile
 from tests.kafka_read import read_all
@@ -176,7 +176,13 @@ def test_a_user_without_the_permission_is_refused_logged_and_audited_and_nothing
         ("set_current_limit", None, FailureReason.INVALID, "set_current_limit needs a value in A"),
         ("set_current_limit", float("nan"), FailureReason.INVALID, "nan is not a current in A"),
         ("pause", 10.0, FailureReason.INVALID, "pause takes no value"),
-        ("reboot", None, FailureReason.INVALID, "unknown action 'reboot' (one of set_current_limit, pause, resume)"),
+        (
+            "reboot",
+            None,
+            FailureReason.INVALID,
+            "unknown action 'reboot' (one of set_current_limit, pause, resume, set_failsafe_current, "
+            "set_failsafe_timeout)",
+        ),
     ],
 )
 def test_the_server_refuses_what_the_profile_does_not_allow_and_audits_it(
@@ -205,6 +211,53 @@ def test_a_limit_the_register_cannot_take_is_refused_even_when_the_command_has_n
     assert refusal.reason.startswith("40.0 is above the maximum 32.0 A of max_current (allowed: 0 or 6..32 A)")
     assert send_command("cp-1", "set_current_limit", 0.0, user=operator).status == CommandStatus.PENDING
     assert [message.value for _key, message in published(commands)] == [0.0]
+
+
+def failsafe_profile_spec() -> ProfileSpec:
+    """The test charger with a failsafe current register taking 0 or 6..32 A (KEBA's and ABB's kind)."""
+    spec = command_profile_spec()
+    register = RegisterSpec(
+        "failsafe_current", 16, unit="A", scale=0.1, access="rw", write_min=6.0, write_max=32.0, write_values=(0.0,)
+    )
+    failsafe = CommandSpec(
+        "set_failsafe_current", register="failsafe_current", min_value=0.0, max_value=32.0, tolerance=0.05
+    )
+    return replace(
+        spec, slug="failsafe-test", registers=(*spec.registers, register), commands=(*spec.commands, failsafe)
+    )
+
+
+def test_the_service_sends_a_failsafe_current_range_checked_but_the_page_and_api_do_not(
+    commands: str, site: Site, operator: User
+) -> None:
+    make_charge_point(site, stored_profile(failsafe_profile_spec()), "cp-fs", free_port())
+    command = send_command("cp-fs", "set_failsafe_current", 0.0, username="controller:test-site", via="controller")
+    assert (command.status, command.action, command.value) == (CommandStatus.PENDING, "set_failsafe_current", 0.0)
+    [(_key, message)] = published(commands)
+    assert (message.action, message.value) == ("set_failsafe_current", 0.0)
+
+    refusal = refused("cp-fs", "set_failsafe_current", 40.0, user=operator)
+    assert (refusal.reason_code, refusal.reason) == (
+        FailureReason.OUT_OF_RANGE,
+        "40 A is outside 0..32 A, the range of failsafe-test",
+    )
+    refusal = refused("cp-fs", "set_failsafe_current", 3.0, user=operator)  # in the range, not on the register
+    assert refusal.reason_code == FailureReason.OUT_OF_RANGE and "(allowed: 0 or 6..32 A)" in refusal.reason
+    refusal = refused("cp-fs", "set_failsafe_current", None, user=operator)
+    assert (refusal.reason_code, refusal.reason) == (FailureReason.INVALID, "set_failsafe_current needs a value in A")
+    refusal = refused("cp-fs", "set_failsafe_timeout", 30.0, user=operator)
+    assert (refusal.reason_code, refusal.reason) == (
+        FailureReason.UNSUPPORTED,
+        "the profile failsafe-test declares no set_failsafe_timeout command",
+    )
+    # The page's and the API's entry point: the operator actions only.
+    refusal = refused("cp-fs", "set_failsafe_current", 10.0, user=operator, actions=OPERATOR_ACTIONS)
+    assert (refusal.reason_code, refusal.reason) == (
+        FailureReason.INVALID,
+        "set_failsafe_current is not an operator command (one of set_current_limit, pause, resume): "
+        "site load management sets it",
+    )
+    assert len(published(commands)) == 1
 
 
 def test_a_profile_without_the_command_an_unknown_or_disabled_charge_point_are_refused(

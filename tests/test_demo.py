@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import demo
 from gateway.management.commands.demo import Command
-from gateway.models import ChargePoint
+from gateway.models import ChargePoint, DeviceProfile, Site
 from gateway.mqtt.embedded import start_mqtt_broker, stop_mqtt_broker
 from tests.conftest import free_port, shipped_profile
 from tests.ports import free_port_run
@@ -218,7 +218,8 @@ def running_demo(
     env |= {"EVDASH_VAR_DIR": str(tmp_path), "EVDASH_ADMIN_PASSWORD": "demo-test-pw-5531"} | environment
     log_path = tmp_path / "demo.log"
     ports = ["--port", str(http_port), "--kafka-port", str(free_port()), "--mqtt-port", str(mqtt_port)]
-    ports += ["--modbus-base-port", str(free_port())]
+    # The charge points' ports and the site meter's after them, all free (tests run in parallel).
+    ports += ["--modbus-base-port", str(free_port_run(charge_points + 1))]
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [
@@ -228,8 +229,6 @@ def running_demo(
                 "--charge-points",
                 str(charge_points),
                 *ports,
-                "--modbus-base-port",
-                str(free_port()),
                 *extra_args,
             ],
             cwd=settings.BASE_DIR,
@@ -289,6 +288,9 @@ def test_demo_runs_the_edge_path_by_default(tmp_path: Path) -> None:
         assert child_running(running.process.pid, "manage.py runpoller --output mqtt") is not None
         assert running.stop() == 0, running.log()[-3000:]
     lines = running.log().splitlines()
+    # The banner names the site page (load management on: a lone charger's site gets the 40 A floor).
+    site_page = f"  site load management: http://127.0.0.1:{running.http_port}/sites/demo-site/ (limit 40 A per phase, "
+    assert any(line.startswith(site_page) for line in lines), lines
     assert f"  path: edge: poller -> MQTT mqtt://127.0.0.1:{running.mqtt_port} -> bridge -> Kafka" in lines
     stopping = (
         "Stopping: poller (flushing to MQTT), bridge (flushing to Kafka), simulator, MQTT broker, Kafka broker ..."
@@ -459,3 +461,57 @@ def test_demo_fleet_realigns_onto_shifted_ports_and_keeps_admin_edits() -> None:
     assert (fleet["cp-02"].name, fleet["cp-02"].enabled) == ("Gate 2", False)
     assert fleet["cp-03"].profile.slug == "keba-p30" and fleet["cp-03"].poll_interval_ms == 10_000
     assert demo.ensure_demo_fleet(13, 40_001) == 0  # nothing to change
+
+
+# --- the demo site's load management ---------------------------------------------------------------
+def test_the_simulator_serves_the_site_meter_after_the_charge_points() -> None:
+    args = demo.simulator_args(demo_options(12), ["alfen-eve"], "eastron-sdm630")
+    assert args[args.index("--site-meter-port") + 1] == "20012"  # base 20000 + 12 charge points
+    assert args[args.index("--site-meter-profile") + 1] == "eastron-sdm630"
+    assert args[args.index("--wiring") + 1] == ",".join(demo.DEMO_WIRING)
+    assert "--site-meter-port" not in demo.simulator_args(demo_options(12), ["alfen-eve"])  # no meter profile
+    # Spread over several simulator processes, no process sees every charger: no meter.
+    large = demo.simulator_args(demo_options(5000), ["alfen-eve"], "eastron-sdm630")
+    assert "--site-meter-port" not in large and "--processes" in large
+
+
+def test_the_demo_limit_binds_when_the_car_park_is_busy_and_not_when_it_is_quiet() -> None:
+    for count in (12, 50, 200):
+        limit_a = demo.demo_site_limit_a(count)
+        # Busy: 40 % of the bays charging at 16 A (the simulator's smallest car) in the afternoon peak.
+        assert demo.DEMO_BUILDING_LOAD_A + 0.4 * count * 16 > limit_a, count
+        # Quiet: at night (a third of the peak), a fifth of the bays charging at 16 A fit.
+        assert demo.DEMO_BUILDING_LOAD_A / 3 + 0.2 * count * 16 < limit_a, count
+    # A lone charger always has room for its minimum above the building's peak.
+    assert demo.demo_site_limit_a(1) - demo.DEMO_BUILDING_LOAD_A >= 6
+
+
+@pytest.mark.django_db
+def test_the_demo_site_gets_a_limit_a_meter_wiring_and_priorities_and_keeps_an_operators_limit() -> None:
+    for slug in ("alfen-eve", "abb-terra-ac", "keba-p30"):
+        shipped_profile(slug)
+    if not DeviceProfile.objects.filter(slug=demo.DEMO_METER_PROFILE).exists():  # before its migration lands
+        shipped_meter = next(
+            path
+            for path in (Path(settings.BASE_DIR) / "gateway/profiles/shipped").rglob(f"{demo.DEMO_METER_PROFILE}.json")
+        )
+        from gateway.models import Register, StatusRule
+        from gateway.profiles.store import read_spec_file, save_spec
+
+        save_spec(read_spec_file(shipped_meter), DeviceProfile, Register, StatusRule)
+    demo.ensure_demo_fleet(12, 40_000)
+    site = Site.objects.get(slug=demo.DEMO_SITE)
+    assert site.load_managed and site.limit_a == demo.demo_site_limit_a(12)
+    assert (site.meter_profile.slug, site.meter_host, site.meter_port) == ("eastron-sdm630", "127.0.0.1", 40_012)
+    fleet = {cp.slug: cp for cp in ChargePoint.objects.all()}
+    assert [fleet[f"cp-{n:02d}"].wiring for n in range(1, 10)] == list(demo.DEMO_WIRING)
+    assert {fleet[f"cp-{n:02d}"].priority for n in (1, 5, 9)} == {demo.DEMO_FLEET_BAY_PRIORITY}
+    assert fleet["cp-02"].priority == demo.DEMO_PRIORITY
+
+    Site.objects.filter(pk=site.pk).update(limit_a=100.0)
+    ChargePoint.objects.filter(slug="cp-02").update(priority=90)
+    demo.ensure_demo_fleet(13, 40_001)  # moved up a port: the meter follows, the operator's edits stay
+    site.refresh_from_db()
+    assert (site.limit_a, site.meter_port) == (100.0, 40_014)
+    assert ChargePoint.objects.get(slug="cp-02").priority == 90
+    assert "sites/demo-site/" in demo.describe_site(demo_options(13))

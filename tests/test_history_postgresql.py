@@ -76,5 +76,5 @@ def test_queries_on_postgresql(cp) -> None:
     assert bucketed["bucket_s"] == 30 and bucketed["points"] == 100
     assert bucketed["values"]["power_w"][0] == pytest.approx(sum(1000.0 + i for i in range(30)) / 30)
     assert bucketed["last"] == {"ts": series("cp-1", T0, 3000)[-1]["ts"], "seq": 2999}
-    fleet = fleet_power_series(T0, T0 + timedelta(seconds=59), bucket_s=60)
+    fleet = fleet_power_series(T0, T0 + timedelta(seconds=60), bucket_s=60)
     assert fleet["power_w"] == [pytest.approx(sum(1000.0 + i for i in range(60)) / 60)]

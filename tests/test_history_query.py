@@ -68,12 +68,20 @@ def test_fleet_power_sums_the_charge_points_mean_power(cp, generic_profile) -> N
     save_history(
         series("cp-1", T0, 20, power=lambda i: 1000.0 + i) + series("cp-2", T0, 10, every_s=2, power=lambda i: 50.0)
     )
-    result = fleet_power_series(T0, T0 + timedelta(seconds=19), bucket_s=10)
+    result = fleet_power_series(T0, T0 + timedelta(seconds=20), bucket_s=10)
     assert result["bucket_s"] == 10.0
     assert result["t"] == [series("cp-1", T0, 20)[0]["ts"], series("cp-1", T0, 20)[10]["ts"]]
     assert result["power_w"] == [pytest.approx(1004.5 + 50), pytest.approx(1014.5 + 50)]
-    only = fleet_power_series(T0, T0 + timedelta(seconds=19), site="other", bucket_s=10)
+    only = fleet_power_series(T0, T0 + timedelta(seconds=20), site="other", bucket_s=10)
     assert only["power_w"] == [pytest.approx(50.0), pytest.approx(50.0)]
+
+
+def test_fleet_power_end_is_exclusive_so_a_sample_on_the_boundary_opens_no_bucket(cp) -> None:
+    # The page asks up to the last completed bucket's end; a sample stamped exactly there belongs
+    # to the bucket still filling and must not show as a one-sample bucket (a dip on the chart).
+    save_history(series("cp-1", T0, 21, power=lambda i: 1000.0))
+    result = fleet_power_series(T0, T0 + timedelta(seconds=20), bucket_s=10)
+    assert result["t"] == [series("cp-1", T0, 21)[0]["ts"], series("cp-1", T0, 21)[10]["ts"]]
 
 
 def test_an_unknown_charge_point_raises_does_not_exist(db) -> None:

@@ -266,7 +266,7 @@ def test_admin_form_shows_the_paced_poll_and_refuses_what_cannot_fit(admin_clien
     profile = shipped_profile("keba-p30")
     form = {
         "slug": "keba", "name": "KEBA", "site": site.pk, "host": "10.0.0.9", "port": 502, "unit_id": 255,
-        "profile": profile.pk, "poll_interval_ms": 1000, "enabled": "on",
+        "profile": profile.pk, "poll_interval_ms": 1000, "enabled": "on", "priority": 0, "wiring": "L123",
     }  # fmt: skip
     refused = admin_client.post(reverse("admin:gateway_chargepoint_add"), form)
     assert refused.status_code == 200

@@ -76,6 +76,16 @@ def hop(body: dict, name: str) -> dict:
     return next(item for item in body["hops"] if item["hop"] == name)
 
 
+def live_lag_partitions(body: dict) -> set[str]:
+    """The partitions the consumer's live group reported a lag for (once it measured them)."""
+    for stage in body["stages"]:
+        if stage["kind"] == "consumer":
+            for group in stage["stats"].get("groups", []):
+                if group["name"] == "live":
+                    return set(group.get("lag") or {})
+    return set()
+
+
 async def test_poller_and_consumer_write_their_rows_and_the_report_follows(
     kafka, site, generic_profile, fast_status
 ) -> None:
@@ -93,8 +103,9 @@ async def test_poller_and_consumer_write_their_rows_and_the_report_follows(
                     {s["kind"] for s in body["stages"]} == {"poller", "consumer"}
                     and all(s["state"] == "ok" for s in body["stages"])
                     and all(hop(body, name)["samples"] > 0 for name in ("poll", "kafka", "consumer"))
+                    and live_lag_partitions(body) == {"0", "1"}
                 ),
-                "both stages ok with hop latencies",
+                "both stages ok with hop latencies and the live group's lag per partition",
             )
             assert body["verdict"]["state"] == "ok"
             assert body["verdict"]["why"].startswith("data flows: 2 stages")

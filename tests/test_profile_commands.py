@@ -67,6 +67,11 @@ def golden_row(table: GoldenTable, action: str) -> Write:
 # --- what every shipped profile declares ----------------------------------------------------
 
 
+# The chargers whose published maps declare a failsafe current (and timeout): issue 12.
+FAILSAFE_CHARGERS = ("abb-terra-ac", "keba-p30", "schneider-evlink-pro-ac", "vestel-evc04", "webasto-next")
+FAILSAFE_ACTIONS = [CommandAction.SET_FAILSAFE_CURRENT, CommandAction.SET_FAILSAFE_TIMEOUT]
+
+
 @pytest.mark.parametrize("slug", sorted(SHIPPED))
 def test_every_shipped_profile_declares_the_three_actions(slug: str) -> None:
     spec = shipped(slug)
@@ -74,6 +79,7 @@ def test_every_shipped_profile_declares_the_three_actions(slug: str) -> None:
         CommandAction.SET_CURRENT_LIMIT,
         CommandAction.PAUSE,
         CommandAction.RESUME,
+        *(FAILSAFE_ACTIONS if slug in FAILSAFE_CHARGERS else []),
     ]
     ids = source_ids(spec) or {"evdash"}  # the generic map cites itself
     for command in spec.commands:
@@ -105,6 +111,44 @@ def test_command_registers_are_where_the_published_map_puts_them(slug: str, comm
     expected = command.verify_values or (() if command.verify_value is None else (command.verify_value,))
     if expected and "enum" in published_verify:
         assert {f"{value:g}" for value in expected} <= set(published_verify["enum"]), published_verify["enum"]
+
+
+# Issue 12 / the published maps: (written, read back) addresses of the failsafe current and timeout.
+# ABB's 4109h/4106h are write-only, read back at 4024h/4020h; KEBA's 5016/5018 at 1600/1602;
+# Schneider's degraded set point 4006 (AI summary only) has no timeout register.
+FAILSAFE_REGISTERS = {
+    "keba-p30": ((5016, 1600), (5018, 1602)),
+    "webasto-next": ((2000, 2000), (2002, 2002)),
+    "vestel-evc04": ((2000, 2000), (2002, 2002)),
+    "abb-terra-ac": ((0x4109, 0x4024), (0x4106, 0x4020)),
+    "schneider-evlink-pro-ac": ((4006, 4006), None),
+}
+
+
+@pytest.mark.parametrize("slug", FAILSAFE_CHARGERS)
+def test_failsafe_commands_write_the_registers_of_the_published_maps(slug: str) -> None:
+    spec = shipped(slug)
+    for action, expected in zip(FAILSAFE_ACTIONS, FAILSAFE_REGISTERS[slug], strict=True):
+        command = spec.command(action)
+        if expected is None:
+            assert not command.supported and command.unsupported, action
+            continue
+        written, verified = spec.register(command.register), spec.register(command.verify_register or command.register)
+        assert (written.address, verified.address) == expected, action
+        assert verified.readable and written.writable, action
+        unit = "A" if action == CommandAction.SET_FAILSAFE_CURRENT else "s"
+        assert written.unit == verified.unit == unit, action
+        # Both ends are writes the register takes; the charger applies whole A (>= 6 A or 0).
+        for end in (command.min_value, command.max_value):
+            encode_checked_write(written, end)
+        if action == CommandAction.SET_FAILSAFE_CURRENT:
+            assert command.min_value in (0, 6) and command.max_value == 32, (command.min_value, command.max_value)
+        else:
+            assert command.min_value >= 10, "shorter than two heartbeats (or ABB's documented 10 s minimum)"
+    # ABB's documented timeout range (abb_doc: 10-65535 s).
+    if slug == "abb-terra-ac":
+        timeout = spec.command(CommandAction.SET_FAILSAFE_TIMEOUT)
+        assert (timeout.min_value, timeout.max_value) == (10, 65535)
 
 
 def test_keba_and_webasto_verify_through_their_status_registers() -> None:
@@ -271,7 +315,12 @@ BAD_COMMANDS = [
         "command 'pause': give verify_value or verify_values, not both",
     ),
     ("pause-without-value", command(1, value=None), "command 'pause': needs the value to write"),
-    ("pause-with-range", command(1, min_value=6), "command 'pause': only set_current_limit has a range"),
+    (
+        "pause-with-range",
+        command(1, min_value=6),
+        "command 'pause': only the actions that carry a value (set_current_limit, set_failsafe_current, "
+        "set_failsafe_timeout) have a range",
+    ),
     (
         "resume-held-without-limit",
         lambda data: data["commands"].pop(0),
@@ -400,3 +449,22 @@ def test_the_migration_stores_the_shipped_commands_and_drops_the_old_role() -> N
     assert load_spec(DeviceProfile.objects.get(pk=alfen.pk)).commands == shipped("alfen-eve").commands
     assert not Register.objects.filter(role="set_current_a").exists()
     assert DeviceProfile.objects.get(pk=keba.pk).commands == []  # would name a register it no longer has
+
+
+@pytest.mark.django_db
+def test_migration_0016_gives_stored_profiles_the_failsafe_commands() -> None:
+    """A database migrated before issue 12 holds the three operator commands only; 0016 adds the failsafe ones."""
+    migration = importlib.import_module("gateway.migrations.0016_failsafe_commands")
+    stored = {slug: save_spec(shipped(slug), DeviceProfile, Register, StatusRule) for slug in FAILSAFE_CHARGERS}
+    for slug, profile in stored.items():
+        DeviceProfile.objects.filter(pk=profile.pk).update(commands=shipped(slug).to_dict()["commands"][:3])
+    # An operator renamed ABB's fallback register: its commands no longer fit and are left alone.
+    Register.objects.filter(profile=stored["abb-terra-ac"], name="set_fallback_limit").update(name="fallback")
+    migration.forwards(apps, None)
+    for slug in FAILSAFE_CHARGERS:
+        actions = [command.action for command in load_spec(DeviceProfile.objects.get(slug=slug)).commands]
+        if slug == "abb-terra-ac":
+            assert actions == [CommandAction.SET_CURRENT_LIMIT, CommandAction.PAUSE, CommandAction.RESUME]
+        else:
+            assert actions[3:] == FAILSAFE_ACTIONS, slug
+    assert "webasto_ha_numbers: " in DeviceProfile.objects.get(slug="webasto-next").source

@@ -171,9 +171,19 @@ def test_pause_takes_no_value(cp: ChargePoint, kafka: dict) -> None:
         ({"action": "set_current_limit", "value": "5.5"}, FailureReason.OUT_OF_RANGE, "5.5 A is outside 6..16 A"),
         ({"action": "resume"}, FailureReason.UNSUPPORTED, RESUME_UNSUPPORTED),
         ({"action": "set_current_limit"}, FailureReason.INVALID, "needs a value"),
-        ({"action": "reboot"}, FailureReason.INVALID, "unknown action 'reboot'"),
+        (
+            {"action": "reboot"},
+            FailureReason.INVALID,
+            "unknown action 'reboot' (one of set_current_limit, pause, resume)",
+        ),
+        # Site load management's set-up, not a button: refused even where the profile has it.
+        (
+            {"action": "set_failsafe_current", "value": "10"},
+            FailureReason.INVALID,
+            "set_failsafe_current is not an operator command",
+        ),
     ],
-    ids=["over", "under", "unsupported", "no-value", "unknown-action"],
+    ids=["over", "under", "unsupported", "no-value", "unknown-action", "failsafe-action"],
 )
 def test_refusals_are_400_with_the_reason_and_the_audit_row(
     cp: ChargePoint, kafka: dict, form: dict, reason_code: str, reason: str

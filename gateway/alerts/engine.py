@@ -10,6 +10,21 @@
   its last look (the sweeper's no_answer too), and the rules reloaded every RULES_RELOAD_S (the
   admin's edits apply without a restart; an open alert of a rule disabled or deleted is cleared).
 - Command results (a sink of the results consumer): a failed command raises its alert at once.
+- Site statuses (a sink of the site-status consumer, gateway/sitecontrol/consume.py): a site's
+  load management, judged on each status its controller publishes every period. The subject (the
+  alert's charge_point_slug) is "<site>-meter" for the meter, "<site>" for the others:
+  - meter stale: raised on the first status whose draw comes from the fallback (no good meter
+    reading for the site's meter_stale_s), cleared on the first with a measured draw again;
+  - over the limit: raised when the draw exceeded the limit in OVER_LIMIT_STATUSES consecutive
+    statuses (longer than one control period: a step the controller corrects within its period
+    is no alert), cleared on the first status within it. A status on the fallback says nothing
+    (its draw is not measured);
+  - refused: raised on a status "refused" (a second poller found the site controlled by another),
+    cleared by a later status of that poller, or by any status once no poller refused for
+    REFUSED_QUIET (the refusing poller stopped).
+  Only statuses of a poller that controls the site (controlling, fallback) judge the meter and
+  the limit, so a refusing poller's statuses interleaved with them change nothing. A rule's hold_s
+  is judged on the statuses' times (the clock does not raise site alerts: statuses come every period).
 
 Cheap per record (the live group is the hot path): a record costs a few dictionary lookups and
 one call per rule; the database is touched only for events. Idempotent: records at or before a
@@ -38,12 +53,13 @@ from gateway.alerts import store
 from gateway.alerts.messages import alert_json
 from gateway.alerts.notify import AlertNotifier
 from gateway.alerts.rules import OFF, ON, CompiledRule, rule_value
-from gateway.alerts.store import CLEAR, RAISE, AlertEvent
+from gateway.alerts.store import CLEAR, RAISE, SITE_KINDS, AlertEvent
 from gateway.choices import AlertKind, CommandAction, CommandStatus
 from gateway.commands.messages import CommandResult
 from gateway.live.push import push_alerts
 from gateway.models import Command
 from gateway.runtime import wait_unless_stopped
+from gateway.sitecontrol.messages import SiteStatus
 from gateway.telemetry import Record, parse_ts
 
 logger = logging.getLogger(__name__)
@@ -58,6 +74,12 @@ MARK_HORIZON = timedelta(hours=1)
 COMMAND_OVERLAP = timedelta(seconds=60)
 COMMAND_LOOKBACK = timedelta(minutes=10)
 UNSTORED_CAPACITY = 10_000
+# Over the limit in this many consecutive statuses (one every control period) raises the alert.
+OVER_LIMIT_STATUSES = 2
+# A refused alert clears by any poller's status once no poller refused the site for this long
+# (a refusing poller publishes every period; a lease is fresh for 3 periods + 10 s).
+REFUSED_QUIET = timedelta(seconds=30)
+CONTROLLING_STATES = frozenset({"controlling", "fallback"})
 
 
 def now() -> datetime:
@@ -70,6 +92,18 @@ class Episode:
 
     since: datetime | None = None
     alert_id: uuid.UUID | None = None
+
+
+@dataclass(slots=True)
+class SiteWatch:
+    """What the engine remembers of one site between its statuses (the site alerts' conditions)."""
+
+    stale_since: datetime | None = None
+    over_since: datetime | None = None
+    over_statuses: int = 0  # consecutive statuses over the limit
+    refused_since: datetime | None = None
+    refused_at: datetime | None = None  # the last status "refused", and of which poller
+    refused_by: str = ""
 
 
 class AlertEngine:
@@ -101,6 +135,11 @@ class AlertEngine:
         self._loaded = False
         self._loaded_at = 0.0  # time.monotonic() of the last rule load
         self._commands_since: datetime | None = None
+        self._site_watches: dict[str, SiteWatch] = {}
+        # (site, poller) -> the newest status applied: a redelivered or older one is skipped (per
+        # poller: two pollers' clocks differ). A restarted engine starts from each site's last stored event.
+        self._status_marks: dict[tuple[str, str], datetime] = {}
+        self._site_floors: dict[str, datetime] = {}
         self.evaluations = 0  # records judged against their rules (redelivered ones skipped): a metric
         self._lock = asyncio.Lock()  # the sinks and the clock take turns on the state
 
@@ -132,6 +171,13 @@ class AlertEngine:
                     result.completed_at,
                 )
             await self._apply(events)
+
+    async def on_site_status(self, statuses: list[SiteStatus]) -> None:
+        """Sink of the site-status consumer: the site alerts (meter stale, over the limit, refused)."""
+        async with self._lock:
+            if not self._loaded:
+                await self._load()
+            await self._apply(self.evaluate_sites(statuses))
 
     def jobs(self) -> dict[str, tuple[Callable[[asyncio.Event], Any], str]]:
         return {
@@ -210,6 +256,48 @@ class AlertEngine:
         episode.alert_id = None
         episode.since = None
         return event
+
+    # Site statuses
+
+    def evaluate_sites(self, statuses: Iterable[SiteStatus]) -> list[AlertEvent]:
+        """The raises and clears a batch of site statuses decides (in order; older and redelivered ones skipped)."""
+        rules = [rule for rule in self.rules if rule.kind in SITE_KINDS]
+        horizon = self.clock() - MARK_HORIZON
+        events: list[AlertEvent] = []
+        for status in statuses:
+            mark_key = (status.site, status.poller)
+            floor = self._status_marks.get(mark_key) or self._site_floors.get(status.site)
+            if floor is not None and status.at <= floor:
+                continue
+            self._status_marks[mark_key] = status.at
+            if status.at < horizon:
+                continue  # an hour-old status (a new consumer group reading the topic's past) is nobody's news
+            watch = self._site_watches.setdefault(status.site, SiteWatch())
+            verdicts = site_verdicts(status, watch)
+            for rule in rules:
+                subject, verdict, since = verdicts[rule.kind]
+                if verdict is None or not rule.applies_to(subject, status.site):
+                    continue
+                episodes = self._episodes.setdefault(subject, {})
+                episode = episodes.setdefault(rule.id, Episode())
+                self._sites[subject] = status.site
+                if verdict == ON:
+                    if (
+                        episode.alert_id is None
+                        and since is not None
+                        and (status.at - since).total_seconds() >= rule.hold_s
+                    ):
+                        episode.alert_id = uuid.uuid4()
+                        message, value = site_message(rule.kind, status, watch)
+                        events.append(
+                            AlertEvent(RAISE, episode.alert_id, rule, subject, status.site, status.at, message, value)
+                        )
+                elif episode.alert_id is not None:
+                    events.append(self._clear(rule, subject, episode, status.at))
+                if episode.alert_id is None:
+                    del episodes[rule.id]
+        self._forget_closed()
+        return events
 
     # The clock
 
@@ -314,6 +402,7 @@ class AlertEngine:
         await self._apply(await self._reload_rules())
         open_alerts = await sync_to_async(store.open_alerts)()
         marks = await sync_to_async(store.record_marks)(self.clock() - MARK_HORIZON)
+        self._site_floors = await sync_to_async(store.site_marks)(self.clock() - MARK_HORIZON)
         for alert in open_alerts:
             if alert.rule_id in self._rules_by_id:
                 episode = self._episodes.setdefault(alert.charge_point_slug, {}).setdefault(alert.rule_id, Episode())
@@ -376,6 +465,60 @@ class AlertEngine:
             await push_alerts(messages)
         except Exception:  # the pages miss an update (they reload the open alerts): not the batch's failure
             logger.exception("could not push %d alert updates", len(messages))
+
+
+def site_verdicts(status: SiteStatus, watch: SiteWatch) -> dict[str, tuple[str, int | None, datetime | None]]:
+    """kind -> (subject, ON/OFF/None, since when the condition holds) for one status; moves the watch on."""
+    site = status.site
+    controlling = status.state in CONTROLLING_STATES
+    stale: int | None = None
+    over: int | None = None
+    if controlling:
+        stale = ON if status.draw_source == "fallback" else OFF
+        watch.stale_since = (watch.stale_since or status.at) if stale == ON else None
+        if status.draw_source != "fallback":  # a fallback's draw is not measured: no word on the limit
+            if status.headroom_a < 0:
+                watch.over_statuses += 1
+                watch.over_since = watch.over_since or status.at
+                over = ON if watch.over_statuses >= OVER_LIMIT_STATUSES else None
+            else:
+                watch.over_statuses, watch.over_since, over = 0, None, OFF
+    refused: int | None = None
+    if status.state == "refused":
+        refused = ON
+        watch.refused_since = watch.refused_since or status.at
+        watch.refused_at, watch.refused_by = status.at, status.poller
+    elif watch.refused_at is None or watch.refused_by == status.poller or status.at - watch.refused_at >= REFUSED_QUIET:
+        refused = OFF
+        watch.refused_since = watch.refused_at = None
+        watch.refused_by = ""
+    return {
+        AlertKind.SITE_METER_STALE: (f"{site}-meter", stale, watch.stale_since),
+        AlertKind.SITE_OVER_LIMIT: (site, over, watch.over_since),
+        AlertKind.SITE_CONTROL_REFUSED: (site, refused, watch.refused_since),
+    }
+
+
+def site_message(kind: str, status: SiteStatus, watch: SiteWatch) -> tuple[str, float | None]:
+    """A site alert's message and value (the meter's age, the draw over the limit), in an operator's words."""
+    if kind == AlertKind.SITE_METER_STALE:
+        age = "" if status.meter_age_s is None else f" (no good reading for {status.meter_age_s:.0f} s)"
+        why = f" {status.reason}" if status.reason else ""
+        return (
+            f"The site meter of {status.site} is stale{age}: its chargers are on their failsafe shares.{why}",
+            status.meter_age_s,
+        )
+    if kind == AlertKind.SITE_OVER_LIMIT:
+        draw_a = max(status.draw_a)
+        return (
+            f"Site {status.site} draws {draw_a:.1f} A on its most loaded phase, over its {status.limit_a:g} A "
+            f"limit for {watch.over_statuses} control periods.",
+            draw_a,
+        )
+    return (
+        f"Load management of {status.site} refused by poller {status.poller}: {status.reason or 'no reason given'}",
+        None,
+    )
 
 
 # What a clear of an alert whose rule is gone is attributed to: no notifications.

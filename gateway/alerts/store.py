@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from gateway.alerts.messages import CLEARED, RAISED, alert_json
 from gateway.alerts.rules import RECORD_KINDS, CompiledRule, compile_rule
-from gateway.choices import CommandStatus, DeliveryChannel, DeliveryStatus
+from gateway.choices import AlertKind, CommandStatus, DeliveryChannel, DeliveryStatus
 from gateway.models import Alert, AlertDelivery, AlertRule, ChargePoint, Command, LatestTelemetry
 from gateway.readings import STALE_MIN_MS, is_stale
 from gateway.telemetry import format_ts
@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 RAISE = "raise"
 CLEAR = "clear"
+# The site load management's kinds: judged on the site statuses (gateway.alerts.engine.evaluate_sites).
+SITE_KINDS = frozenset({AlertKind.SITE_METER_STALE, AlertKind.SITE_OVER_LIMIT, AlertKind.SITE_CONTROL_REFUSED})
 
 
 @dataclass
@@ -102,6 +104,23 @@ def record_marks(since: datetime) -> dict[str, str]:
         moments = [moment for moment in (row["raised"], row["cleared"]) if moment is not None]
         marks[row["charge_point_slug"]] = format_ts(max(moments))
     return marks
+
+
+def site_marks(since: datetime) -> dict[str, datetime]:
+    """site -> the time of its last site alert event since `since` (gateway.alerts.engine.SITE_KINDS).
+
+    A restarted engine skips redelivered site statuses up to it, as record_marks does for records.
+    """
+    rows = (
+        Alert.objects.filter(kind__in=SITE_KINDS)
+        .filter(Q(raised_at__gte=since) | Q(cleared_at__gte=since))
+        .values("site_slug")
+        .annotate(raised=Max("raised_at"), cleared=Max("cleared_at"))
+    )
+    return {
+        row["site_slug"]: max(moment for moment in (row["raised"], row["cleared"]) if moment is not None)
+        for row in rows
+    }
 
 
 def stale_charge_points(now: datetime) -> dict[str, str]:

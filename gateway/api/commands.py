@@ -36,7 +36,7 @@ from gateway.api.domain_serializers import (
 from gateway.api.errors import error_body
 from gateway.api.etag import ETagMixin
 from gateway.api.pagination import CursorPage
-from gateway.choices import CommandAction, CommandStatus, FailureReason
+from gateway.choices import OPERATOR_ACTIONS, CommandAction, CommandStatus, FailureReason
 from gateway.commands import service
 from gateway.models import ChargePoint, Command
 
@@ -64,6 +64,10 @@ class CanSendCommands(permissions.BasePermission):
         return False
 
 
+# Where a command comes from (Command.via): the page, sendcommand, the API, a site's load management.
+COMMAND_ORIGINS = ("web", "cli", "api", "controller")
+
+
 class CommandFilter(forms.Form):
     """The audit's filters (all optional)."""
 
@@ -71,7 +75,10 @@ class CommandFilter(forms.Form):
     site = forms.SlugField(required=False)
     status = forms.ChoiceField(choices=[("", "any"), *CommandStatus.choices], required=False)
     action = forms.ChoiceField(choices=[("", "any"), *CommandAction.choices], required=False)
-    via = forms.ChoiceField(choices=[("", "any"), ("web", "web"), ("cli", "cli"), ("api", "api")], required=False)
+    via = forms.ChoiceField(
+        choices=[("", "any"), *((via, via) for via in COMMAND_ORIGINS)],
+        required=False,
+    )
 
     def filter(self, commands: QuerySet[Command]) -> QuerySet[Command]:
         data = self.cleaned_data
@@ -112,7 +119,9 @@ class SendCommandView(APIView):
         asked.is_valid(raise_exception=True)
         action, value = asked.validated_data["action"], asked.validated_data.get("value")
         try:
-            command = service.send_command(charge_point, action, value, user=request.user, via="api")
+            command = service.send_command(
+                charge_point, action, value, user=request.user, via="api", actions=OPERATOR_ACTIONS
+            )
         except service.CommandRefused as refused:
             return refusal(refused)
         location = reverse("api:command", args=[command.id])
@@ -157,7 +166,7 @@ class CommandListView(ETagMixin, generics.ListAPIView):
             OpenApiParameter("site", OpenApiTypes.STR, description="A site's slug."),
             OpenApiParameter("status", OpenApiTypes.STR, enum=CommandStatus.values),
             OpenApiParameter("action", OpenApiTypes.STR, enum=CommandAction.values),
-            OpenApiParameter("via", OpenApiTypes.STR, enum=["web", "cli", "api"]),
+            OpenApiParameter("via", OpenApiTypes.STR, enum=list(COMMAND_ORIGINS)),
         ],
     )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:

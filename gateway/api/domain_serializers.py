@@ -12,7 +12,7 @@ from django import forms
 from rest_framework import exceptions, serializers
 
 from gateway.alerts.messages import alert_json
-from gateway.choices import AlertKind, AlertSeverity, CommandAction, CommandStatus, FailureReason
+from gateway.choices import OPERATOR_ACTIONS, AlertKind, AlertSeverity, CommandAction, CommandStatus, FailureReason
 from gateway.commands.service import command_json
 from gateway.models import Alert, ChargingSession, Command
 from gateway.models.sessions import Meter, SessionEnd
@@ -187,7 +187,10 @@ class CommandRequestSerializer(serializers.Serializer):
     the attempt, as it does for the page.
     """
 
-    action = serializers.CharField(max_length=32, help_text=f"One of {', '.join(CommandAction.values)}.")
+    action = serializers.CharField(
+        max_length=32,
+        help_text=f"One of {', '.join(OPERATOR_ACTIONS)} (the failsafe actions are site load management's).",
+    )
     value = serializers.FloatField(required=False, allow_null=True, help_text="set_current_limit: the limit, A.")
 
 

@@ -110,8 +110,13 @@ class ChargePointSerializer(serializers.ModelSerializer):
         data = model_to_dict(instance) if instance is not None else {}
         for name, value in attrs.items():
             data[name] = value.pk if isinstance(value, Site | DeviceProfile) else value
-        if instance is None and "enabled" not in attrs:
-            data["enabled"] = True  # the model's default; an absent checkbox would mean False to a form
+        if instance is None:
+            # The model's defaults for what the request leaves out (the admin's form requires every
+            # field it shows, load management's priority and wiring too; an absent checkbox would
+            # mean False to a form).
+            for field in ChargePoint._meta.concrete_fields:
+                if field.name not in data and field.has_default():
+                    data[field.name] = field.get_default()
         form = admin_form_class(self.context["request"], instance)(data=data, instance=instance)
         if not form.is_valid():
             errors = form.errors.get_json_data()

@@ -7,7 +7,7 @@ air-gapped site or our Content-Security-Policy allows.
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from gateway.api import alerts, commands, fleet, history, pipeline, sessions, stream
+from gateway.api import alerts, commands, fleet, history, pipeline, sessions, sites, stream
 
 app_name = "api"
 urlpatterns = [
@@ -20,5 +20,6 @@ urlpatterns = [
     *alerts.urlpatterns,
     *commands.urlpatterns,
     *pipeline.urlpatterns,
+    *sites.urlpatterns,
     *stream.urlpatterns,
 ]

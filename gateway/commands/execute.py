@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
-from gateway.choices import CommandAction, FailureReason
+from gateway.choices import VALUE_UNITS, CommandAction, FailureReason
 from gateway.commands.messages import CommandMessage, CommandResult
 from gateway.commands.queue import CommandHooks
 from gateway.modbus.connection import (
@@ -36,6 +36,8 @@ ACTION_WORDS = {
     CommandAction.SET_CURRENT_LIMIT: "set a current limit",
     CommandAction.PAUSE: "pause charging",
     CommandAction.RESUME: "resume charging",
+    CommandAction.SET_FAILSAFE_CURRENT: "set a failsafe current",
+    CommandAction.SET_FAILSAFE_TIMEOUT: "set a failsafe timeout",
 }
 
 
@@ -95,16 +97,23 @@ def plan_command(profile: ProfileSpec, command: CommandMessage, held_limit_a: fl
 def _value_to_write(
     profile: ProfileSpec, spec: CommandSpec, command: CommandMessage, held_limit_a: float | None
 ) -> float:
-    """The engineering value the command writes; Refused if it has none or it is outside the command's range."""
-    if command.action == CommandAction.SET_CURRENT_LIMIT:
+    """The engineering value the command writes; Refused if it has none or it is outside the command's range.
+
+    Every action that carries a value (VALUE_UNITS: the limit, the failsafe current and timeout)
+    is checked against the profile's min_value..max_value here, then against the register's write
+    range when it is encoded.
+    """
+    unit = VALUE_UNITS.get(command.action)
+    if unit is not None:
         if command.value is None:
-            raise Refused(FailureReason.INVALID, "a current limit needs a value in A; not written")
+            raise Refused(FailureReason.INVALID, f"{command.action} needs a value in {unit}; not written")
         low, high = spec.min_value, spec.max_value
         if (low is not None and command.value < low) or (high is not None and command.value > high):
-            allowed = f"{'' if low is None else f'{low:g}'}..{'' if high is None else f'{high:g}'} A"
+            allowed = f"{'' if low is None else f'{low:g}'}..{'' if high is None else f'{high:g}'} {unit}"
             raise Refused(
                 FailureReason.OUT_OF_RANGE,
-                f"{command.value:g} A is outside what {profile.name} takes ({allowed}); not written",
+                f"{command.value:g} {unit} is outside what {profile.name} takes for {command.action} ({allowed}); "
+                "not written",
             )
     if spec.value is not None:
         return spec.value

@@ -6,7 +6,7 @@
     {"type": "command_result", "schema_version": 1, "id": str, "charge_point": str, "site": str,
      "action": str, "value": number | null, "status": "applied" | "failed",
      "reason_code": str | null, "reason": str | null, "read_back": number | null,
-     "poller": str, "completed_at": ts}
+     "poller": str, "completed_at": ts, "user": str, "created_at": ts | null}
 
 ts: UTC ISO 8601 with milliseconds and a Z, as in the telemetry record. These shapes are the
 contract between the server, the bridge and the pollers; from_json checks them and raises
@@ -103,6 +103,10 @@ class CommandResult:
     read_back: float | None
     poller: str
     completed_at: datetime
+    # Who sent it and when: the server has both on its row already; they let it write the audit row
+    # of a command it never saw, the site controller's (user "controller:<site>"). Optional on the wire.
+    user: str = ""
+    created_at: datetime | None = None
 
     @classmethod
     def failed(
@@ -137,6 +141,8 @@ class CommandResult:
             read_back=read_back,
             poller=poller,
             completed_at=datetime.now(UTC),
+            user=command.user,
+            created_at=command.created_at,
         )
 
     @property
@@ -158,6 +164,8 @@ class CommandResult:
             "read_back": self.read_back,
             "poller": self.poller,
             "completed_at": format_ts(self.completed_at),
+            "user": self.user,
+            "created_at": None if self.created_at is None else format_ts(self.created_at),
         }
 
     def to_json(self) -> bytes:
@@ -184,6 +192,8 @@ class CommandResult:
             read_back=_number(data, "read_back"),
             poller=_text(data, "poller", allow_empty=True),
             completed_at=_ts(data, "completed_at"),
+            user=_text(data, "user", allow_empty=True) if "user" in data else "",
+            created_at=None if data.get("created_at") is None else _ts(data, "created_at"),
         )
 
 

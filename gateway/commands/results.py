@@ -8,6 +8,11 @@ expiry, so a page or `sendcommand` never waits on a pending command forever.
 The first outcome of a command wins: a row leaves `pending` once, by a conditional update, so a
 result delivered twice (the consumer is at least once; a poller re-publishes a stored result after
 a restart) or a result after the sweeper gave up changes nothing.
+
+A site controller's commands (gateway/sitecontrol: user "controller:<site>") are made in the poller
+and never pass through the server: their audit row is created from the result (via "controller",
+created_at from the result, else its completed_at). Its id is the command's, so a result delivered
+twice finds the row and changes nothing.
 """
 
 import asyncio
@@ -18,7 +23,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 from asgiref.sync import sync_to_async
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, IntegrityError, close_old_connections, transaction
 
 from gateway.choices import CommandStatus, FailureReason
 from gateway.commands.messages import CommandResult
@@ -27,7 +32,7 @@ from gateway.conf import setting
 from gateway.kafka.consumer import TelemetryConsumer
 from gateway.kafka.topics import command_results_topic, ensure_topics
 from gateway.live.push import push_command_updates
-from gateway.models import Command
+from gateway.models import ChargePoint, Command
 from gateway.runtime import wait_unless_stopped
 
 logger = logging.getLogger(__name__)
@@ -37,6 +42,9 @@ logger = logging.getLogger(__name__)
 NO_ANSWER_GRACE_S = 5.0
 SWEEP_INTERVAL_S = 2.0
 NO_ANSWER_REASON = "no poller answered before the command expired"
+# Who a site controller's commands are from (CommandMessage.user), and the audit row's `via`.
+CONTROLLER_USER_PREFIX = "controller:"
+CONTROLLER_VIA = "controller"
 
 
 def results_dead_letter_topic() -> str:
@@ -86,6 +94,11 @@ def complete_commands(results: list[CommandResult]) -> list[Command]:
     received_at = datetime.now(UTC)
     completed = []
     for result in results:
+        if result.user.startswith(CONTROLLER_USER_PREFIX) and not _known(result):
+            created = _create_controller_command(result, received_at)
+            if created is not None:
+                completed.append(created)
+            continue
         command = _pending_command(result)
         if command is None:
             continue
@@ -118,6 +131,62 @@ def complete_commands(results: list[CommandResult]) -> list[Command]:
         else:
             logger.info("result of command %s ignored: the command was completed meanwhile", command.id)
     return completed
+
+
+def _known(result: CommandResult) -> bool:
+    """Whether the result's command has a row (a valid id that is stored)."""
+    try:
+        command_id = uuid.UUID(result.id)
+    except ValueError:
+        return False
+    return Command.objects.filter(id=command_id).exists()
+
+
+def _create_controller_command(result: CommandResult, received_at: datetime) -> Command | None:
+    """The audit row of a site controller's command, from its result; None (logged) if it cannot be one."""
+    try:
+        command_id = uuid.UUID(result.id)
+    except ValueError:
+        logger.warning("result of controller command %r (%s) ignored: not a command id", result.id, result.charge_point)
+        return None
+    created_at = result.created_at or result.completed_at
+    command = Command(
+        id=command_id,
+        charge_point=ChargePoint.objects.filter(slug=result.charge_point).first(),
+        charge_point_slug=result.charge_point,
+        site_slug=result.site,
+        action=result.action,
+        value=result.value,
+        username=result.user,
+        via=CONTROLLER_VIA,
+        created_at=created_at,
+        expires_at=result.completed_at,  # not on the wire; the controller's commands live one or two periods
+        status=result.status,
+        reason_code=result.reason_code or "",
+        reason=result.reason or "",
+        read_back=result.read_back,
+        poller=result.poller,
+        completed_at=result.completed_at,
+        received_at=received_at,
+        latency_ms=(received_at - created_at).total_seconds() * 1000,
+    )
+    try:
+        with transaction.atomic():
+            command.save(force_insert=True)
+    except IntegrityError:  # another consumer stored it meanwhile: its row stands
+        logger.info("result of controller command %s ignored: its row was stored meanwhile", command_id)
+        return None
+    logger.info(
+        "command %s %s %s to %s by %s: %s%s",
+        command.id,
+        command.action,
+        command.value,
+        command.charge_point_slug,
+        command.username,
+        result.status,
+        f" ({result.reason_code}: {result.reason})" if result.reason_code else "",
+    )
+    return command
 
 
 def _pending_command(result: CommandResult) -> Command | None:

@@ -66,6 +66,8 @@ class CommandRunner:
         # Results journaled here, by (status, reason code or ""): the commands metric by result.
         self.results: Counter[tuple[str, str]] = Counter()
         self._in_progress: dict[str, datetime] = {}  # id -> until when a redelivery is ignored
+        # Called with every result journaled here (the site controllers learn what their commands did).
+        self.result_listeners: list[Callable[[CommandResult], None]] = []
 
     def deliver(self, command: CommandMessage) -> None:
         """Take a command from the source: queue it on its charge point, or answer it from the journal."""
@@ -129,6 +131,12 @@ class CommandRunner:
             f" ({result.reason_code}: {result.reason})" if result.reason_code else f", read back {result.read_back}",
         )
         self._publish(result)
+        for listener in self.result_listeners:
+            try:
+                listener(result)
+            except Exception:
+                # A listener's defect never loses the result (journaled and published above).
+                logger.exception("command %s: a result listener failed", result.id)
 
     def _publish(self, result: CommandResult) -> None:
         topic = self.result_topic(result.site, result.charge_point)

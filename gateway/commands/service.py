@@ -12,6 +12,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,7 +20,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from asgiref.sync import async_to_sync
 
-from gateway.choices import CommandAction, CommandStatus, FailureReason
+from gateway.choices import OPERATOR_ACTIONS, VALUE_UNITS, CommandAction, CommandStatus, FailureReason
 from gateway.commands.messages import CommandMessage
 from gateway.conf import setting
 from gateway.kafka.config import producer_options
@@ -36,7 +37,7 @@ PERMISSION = "gateway.send_command"
 # A web request waits for the publish: a broker that does not answer fails the command in this
 # time instead of holding the request (and the command would soon expire anyway).
 PUBLISH_TIMEOUT_S = 5.0
-UNITS = {CommandAction.SET_CURRENT_LIMIT: "A"}
+UNITS = VALUE_UNITS
 
 
 class CommandRefused(Exception):
@@ -58,12 +59,17 @@ def send_command(
     username: str | None = None,
     via: str = "web",
     expiry_s: float | None = None,
+    actions: Collection[str] = tuple(CommandAction.values),
 ) -> Command:
     """Check, store (pending) and publish one command; returns its row.
 
+    actions: what this entry point may send. The page and the API pass OPERATOR_ACTIONS (their
+    buttons); `sendcommand` and code may also send the failsafe set-up of site load management,
+    range-checked like a limit.
+
     Raises CommandRefused, with the row stored as failed, when the command is not permitted,
-    not supported by the charger's profile, its value is missing, superfluous or out of range,
-    or Kafka did not take it.
+    not one of `actions`, not supported by the charger's profile, its value is missing,
+    superfluous or out of range, or Kafka did not take it.
     """
     slug = charge_point.slug if isinstance(charge_point, ChargePoint) else charge_point
     resolved = _resolve(charge_point)
@@ -81,7 +87,7 @@ def send_command(
         created_at=now,
         expires_at=now + timedelta(seconds=setting("COMMAND_EXPIRY_S") if expiry_s is None else expiry_s),
     )
-    refusal = _refusal(resolved, slug, action, value, user)
+    refusal = _refusal(resolved, slug, action, value, user, actions)
     if refusal is not None:
         reason_code, reason = refusal
         if reason_code == FailureReason.NOT_PERMITTED:
@@ -161,8 +167,10 @@ def command_json(command: Command) -> dict[str, Any]:
     }
 
 
-def command_controls(charge_point: ChargePoint) -> dict[str, dict[str, Any]]:
-    """What the page offers for each action: supported, min, max, unit, and why not when unsupported.
+def command_controls(
+    charge_point: ChargePoint, actions: Collection[str] = OPERATOR_ACTIONS
+) -> dict[str, dict[str, Any]]:
+    """What the page offers for each of `actions` (its buttons): supported, min, max, unit, and why not.
 
     {"set_current_limit": {"supported": True, "min": 6.0, "max": 32.0, "unit": "A", "reason": ""},
      "pause": {"supported": False, "min": None, "max": None, "unit": "", "reason": "..."}, ...}
@@ -172,7 +180,7 @@ def command_controls(charge_point: ChargePoint) -> dict[str, dict[str, Any]]:
     except ProfileFormatError as exc:
         spec, problem = None, f"the profile cannot be read: {exc}"
     controls = {}
-    for action in CommandAction.values:
+    for action in actions:
         command = spec.command(action) if spec is not None else None
         reason = problem if spec is None else _unsupported_reason(spec, action, command)
         controls[action] = {
@@ -192,7 +200,12 @@ def _resolve(charge_point: ChargePoint | str) -> ChargePoint | None:
 
 
 def _refusal(
-    charge_point: ChargePoint | None, slug: str, action: str, value: float | None, user: Any
+    charge_point: ChargePoint | None,
+    slug: str,
+    action: str,
+    value: float | None,
+    user: Any,
+    actions: Collection[str] = tuple(CommandAction.values),
 ) -> tuple[str, str] | None:
     """Why the server refuses this command (reason code, details), or None to send it."""
     if user is not None and not user.has_perm(PERMISSION):
@@ -200,7 +213,11 @@ def _refusal(
     if charge_point is None:
         return FailureReason.INVALID, f"no charge point {slug!r}"
     if action not in CommandAction.values:
-        return FailureReason.INVALID, f"unknown action {action!r} (one of {', '.join(CommandAction.values)})"
+        return FailureReason.INVALID, f"unknown action {action!r} (one of {', '.join(actions)})"
+    if action not in actions:
+        return FailureReason.INVALID, (
+            f"{action} is not an operator command (one of {', '.join(actions)}): site load management sets it"
+        )
     if not charge_point.enabled:
         return FailureReason.OFFLINE, f"{slug} is disabled: no poller polls it"
     try:
@@ -228,19 +245,21 @@ def _unsupported_reason(spec: ProfileSpec, action: str, command: CommandSpec | N
 
 
 def _value_problem(spec: ProfileSpec, command: CommandSpec, value: float | None) -> tuple[str, str] | None:
-    """A set_current_limit needs a value within the profile's range; pause and resume take none."""
-    if command.action != CommandAction.SET_CURRENT_LIMIT:
+    """An action that carries a value (VALUE_UNITS) needs one within the profile's range; pause and resume take none."""
+    unit = VALUE_UNITS.get(command.action)
+    if unit is None:
         if value is not None:
             return FailureReason.INVALID, f"{command.action} takes no value"
         return None
+    quantity = "a current" if unit == "A" else "a time"
     if value is None:
-        return FailureReason.INVALID, "set_current_limit needs a value in A"
+        return FailureReason.INVALID, f"{command.action} needs a value in {unit}"
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return FailureReason.INVALID, f"{value!r} is not a current in A"
+        return FailureReason.INVALID, f"{value!r} is not {quantity} in {unit}"
     low, high = command.min_value, command.max_value
     if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"{'' if low is None else f'{low:g}'}..{'' if high is None else f'{high:g}'} A"
-        return FailureReason.OUT_OF_RANGE, f"{value:g} A is outside {bounds}, the range of {spec.slug}"
+        bounds = f"{'' if low is None else f'{low:g}'}..{'' if high is None else f'{high:g}'} {unit}"
+        return FailureReason.OUT_OF_RANGE, f"{value:g} {unit} is outside {bounds}, the range of {spec.slug}"
     if command.value is None:  # the value asked for is what goes on the wire
         register = spec.register(command.register)
         try:

@@ -4,6 +4,9 @@ Runs by itself as a job of the history consumer group (gateway/sinks.py), every 
 and on demand (`manage.py history maintain`). On PostgreSQL retention drops whole partitions: raw
 samples by day once the whole day is older than EVDASH_RETENTION_RAW_DAYS, rollups by month once
 the whole month is older than EVDASH_RETENTION_ROLLUP_DAYS. On SQLite the same cut-offs DELETE rows.
+The site controllers' samples (SiteSample, one row per site per control period) are kept as long
+as the raw telemetry they are drawn beside, and deleted (not partitioned: a few sites, not thousands
+of charge points).
 """
 
 import asyncio
@@ -17,6 +20,7 @@ from django.db import connection
 from gateway.conf import setting
 from gateway.history import partitions, rollups
 from gateway.history.query import ROLLUP_TABLE, SAMPLE_TABLE, close_stale_connection, rolled_up_until
+from gateway.models import SiteSample
 from gateway.runtime import wait_unless_stopped
 
 logger = logging.getLogger(__name__)
@@ -35,10 +39,12 @@ def cutoffs(now: datetime) -> tuple[datetime, datetime]:
 def prune(now: datetime) -> dict[str, Any]:
     """Drop (PostgreSQL) or delete (SQLite) what is past the retention."""
     raw_cutoff, rollup_cutoff = cutoffs(now)
+    site_samples, _ = SiteSample.objects.filter(at__lt=raw_cutoff).delete()
     if connection.vendor == "postgresql":
         return {
             "dropped": partitions.drop_partitions_before(partitions.SAMPLES, raw_cutoff)
-            + partitions.drop_partitions_before(partitions.ROLLUPS, rollup_cutoff)
+            + partitions.drop_partitions_before(partitions.ROLLUPS, rollup_cutoff),
+            "site_samples_deleted": site_samples,
         }
     deleted = {}
     with connection.cursor() as cursor:
@@ -48,7 +54,7 @@ def prune(now: datetime) -> dict[str, Any]:
                 [connection.ops.adapt_datetimefield_value(cutoff)],
             )
             deleted[table] = cursor.rowcount
-    return {"deleted": deleted}
+    return {"deleted": deleted, "site_samples_deleted": site_samples}
 
 
 def maintain(now: datetime | None = None) -> dict[str, Any]:
@@ -91,7 +97,8 @@ async def run_maintenance(stop: asyncio.Event, interval_s: float = MAINTENANCE_I
     while not stop.is_set():
         try:
             report = await sync_to_async(maintain)()
-            if report["created"] or report.get("dropped") or any(report.get("deleted", {}).values()):
+            deleted = any(report.get("deleted", {}).values()) or report.get("site_samples_deleted")
+            if report["created"] or report.get("dropped") or deleted:
                 logger.info("history maintenance: %s", report)
         except Exception:
             logger.exception("history maintenance failed; trying again in %.0f s", interval_s)

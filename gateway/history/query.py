@@ -237,7 +237,10 @@ def rolled_up_until(charge_point_id: int | None = None) -> datetime | None:
 
 
 def fleet_power_series(start: datetime, end: datetime, *, site: str | None = None, bucket_s: float = 5.0) -> dict:
-    """Fleet power over [start, end]: per bucket, the sum over charge points of their mean power.
+    """Fleet power over [start, end): per bucket, the sum over charge points of their mean power.
+
+    The end is exclusive, so an end on a bucket boundary never opens the next bucket (a sample
+    stamped exactly at the boundary belongs to the bucket still filling).
 
     Buckets of whole minutes over more than an hour read the rollups (then the raw samples newer
     than the newest rollup); others read the raw samples.
@@ -279,7 +282,7 @@ def fleet_power_series(start: datetime, end: datetime, *, site: str | None = Non
         SELECT h.charge_point_id AS cp_id, {bucket_sql("h.ts")} AS b,
                h.power_w AS total, CAST(1 AS DOUBLE PRECISION) AS n
         FROM {SAMPLE_TABLE} AS h {site_join}
-        WHERE h.ts >= %s AND h.ts <= %s AND h.power_w IS NOT NULL {site_where}
+        WHERE h.ts >= %s AND h.ts < %s AND h.power_w IS NOT NULL {site_where}
     """)  # noqa: S608
     params += [bucket_s, db_datetime(raw_from), db_datetime(end), *site_params]
     # One grouping per (charge point, bucket) over the rows of the sources, then the sum per bucket.

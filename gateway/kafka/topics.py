@@ -35,6 +35,11 @@ def command_results_topic() -> str:
     return setting("COMMAND_RESULTS_TOPIC")
 
 
+def site_status_topic() -> str:
+    """The site controllers' status every control period (gateway/sitecontrol/messages.py), key = site."""
+    return setting("SITE_STATUS_TOPIC")
+
+
 async def ensure_topics(topics: list[str], partitions: int | None = None) -> None:
     """Create missing topics (keyed by charge point, so partitions give consumers parallelism).
 

@@ -2,7 +2,8 @@
 
 - /ws/fleet/: the newest record of each charge point of every consumer batch;
 - /ws/fleet/?site=<slug>: the same, for one site's charge points only;
-- /ws/chargepoints/<slug>/: every record of one charge point (for its charts).
+- /ws/chargepoints/<slug>/: every record of one charge point (for its charts);
+- /ws/sites/<slug>/: one site's load management, a SiteStatus per control period (the site page).
 
 Messages to the browser (shapes checked in tests/test_live.py):
     {"type": "snapshot", "records": [Record, ...], "more": bool}
@@ -20,6 +21,13 @@ Messages to the browser (shapes checked in tests/test_live.py):
         event's order): /ws/fleet/ gets every alert, /ws/fleet/?site=<slug> the site's,
         /ws/chargepoints/<slug>/ the charge point's. No snapshot: the alert feed reads the open
         alerts over HTTP (GET /alerts/?format=json) when it starts and after each reconnect.
+    {"type": "snapshot", "statuses": [SiteStatus dict, ...], "more": bool}
+        /ws/sites/<slug>/ only, instead of the records' snapshot: the site's statuses of the live
+        chart's window (its SiteSample rows, oldest first), in frames as above
+    {"type": "site_status", "status": SiteStatus dict}
+        /ws/sites/<slug>/ only: the site controller's status of one period
+        (gateway.sitecontrol.messages.SiteStatus.to_dict: site, at, state, reason, limit_a, draw_a,
+        draw_source, meter_age_s, allocated_a, headroom_a, chargers, ...)
     {"type": "error", "error": str}
         once, if the client sends anything
 Pages merge snapshot frames exactly like telemetry frames: a record replaces an older one.
@@ -52,11 +60,13 @@ from urllib.parse import parse_qs
 import orjson
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
+from django.utils import timezone
 
 from gateway.live.gaps import SenderGaps
-from gateway.live.groups import FLEET_GROUP, session_group, site_group
+from gateway.live.groups import FLEET_GROUP, session_group, site_control_group, site_group
 from gateway.live.limits import open_sockets, sockets_per_user_max
 from gateway.models import ChargePoint, LatestTelemetry, Site
+from gateway.sitecontrol.report import live_statuses
 from gateway.telemetry import Record, newest_per_charge_point
 
 logger = logging.getLogger(__name__)
@@ -78,29 +88,34 @@ SNAPSHOT_FRAME_MAX_BYTES = 256 * 1024
 FRAME_MAX_BYTES = 768 * 1024
 
 
-def snapshot_frames(records: list[Record], max_bytes: int = SNAPSHOT_FRAME_MAX_BYTES) -> Iterator[dict[str, Any]]:
-    """The snapshot messages for `records`: each under `max_bytes` encoded, the last with "more": false.
+def snapshot_frames(
+    records: list[Record], max_bytes: int = SNAPSHOT_FRAME_MAX_BYTES, key: str = "records"
+) -> Iterator[dict[str, Any]]:
+    """The snapshot messages for `records` (under `key`): each under `max_bytes` encoded, the last
+    with "more": false.
 
     A record larger than `max_bytes` on its own still goes, alone in its frame. No records: one
     empty frame, so the page knows the snapshot is complete.
     """
-    overhead = len(b'{"type":"snapshot","records":[],"more":false}')
+    overhead = len(orjson.dumps({"type": "snapshot", key: [], "more": False}))
     chunk: list[Record] = []
     size = overhead
     for record in records:
         record_size = len(orjson.dumps(record)) + 1  # and its comma
         if chunk and size + record_size > max_bytes:
-            yield {"type": "snapshot", "records": chunk, "more": True}
+            yield {"type": "snapshot", key: chunk, "more": True}
             chunk, size = [], overhead
         chunk.append(record)
         size += record_size
-    yield {"type": "snapshot", "records": chunk, "more": False}
+    yield {"type": "snapshot", key: chunk, "more": False}
 
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
     """Base: refuses anonymous users, joins groups on connect, relays telemetry events."""
 
     groups_to_join: list[str]
+    # What the snapshot frames carry their items under (the site page's are statuses).
+    snapshot_key = "records"
     counted_user_id: int | None = None
     client_frames = 0
     refresher: asyncio.Task | None = None
@@ -129,7 +144,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
         self.refresher = asyncio.create_task(self.refresh_groups())
-        for frame in snapshot_frames(await self.snapshot()):
+        for frame in snapshot_frames(await self.snapshot(), key=self.snapshot_key):
             await self.send_json(frame)
 
     async def refresh_groups(self) -> None:
@@ -311,6 +326,35 @@ class ChargePointConsumer(LiveConsumer):
     def snapshot(self) -> list[Record]:
         row = LatestTelemetry.objects.filter(charge_point__slug=self.slug).first()
         return [row.record] if row else []
+
+
+class SiteConsumer(LiveConsumer):
+    """/ws/sites/<slug>/: one site's load management, a status per control period.
+
+    It joins the site's control group (gateway.live.push.push_site_status sends each SiteStatus
+    there) and starts with the statuses of the live chart's window from the SiteSample rows. The
+    statuses carry no sender numbers: a page that reconnects gets its window again from the rows.
+    """
+
+    snapshot_key = "statuses"
+
+    @database_sync_to_async
+    def resolve_groups(self) -> list[str] | None:
+        slug = self.scope["url_route"]["kwargs"]["slug"]
+        if not Site.objects.filter(slug=slug).exists():
+            return None
+        self.site = slug
+        return [site_control_group(slug)]
+
+    async def site_status(self, event: dict[str, Any]) -> None:
+        """One period of this site's controller: sent on as it came."""
+        if self.resyncing:
+            return
+        await self.send_json({"type": "site_status", "status": event["status"]})
+
+    @database_sync_to_async
+    def snapshot(self) -> list[dict]:
+        return live_statuses(self.site, timezone.now())
 
 
 class UnknownPathConsumer(AsyncWebsocketConsumer):

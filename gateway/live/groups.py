@@ -15,6 +15,11 @@ def site_group(slug: str) -> str:
     return _bounded(f"site.{slug}")
 
 
+def site_control_group(slug: str) -> str:
+    """Group of one site's load management page sockets (ws/sites/<slug>/): its SiteStatus every period."""
+    return _bounded(f"site-control.{slug}")
+
+
 def session_group(session_key: str) -> str:
     """Group of every socket opened with one login session (logout closes them).
 

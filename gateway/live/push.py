@@ -24,6 +24,11 @@ go to the fleet group (the fleet page's alert feed) and to the site group of eac
 (a fleet page filtered to the site, the charge point page of the alert's charge point): one event
 per group, holding that group's alerts. They carry no number either: an alert feed that reconnects
 reloads the open alerts with its snapshot, and the /alerts/ page reads the database.
+
+Site statuses (a site controller's period: gateway.sitecontrol.messages.SiteStatus) go to the site's
+control group (gateway.live.groups.site_control_group), one event per status, in order: the site
+page draws each period. No number either: a page that reconnects reloads its snapshot from the
+SiteSample rows, which hold every status.
 """
 
 import asyncio
@@ -34,8 +39,9 @@ from collections import defaultdict
 
 from channels.layers import get_channel_layer
 
-from gateway.live.groups import FLEET_GROUP, session_group, site_group
+from gateway.live.groups import FLEET_GROUP, session_group, site_control_group, site_group
 from gateway.models import Command
+from gateway.sitecontrol.messages import SiteStatus
 from gateway.telemetry import Record, newest_per_charge_point
 
 logger = logging.getLogger(__name__)
@@ -49,10 +55,13 @@ logger = logging.getLogger(__name__)
 #       (gateway.alerts.messages.alert_json: type "alert", schema_version, event
 #       raised|cleared|acknowledged, id, rule, kind, severity, charge_point, site, message, value,
 #       raised_at, cleared_at, acknowledged_at, acknowledged_by)
+#   {"type": "site.status", "status": SiteStatus.to_dict()}
+#       (gateway.sitecontrol.messages: type "site_status", site, at, state, limit_a, draw_a, ...)
 #   {"type": "session.logout"}
 TELEMETRY_EVENT = "telemetry.batch"
 COMMAND_EVENT = "command.update"
 ALERT_EVENT = "alert.update"
+SITE_STATUS_EVENT = "site.status"
 LOGOUT_EVENT = "session.logout"
 # This process, as a sender: a restarted consumer is a new sender, whose numbers start again.
 SENDER = uuid.uuid4().hex[:16]
@@ -124,6 +133,22 @@ async def push_alerts(alerts: list[dict]) -> None:
         return
     events = alert_events(alerts)
     await asyncio.gather(*(layer.group_send(group, event) for group, event in events.items()))
+
+
+async def push_site_status(statuses: list[SiteStatus]) -> None:
+    """Send each site status to its site's control group, in order (one site's statuses one after another)."""
+    layer = get_channel_layer()
+    if layer is None or not statuses:
+        return
+    by_site: dict[str, list[SiteStatus]] = defaultdict(list)
+    for status in statuses:
+        by_site[status.site].append(status)
+
+    async def send(site: str, site_statuses: list[SiteStatus]) -> None:
+        for status in site_statuses:
+            await layer.group_send(site_control_group(site), {"type": SITE_STATUS_EVENT, "status": status.to_dict()})
+
+    await asyncio.gather(*(send(site, site_statuses) for site, site_statuses in by_site.items()))
 
 
 async def command_sites(commands: list[dict]) -> dict[str, str]:

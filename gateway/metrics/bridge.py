@@ -20,12 +20,16 @@ class BridgeCollector:
 
     def collect(self) -> Iterator[Metric]:
         bridge = self.bridge
-        received, results = bridge.received, bridge.results_received
+        received, results, statuses = bridge.received, bridge.results_received, bridge.site_statuses_received
         yield labelled_counter(
             "evdash_bridge_records_in_total",
             "Messages taken from the MQTT broker (and acknowledged to it), by kind.",
             ["kind"],
-            [(["telemetry"], received - results), (["command_result"], results)],
+            [
+                (["telemetry"], received - results - statuses),
+                (["command_result"], results),
+                (["site_status"], statuses),
+            ],
         )
         yield counter(
             "evdash_bridge_records_out_total",

@@ -9,6 +9,7 @@ from prometheus_client.registry import Collector
 from gateway.metrics.bridge import BridgeCollector
 from gateway.metrics.consumer import ConsumerCollector
 from gateway.metrics.poller import PollerCollector
+from gateway.metrics.sitecontrol import SiteControlCollector
 
 if TYPE_CHECKING:  # gateway.observe imports this module
     from gateway.observe import Observed
@@ -36,10 +37,16 @@ def collectors_for(observed: "Observed") -> list[Collector]:
         collectors.append(
             PollerCollector(parts["poller"], parts.get("publisher"), parts.get("runner"), parts.get("source"))
         )
+        if parts.get("site_control") is not None:
+            collectors.append(SiteControlCollector(parts["site_control"]))
     elif observed.kind == "bridge":
         collectors.append(BridgeCollector(parts["bridge"], parts.get("commands")))
     elif observed.kind == "consumer":
-        collectors.append(ConsumerCollector(parts.get("groups", ()), parts.get("results"), parts.get("alerts")))
+        collectors.append(
+            ConsumerCollector(
+                parts.get("groups", ()), parts.get("results"), parts.get("alerts"), site_status=parts.get("site_status")
+            )
+        )
     else:
         raise ValueError(f"no metrics for a process of kind {observed.kind!r}")
     return collectors

@@ -1,4 +1,5 @@
-"""Metrics of runconsumer, by sink group ("live", "history"; "results" for command results):
+"""Metrics of runconsumer, by sink group ("live", "history"; "results" for command results,
+"site_status" for the site controllers' statuses):
 records handled, lag per partition, batch duration, dead letters, and the alert evaluations.
 
 Batch durations come from TelemetryConsumer.batch_observers (a BucketCounts each: one bisect per
@@ -18,6 +19,7 @@ from gateway.metrics.histogram import BucketCounts
 from gateway.sinks import SinkGroup
 
 RESULTS = "results"  # the group label of the command results' consumer
+SITE_STATUS = "site_status"  # the group label of the site-status consumer (gateway/sitecontrol/consume.py)
 
 
 class BatchDurations:
@@ -41,11 +43,15 @@ class ConsumerCollector:
         groups: Sequence[SinkGroup] = (),
         results: TelemetryConsumer | None = None,
         alerts: AlertEngine | None = None,
+        *,
+        site_status: TelemetryConsumer | None = None,
     ) -> None:
         self.consumers: list[tuple[str, TelemetryConsumer, BatchDurations]] = []
         named = [(group.name, group.consumer) for group in groups]
         if results is not None:
             named.append((RESULTS, results))
+        if site_status is not None:
+            named.append((SITE_STATUS, site_status))
         for name, consumer in named:
             durations = BatchDurations()
             consumer.batch_observers.append(durations)

@@ -6,6 +6,7 @@ from gateway.models.history import RollupBacklog, TelemetryRollup, TelemetrySamp
 from gateway.models.pipeline import StageKind, StageStatus
 from gateway.models.profiles import DeviceProfile, Register, StatusRule
 from gateway.models.sessions import ChargingSession
+from gateway.models.sitecontrol import AllocationOverride, SiteControlLease, SiteSample
 from gateway.models.sites import ChargePoint, Site
 from gateway.models.state import LatestTelemetry
 from gateway.models.tokens import ApiToken
@@ -14,6 +15,7 @@ __all__ = [
     "Alert",
     "AlertDelivery",
     "AlertRule",
+    "AllocationOverride",
     "ApiToken",
     "ChargePoint",
     "ChargingSession",
@@ -23,6 +25,8 @@ __all__ = [
     "Register",
     "RollupBacklog",
     "Site",
+    "SiteControlLease",
+    "SiteSample",
     "StageKind",
     "StageStatus",
     "StatusRule",

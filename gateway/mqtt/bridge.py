@@ -19,7 +19,8 @@ identical, and the record's (charge point, seq, ts) tells them apart.
 
 Command results (<prefix>/<site>/<cp>/command-results) take the same way to Kafka
 evdash.command-results, with the same guarantee: the consumer stores the first result of a
-command id, so a copy changes nothing.
+command id, so a copy changes nothing. So do the site controllers' statuses (<prefix>/<site>/site-status)
+to Kafka evdash.site-status, keyed by site: a copy is the same (site, at), stored once.
 """
 
 import asyncio
@@ -32,7 +33,7 @@ from dataclasses import asdict, dataclass
 import aiomqtt
 
 from gateway.conf import setting
-from gateway.kafka.topics import command_results_topic, telemetry_topic
+from gateway.kafka.topics import command_results_topic, site_status_topic, telemetry_topic
 from gateway.kafka.transport import KafkaTransport
 from gateway.mqtt.clients import aiomqtt_client
 from gateway.mqtt.command_bridge import CommandBridge, build_command_bridge
@@ -40,7 +41,9 @@ from gateway.mqtt.config import MqttConfig, mqtt_config
 from gateway.mqtt.topics import (
     command_results_subscription,
     parse_charge_point_topic,
+    parse_site_status_topic,
     parse_telemetry_topic,
+    site_status_subscription,
     telemetry_subscription,
 )
 from gateway.publish.outbox import Outbox, outbox_path
@@ -87,6 +90,7 @@ class BridgeStats:
     results_received: int = 0  # of `received`: command results (the rest is telemetry)
     commands_forwarded: int = 0  # commands from Kafka the MQTT broker acknowledged
     commands_skipped: int = 0  # commands not forwarded: malformed or expired
+    site_statuses_received: int = 0  # of `received`: site controllers' statuses
 
     def as_dict(self) -> dict[str, int | float | None]:
         return asdict(self)
@@ -97,7 +101,8 @@ class BridgeStats:
             f"bridge stats: received={self.received} forwarded={self.forwarded} buffered={self.buffered} "
             f"oldest_buffered_age_s={age} malformed={self.malformed} dropped={self.dropped} "
             f"mqtt_connects={self.mqtt_connects} results_received={self.results_received} "
-            f"commands_forwarded={self.commands_forwarded} commands_skipped={self.commands_skipped}"
+            f"commands_forwarded={self.commands_forwarded} commands_skipped={self.commands_skipped} "
+            f"site_statuses_received={self.site_statuses_received}"
         )
 
 
@@ -136,8 +141,8 @@ class ReplayWatch:
 
 
 class Bridge:
-    """Takes telemetry (and, with results_topic, command results) from the MQTT broker into the
-    outbox, and from there to Kafka."""
+    """Takes telemetry (and, with results_topic, command results; with site_status_topic, the site
+    controllers' statuses) from the MQTT broker into the outbox, and from there to Kafka."""
 
     def __init__(
         self,
@@ -150,6 +155,7 @@ class Bridge:
         stats_interval_s: float,
         results_topic: str | None = None,
         command_bridge: CommandBridge | None = None,
+        site_status_topic: str | None = None,
     ) -> None:
         self.publisher = publisher
         self.kafka_topic = kafka_topic
@@ -159,8 +165,10 @@ class Bridge:
         self.stats_interval_s = stats_interval_s
         self.results_topic = results_topic  # Kafka topic of command results; None: telemetry only
         self.command_bridge = command_bridge  # only its counters, for the stats line
+        self.site_status_topic = site_status_topic  # Kafka topic of site statuses; None: not forwarded
         self.received = 0
         self.results_received = 0
+        self.site_statuses_received = 0
         self.malformed = 0
         self.mqtt_connects = 0
         self.mqtt_connected = False  # connected to the MQTT broker now (readiness probes read it)
@@ -173,9 +181,12 @@ class Bridge:
 
     @property
     def subscriptions(self) -> list[str]:
-        if self.results_topic is None:
-            return [self.subscription]
-        return [self.subscription, command_results_subscription()]
+        subscriptions = [self.subscription]
+        if self.results_topic is not None:
+            subscriptions.append(command_results_subscription())
+        if self.site_status_topic is not None:
+            subscriptions.append(site_status_subscription())
+        return subscriptions
 
     @property
     def stats(self) -> BridgeStats:
@@ -192,6 +203,7 @@ class Bridge:
             results_received=self.results_received,
             commands_forwarded=commands.forwarded if commands else 0,
             commands_skipped=commands.malformed + commands.expired if commands else 0,
+            site_statuses_received=self.site_statuses_received,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -238,6 +250,10 @@ class Bridge:
                         self.kafka_topic,
                         f", {command_results_subscription()} to {self.results_topic}" if self.results_topic else "",
                     )
+                    if self.site_status_topic is not None:
+                        logger.info(
+                            "forwarding %s to Kafka topic %s", site_status_subscription(), self.site_status_topic
+                        )
                     await self._take_messages(client, stop)
             except aiomqtt.MqttError as exc:
                 self.mqtt_connected = False
@@ -290,16 +306,17 @@ class Bridge:
 
     def _persist_and_ack(self, client: aiomqtt.Client, batch: list[aiomqtt.Message]) -> None:
         """Outbox first, PUBACK after: a crash in between makes the broker send them again, never lose them."""
-        results = 0
+        results = statuses = 0
         for message in batch:
             topic = message.topic.value
             try:
-                kafka_topic, charge_point = self._route(topic)
+                kafka_topic, key = self._route(topic)
             except ValueError as exc:
                 self._note_malformed(topic, exc)
                 continue
             results += kafka_topic == self.results_topic
-            self.publisher.publish_encoded(kafka_topic, charge_point.encode(), bytes(message.payload))
+            statuses += kafka_topic == self.site_status_topic
+            self.publisher.publish_encoded(kafka_topic, key.encode(), bytes(message.payload))
         self.publisher.persist()
         paho = client._client
         for message in batch:
@@ -307,6 +324,7 @@ class Bridge:
                 paho.ack(message.mid, message.qos)
         self.received += len(batch)
         self.results_received += results
+        self.site_statuses_received += statuses
         for observer in self.batch_observers:
             try:
                 observer(batch, time.time())
@@ -314,7 +332,10 @@ class Bridge:
                 logger.exception("a batch observer failed; the batch itself was persisted")
 
     def _route(self, topic: str) -> tuple[str, str]:
-        """(Kafka topic, charge point) of an MQTT topic; ValueError when it names no charge point."""
+        """(Kafka topic, key) of an MQTT topic: the key is the charge point, or the site of a site
+        status; ValueError when it names neither."""
+        if self.site_status_topic is not None and topic.endswith("/site-status"):
+            return self.site_status_topic, parse_site_status_topic(topic)
         if self.results_topic is not None and topic.endswith("/command-results"):
             _site, charge_point = parse_charge_point_topic(topic, "command-results")
             return self.results_topic, charge_point
@@ -362,6 +383,7 @@ def build_bridge(command_bridge: CommandBridge | None = None) -> Bridge:
         stats_interval_s=setting("BRIDGE_STATS_INTERVAL_S"),
         results_topic=command_results_topic(),
         command_bridge=command_bridge,
+        site_status_topic=site_status_topic(),
     )
 
 
@@ -395,7 +417,7 @@ async def run_bridge(stop: asyncio.Event, *, metrics_port: int | None = None) ->
     try:
         async with observing(observed, halt):
             results = await asyncio.gather(
-                run_half(bridge, "MQTT telemetry and command results no longer reach Kafka"),
+                run_half(bridge, "MQTT telemetry, command results and site statuses no longer reach Kafka"),
                 run_half(commands, "commands no longer reach MQTT"),
                 return_exceptions=True,
             )

@@ -37,6 +37,26 @@ def command_results_topic(site: str, charge_point: str) -> str:
     return f"{_prefix()}/{_segment(site, 'site')}/{_segment(charge_point, 'charge point')}/command-results"
 
 
+def site_status_topic(site: str) -> str:
+    """A site controller's status every period, from its poller to the bridge (QoS 1)."""
+    return f"{_prefix()}/{_segment(site, 'site')}/site-status"
+
+
+def site_status_subscription() -> str:
+    """Every site's controller status (the bridge subscribes to this)."""
+    return f"{_prefix()}/+/site-status"
+
+
+def parse_site_status_topic(topic: str) -> str:
+    """The site of a topic <prefix>/<site>/site-status; ValueError for anything else."""
+    prefix = f"{_prefix()}/"
+    levels = topic[len(prefix) :].split("/") if topic.startswith(prefix) else []
+    malformed = len(levels) != 2 or levels[1] != "site-status"
+    if malformed or levels[0] in ("", "pollers") or RESERVED.intersection(levels[0]):
+        raise ValueError(f"not a site status topic ({prefix}<site>/site-status): {topic!r}")
+    return levels[0]
+
+
 def commands_subscription(site: str | None = None) -> str:
     """What a poller subscribes to: its site's commands, or every site's."""
     return f"{_prefix()}/{_segment(site, 'site') if site else '+'}/+/commands"

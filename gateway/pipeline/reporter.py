@@ -93,6 +93,20 @@ def consumer_stats(consumer: Any) -> dict[str, Any]:
     }
 
 
+def site_control_stats(control: Any) -> dict[str, Any]:
+    """The poller's site load management (sitecontrol.control.SiteControl.counters): sites controlled
+    and refused, rounds (all, and the urgent ones among them), failed rounds, commands by action."""
+    counters = control.counters
+    return {
+        "sites": counters["sites"],
+        "refused": counters["refused"],
+        "periods": counters["periods"],
+        "urgent": counters["urgent"],
+        "errors": counters["errors"],
+        "commands": {key.removeprefix("commands_"): n for key, n in counters.items() if key.startswith("commands_")},
+    }
+
+
 class StatusProbe:
     """Reads one process's parts into its `stats`; attaches and detaches the latency observers."""
 
@@ -160,6 +174,9 @@ class StatusProbe:
         runner = parts.get("runner")
         if runner is not None:
             stats["commands_taken"] = runner.delivered
+        site_control = parts.get("site_control")
+        if site_control is not None:
+            stats["site_control"] = site_control_stats(site_control)
         return stats
 
     def _bridge(self, parts: dict[str, Any], now_s: float) -> dict[str, Any]:
@@ -190,12 +207,15 @@ class StatusProbe:
         results = parts.get("results")
         if results is not None:
             stats["results"] = consumer_stats(results)
+        site_status = parts.get("site_status")
+        if site_status is not None:
+            stats["site_status"] = consumer_stats(site_status)
         # Each group takes every record: the process's count is its busiest group's, not their sum.
         stats["records"] = max((group["handled"] for group in groups), default=0)
         rates = [group["records_per_s"] for group in groups if group["records_per_s"] is not None]
         stats["records_per_s"] = max(rates, default=None)
-        stats["dead_letters"] = sum(group["dead_lettered"] for group in groups) + (
-            stats["results"]["dead_lettered"] if results is not None else 0
+        stats["dead_letters"] = sum(group["dead_lettered"] for group in groups) + sum(
+            stats[name]["dead_lettered"] for name in ("results", "site_status") if name in stats
         )
         stats["lag_total"] = sum(group["lag_total"] for group in groups)
         return stats

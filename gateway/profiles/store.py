@@ -22,11 +22,16 @@ from gateway.profiles.spec import (
     derived_from_json,
     entries_from_json,
 )
-from gateway.profiles.validate import profile_problems
+from gateway.profiles.validate import METER_ROLES, profile_problems
 
 logger = logging.getLogger(__name__)
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"
+# Site meter profiles (docs/profiles.md, "Site meter profiles"): apart, so that every file of
+# SHIPPED_DIR stays a charger's (the simulator, the golden tables and the tests take them as such).
+METER_DIR = SHIPPED_DIR / "meters"
+# The shipped site meter: what `simulate`'s meter serves and a demo site is metered with.
+SITE_METER_PROFILE = "eastron-sdm630"
 _REGISTER_FIELDS = [f.name for f in fields(RegisterSpec)]
 _PROFILE_SCALARS = [
     "vendor", "model", "source", "notes", "default_port", "default_unit_id", "max_gap",
@@ -35,7 +40,39 @@ _PROFILE_SCALARS = [
 
 
 def shipped_profile_files() -> list[Path]:
+    """The shipped charger profiles."""
     return sorted(SHIPPED_DIR.glob("*.json"))
+
+
+def shipped_meter_files() -> list[Path]:
+    """The shipped site meter profiles."""
+    return sorted(METER_DIR.glob("*.json"))
+
+
+def shipped_spec(slug: str) -> ProfileSpec:
+    """The shipped file of a charger or meter profile, checked (FileNotFoundError if none is shipped)."""
+    for directory in (SHIPPED_DIR, METER_DIR):
+        path = directory / f"{slug}.json"
+        if path.is_file():
+            return read_spec_file(path)
+    raise FileNotFoundError(f"no shipped profile {slug!r} in {SHIPPED_DIR} or {METER_DIR}")
+
+
+def meter_profiles() -> Any:
+    """The stored profiles a site may take as its meter (validate.is_meter_profile, in the database)."""
+    from gateway.models import DeviceProfile  # late: the models import profiles/
+
+    profiles = DeviceProfile.objects.filter(status_rules__isnull=True, commands=[], heartbeats=[])
+    for role in METER_ROLES:
+        profiles = profiles.filter(pk__in=DeviceProfile.objects.filter(registers__role=role).values("pk"))
+    return profiles
+
+
+def charger_profiles() -> Any:
+    """The stored profiles a charge point may take: every profile but the meters'."""
+    from gateway.models import DeviceProfile  # late: the models import profiles/
+
+    return DeviceProfile.objects.exclude(pk__in=meter_profiles().values("pk"))
 
 
 def load_spec(profile: Any) -> ProfileSpec:

@@ -8,6 +8,7 @@ from typing import Any
 
 from gateway.choices import (
     DERIVABLE_ROLES,
+    VALUE_UNITS,
     Access,
     ByteOrder,
     CommandAction,
@@ -48,6 +49,22 @@ _CHOICES = {
     "access": Access,
     "poll_group": PollGroup,
 }
+
+
+# A site meter's profile: what the site controller needs from it (the three phase currents).
+METER_ROLES: tuple[str, ...] = (Role.CURRENT_L1_A, Role.CURRENT_L2_A, Role.CURRENT_L3_A)
+
+
+def is_meter_profile(spec: ProfileSpec) -> bool:
+    """A site meter's profile, not a charger's: the rule that selects Site.meter_profile choices.
+
+    A meter has no status (no status rules), takes no commands and needs no watchdog (no
+    heartbeats), and measures the three phase currents. Every charger profile has status rules,
+    so no charger is ever offered as a meter, nor a meter for a charge point
+    (gateway.profiles.store.meter_profiles / charger_profiles apply the same rule to the database).
+    """
+    roles = {register.role for register in spec.registers}
+    return not spec.status_rules and not spec.commands and not spec.heartbeats and set(METER_ROLES) <= roles
 
 
 def register_problems(reg: RegisterSpec) -> dict[str, str]:
@@ -217,16 +234,18 @@ def command_problems(command: CommandSpec) -> list[str]:
         return [*problems, f"{where}: needs the register it writes, or 'unsupported' saying why there is none"]
     if command.verify_value is not None and command.verify_values:
         problems.append(f"{where}: give verify_value or verify_values, not both")
-    if action == CommandAction.SET_CURRENT_LIMIT:
+    if action in VALUE_UNITS:
         if command.value is not None:
-            problems.append(f"{where}: value must be null (the operator gives the limit)")
+            problems.append(f"{where}: value must be null (the command carries its value)")
         if command.min_value is None or command.max_value is None:
-            problems.append(f"{where}: needs min_value and max_value, the range in A an operator may ask for")
+            problems.append(
+                f"{where}: needs min_value and max_value, the range in {VALUE_UNITS[action]} a command may ask for"
+            )
         elif command.min_value > command.max_value:
             problems.append(f"{where}: min_value {command.min_value:g} is above max_value {command.max_value:g}")
         return problems
     if command.min_value is not None or command.max_value is not None:
-        problems.append(f"{where}: only set_current_limit has a range (min_value, max_value)")
+        problems.append(f"{where}: only the actions that carry a value ({', '.join(VALUE_UNITS)}) have a range")
     if action == CommandAction.PAUSE and command.value is None:
         problems.append(f"{where}: needs the value to write (e.g. 0 for 0 A, or the vendor's disable code)")
     return problems
@@ -292,8 +311,8 @@ def command_register_problems(commands: Iterable[CommandSpec], registers: dict[s
                 f"written to {target.name!r} ({target.unit or 'no unit'}): give verify_value(s) or a register in "
                 "the same unit"
             )
-        if command.action == CommandAction.SET_CURRENT_LIMIT:
-            problems += _limit_range_problems(command, target)
+        if command.action in VALUE_UNITS:
+            problems += _range_problems(command, target)
         elif command.value is not None:
             try:
                 encode_checked_write(target, command.value)
@@ -302,11 +321,16 @@ def command_register_problems(commands: Iterable[CommandSpec], registers: dict[s
     return problems
 
 
-def _limit_range_problems(command: CommandSpec, target: RegisterSpec) -> list[str]:
-    """set_current_limit writes amperes, and every limit in its range must be one the register takes."""
-    where = "command 'set_current_limit'"
-    if target.unit and target.unit != "A":  # no unit: a hand-made map that says nothing, not a wrong one
-        return [f"{where}: register {target.name!r} holds {target.unit}, not A"]
+def _range_problems(command: CommandSpec, target: RegisterSpec) -> list[str]:
+    """A value-bearing command writes its unit (VALUE_UNITS), and its range is one the register takes.
+
+    set_current_limit: every value of its range (the operator's control offers each). The failsafe
+    commands: both ends; a value between them that the register refuses (1..5 A on "0 or 6..32 A")
+    is refused when it is sent, by the register's write range (check_write_range).
+    """
+    where, unit = f"command {command.action!r}", VALUE_UNITS[command.action]
+    if target.unit and target.unit != unit:  # no unit: a hand-made map that says nothing, not a wrong one
+        return [f"{where}: register {target.name!r} holds {target.unit}, not {unit}"]
     if command.min_value is None or command.max_value is None:
         return []  # command_problems says so
     problems = []
@@ -315,6 +339,8 @@ def _limit_range_problems(command: CommandSpec, target: RegisterSpec) -> list[st
             encode_checked_write(target, getattr(command, name))
         except WriteRangeError as exc:
             problems.append(f"{where}: {name} {getattr(command, name):g} cannot be written: {exc}")
+    if command.action != CommandAction.SET_CURRENT_LIMIT:
+        return problems
     # Both ends passing is not enough: 0..32 passes "0 or 6..32 A" at each end, not in between.
     bounded = target.write_min is not None or target.write_max is not None
     inside = (
@@ -324,7 +350,7 @@ def _limit_range_problems(command: CommandSpec, target: RegisterSpec) -> list[st
     )
     if not problems and not inside:
         problems.append(
-            f"{where}: the range {command.min_value:g}..{command.max_value:g} A is not inside what "
+            f"{where}: the range {command.min_value:g}..{command.max_value:g} {unit} is not inside what "
             f"{target.name!r} takes ({allowed_writes(target)})"
         )
     return problems

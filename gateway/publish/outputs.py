@@ -6,7 +6,7 @@ from collections.abc import Callable
 from django.core.exceptions import ImproperlyConfigured
 
 from gateway.conf import setting
-from gateway.kafka.topics import command_results_topic, telemetry_topic
+from gateway.kafka.topics import command_results_topic, site_status_topic, telemetry_topic
 from gateway.kafka.transport import KafkaTransport
 from gateway.mqtt import topics as mqtt_topics
 from gateway.publish.outbox import Outbox, outbox_path
@@ -55,3 +55,15 @@ def command_result_topic(output: str) -> Callable[[str, str], str]:
         return mqtt_topics.command_results_topic
     topic = command_results_topic()
     return lambda _site, _charge_point: topic
+
+
+def site_status_topic_for(output: str) -> Callable[[str], str]:
+    """site -> where the poller publishes its site controller's status on this output.
+
+    kafka: the one site-status topic (keyed by site); mqtt: the site's site-status topic, which the
+    bridge forwards to that Kafka topic.
+    """
+    if output == "mqtt":
+        return mqtt_topics.site_status_topic
+    topic = site_status_topic()
+    return lambda _site: topic

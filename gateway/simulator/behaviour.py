@@ -17,6 +17,11 @@ NOMINAL_VOLTAGE_V = 230.0
 MIN_CHARGE_CURRENT_A = 6.0
 # Long ticks (high speedup) are split so that transitions and the energy integral stay smooth.
 MAX_STEP_S = 5.0
+# How long a car takes to follow a new pilot limit: IEC 61851-1 allows the EV up to 5 s; cars
+# typically take one to two. The limit reads back at once; the current follows after this.
+# `simulate` and the demo use it; the model's own default is 0 (at once), which unit tests of
+# the register image rely on.
+RESPONSE_DELAY_S = 1.5
 ERROR_CODES: dict[int, str] = {
     16: "residual current detected",
     32: "over-temperature",
@@ -80,9 +85,19 @@ class ChargePointBehaviour:
         mean_fault_interval_s: float = 6 * 3600.0,
         start_busy: bool | None = None,
         session_scale: float = 1.0,
+        response_delay_s: float = 0.0,
+        arrivals: bool = True,
     ) -> None:
         if not 0 < session_scale <= 1:
             raise ValueError("session_scale must be in (0, 1]")
+        if response_delay_s < 0:
+            raise ValueError("response_delay_s must not be negative")
+        # Simulated seconds between a new limit and the car drawing by it (0: at once).
+        self.response_delay_s = response_delay_s
+        # False: cars come only when told (connect_vehicle), as a scripted site wants.
+        self.arrivals = arrivals
+        # A charger wired single-phase (gateway.simulator.site) gives any car one phase only.
+        self.supply_phases = 3
         self.rng = rng
         self.speedup = speedup
         # Compresses the day, not the physics: idle gaps, the energy a car needs, its stay and the
@@ -98,6 +113,9 @@ class ChargePointBehaviour:
         self.phase = Phase.IDLE
         self.vehicle: Vehicle | None = None
         self.max_current_a = rated_current_a
+        # The limit the car draws by, and the newer limit it will follow at the given time.
+        self.followed_limit_a = rated_current_a
+        self._pending_limit: tuple[float, float] | None = None
         self.error_code = 0
         self.sessions_started = 0
         self.energy_total_wh = rng.uniform(50_000, 5_000_000)
@@ -155,34 +173,64 @@ class ChargePointBehaviour:
 
     # --- what an operator or a driver does ----------------------------------------------
     def set_max_current(self, current_a: float) -> BehaviourEvent | None:
-        """Apply a current limit setpoint at once; below 6 A charging pauses until it is raised."""
+        """Take a current limit setpoint at once (it reads back at once; below 6 A charging pauses
+        until it is raised); the car's current follows after response_delay_s."""
         self.max_current_a = max(0.0, min(float(current_a), self.rated_current_a))
+        if self.response_delay_s > 0:
+            self._pending_limit = (self.now_s + self.response_delay_s, self.max_current_a)
+        else:
+            self.followed_limit_a, self._pending_limit = self.max_current_a, None
         event = self._apply_limit()
         # Without advancing time: a client reading right after the write sees the new limit.
         self._update_electrics(0.0)
         return event
 
-    def connect_vehicle(self, phases: int | None = None) -> BehaviourEvent | None:
-        """A vehicle arrives now (if the charge point is free); charging follows shortly."""
+    def connect_vehicle(
+        self,
+        phases: int | None = None,
+        *,
+        max_current_a: float | None = None,
+        energy_needed_wh: float | None = None,
+        stay_s: float | None = None,
+        prepare_s: float | None = None,
+    ) -> BehaviourEvent | None:
+        """A vehicle arrives now (if the charge point is free); charging follows shortly.
+
+        What is not given is drawn at random; a scripted site passes stay_s=math.inf and
+        energy_needed_wh=math.inf for a car that stays until `unplug_vehicle`.
+        """
         if self.phase != Phase.IDLE:
             return None
         rng = self.rng
         if phases is None:
             phases = 1 if rng.random() < 0.2 else 3
+        phases = min(phases, self.supply_phases)
         # Cars draw a little below the pilot limit, each phase slightly differently.
         imbalance = (rng.uniform(-0.8, -0.1), rng.uniform(-0.8, -0.1), rng.uniform(-0.8, -0.1))
+        if max_current_a is None:
+            max_current_a = float(rng.choice((16, 16, 20, 32, 32)))
+        if energy_needed_wh is None:
+            energy_needed_wh = rng.uniform(4_000, 45_000) * self.session_scale
+        if stay_s is None:
+            stay_s = rng.uniform(1800, 6 * 3600) * self.session_scale
         self.vehicle = Vehicle(
             phases=phases,
-            max_current_a=float(rng.choice((16, 16, 20, 32, 32))),
-            energy_needed_wh=rng.uniform(4_000, 45_000) * self.session_scale,
-            departs_at_s=self.now_s + rng.uniform(1800, 6 * 3600) * self.session_scale,
+            max_current_a=float(max_current_a),
+            energy_needed_wh=energy_needed_wh,
+            departs_at_s=self.now_s + stay_s,
             imbalance_a=imbalance,
         )
         self.session_energy_wh = 0.0
         self.sessions_started += 1
         self.phase = Phase.PREPARING
-        self._phase_until_s = self.now_s + rng.uniform(5, 45)
+        self._phase_until_s = self.now_s + (rng.uniform(5, 45) if prepare_s is None else prepare_s)
         return BehaviourEvent("session_started", self.now_s, f"{phases}-phase vehicle")
+
+    def unplug_vehicle(self) -> BehaviourEvent | None:
+        """The driver unplugs now (a scripted departure), whatever the session's state."""
+        if self.vehicle is None or self.phase == Phase.FAULTED:
+            return None
+        return self._unplug()
 
     # --- time ---------------------------------------------------------------------------
     def tick(self, dt_s: float) -> list[BehaviourEvent]:
@@ -191,8 +239,13 @@ class ChargePointBehaviour:
         events: list[BehaviourEvent] = []
         while remaining > 0:
             step = min(remaining, MAX_STEP_S)
+            pending = self._pending_limit
+            if pending is not None and self.now_s < pending[0] < self.now_s + step:
+                step = pending[0] - self.now_s  # the car reacts on time, not at the end of a long tick
             remaining -= step
             self.now_s += step
+            if pending is not None and self.now_s >= pending[0]:
+                self.followed_limit_a, self._pending_limit = pending[1], None
             event = self._transition(step)
             if event is not None:
                 events.append(event)
@@ -274,6 +327,8 @@ class ChargePointBehaviour:
         return BehaviourEvent("fault_cleared", self.now_s, f"now {self.status}")
 
     def _idle_duration_s(self) -> float:
+        if not self.arrivals:
+            return math.inf
         scale = self.session_scale
         return min(max(self.rng.expovariate(1.0 / self.mean_idle_s), 60.0 * scale), 4 * 3600.0 * scale)
 
@@ -283,8 +338,11 @@ class ChargePointBehaviour:
         rng = self.rng
         currents = [0.0, 0.0, 0.0]
         vehicle = self.vehicle
-        if self.phase == Phase.CHARGING and vehicle is not None:
-            limit = min(self.max_current_a, self.rated_current_a)
+        # A car that has not reacted yet keeps drawing by the limit it follows, even once paused;
+        # one that has not reacted to a resume yet still draws nothing.
+        limit = min(self.followed_limit_a, self.rated_current_a)
+        drawing = self.phase == Phase.CHARGING or (self.phase == Phase.SUSPENDED and self._pending_limit is not None)
+        if drawing and vehicle is not None and limit >= MIN_CHARGE_CURRENT_A:
             # Floor to the 0.01 A resolution, so rounding never lands above the limit.
             cap = math.floor(limit * 100) / 100
             target = min(vehicle.max_current_a, limit) * self._taper(vehicle)

@@ -3,15 +3,19 @@
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from gateway.choices import Wiring
 from gateway.profiles.spec import ProfileSpec
 from gateway.simulator.behaviour import ChargePointBehaviour
+from gateway.simulator.meter import SimulatedMeter
 from gateway.simulator.registers import ProfileImage, identity_values
 from gateway.simulator.server import SimulatedChargePoint
+from gateway.simulator.site import SiteModel
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +49,8 @@ class SimulatorFleet:
         first_index: int = 0,
         ignore_writes: bool = False,
         session_scale: float = 1.0,
+        response_delay_s: float = 0.0,
+        scripted: bool = False,
     ) -> None:
         profiles = (profile,) if isinstance(profile, ProfileSpec) else tuple(profile)
         if not profiles:
@@ -77,7 +83,17 @@ class SimulatorFleet:
                 SimulatedChargePoint(
                     name,
                     spec,
-                    ChargePointBehaviour(rng, speedup=speedup, session_scale=session_scale),
+                    ChargePointBehaviour(
+                        rng,
+                        speedup=speedup,
+                        session_scale=session_scale,
+                        response_delay_s=response_delay_s,
+                        **(
+                            {"arrivals": False, "start_busy": False, "mean_fault_interval_s": math.inf}
+                            if scripted
+                            else {}
+                        ),
+                    ),
                     host=host,
                     port=base_port + index - first_index if base_port else 0,
                     unit_id=unit,
@@ -89,6 +105,29 @@ class SimulatorFleet:
             )
         self._ticker: asyncio.Task[None] | None = None
         self._thread_stop: asyncio.Event | None = None
+        self.site: SiteModel | None = None
+        self.meter: SimulatedMeter | None = None
+
+    def attach_site(
+        self,
+        site: SiteModel,
+        *,
+        wiring: Sequence[str] | None = None,
+        meter_profile: ProfileSpec | None = None,
+        meter_port: int = 0,
+        meter_unit_id: int | None = None,
+    ) -> SiteModel:
+        """Put every charge point on `site` (wiring[i], default three-phase) and, with a meter
+        profile, serve the site meter on meter_port (0: any free port; see `meter.port`). Before start."""
+        if self._ticker is not None:
+            raise RuntimeError("attach the site before the fleet starts")
+        wiring = list(wiring or [])
+        for index, charge_point in enumerate(self.charge_points):
+            site.add_charger(charge_point, wiring[index] if index < len(wiring) else Wiring.THREE_PHASE.value)
+        self.site = site
+        if meter_profile is not None:
+            self.meter = SimulatedMeter(site, meter_profile, host=self.host, port=meter_port, unit_id=meter_unit_id)
+        return site
 
     @classmethod
     def mixed(cls, profiles: Sequence[ProfileSpec], count: int, **options: Any) -> "SimulatorFleet":
@@ -111,6 +150,16 @@ class SimulatorFleet:
         try:
             # A line per charge point is useful for a dozen, noise for thousands (those go to DEBUG).
             level = logging.INFO if len(self.charge_points) <= VERBOSE_FLEET_SIZE else logging.DEBUG
+            if self.meter is not None:
+                await self.meter.start()
+                logger.info(
+                    "%s: site meter %s on %s:%s unit %s",
+                    self.meter.name,
+                    self.meter.profile.slug,
+                    self.host,
+                    self.meter.port,
+                    self.meter.unit_id,
+                )
             for charge_point in self.charge_points:
                 await charge_point.start()
                 others = [str(unit) for unit in charge_point.unit_ids if unit != charge_point.unit_id]
@@ -163,6 +212,8 @@ class SimulatorFleet:
     async def _stop_servers(self) -> None:
         for charge_point in self.charge_points:
             await charge_point.stop()
+        if self.meter is not None:
+            await self.meter.stop()
 
     async def _tick_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -176,6 +227,11 @@ class SimulatorFleet:
                 except Exception:
                     # One broken model must not freeze the others.
                     logger.exception("%s: tick failed", charge_point.name)
+            if self.site is not None:
+                try:
+                    self.site.tick(now - last)
+                except Exception:
+                    logger.exception("site: tick failed")
             last = now
 
     # --- running outside the caller's event loop ----------------------------------------

@@ -50,6 +50,7 @@ class FleetPlan:
     lean: bool = False
     ignore_writes: bool = False
     session_scale: float = 1.0  # see ChargePointBehaviour: the demo compresses sessions
+    response_delay_s: float = 0.0  # see ChargePointBehaviour: how long cars take to follow a limit
     tick_s: float | None = None  # None: the fleet's default
     run_for_s: float | None = None
     verbosity: int = 1
@@ -70,6 +71,7 @@ class FleetPlan:
             lean=self.lean,
             ignore_writes=self.ignore_writes,
             session_scale=self.session_scale,
+            response_delay_s=self.response_delay_s,
             first_index=part.first,
             **({} if self.tick_s is None else {"tick_s": self.tick_s}),
         )

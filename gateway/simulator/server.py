@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -31,6 +32,7 @@ from gateway.simulator.encoding import plausible_value
 from gateway.simulator.lean import LeanServer
 from gateway.simulator.registers import BIT_FUNCTIONS, FUNCTION_BY_CODE, ProfileImage, WriteRefused
 from gateway.simulator.status import StatusPair, iec_state_code
+from gateway.simulator.watchdog import FailsafeWatchdog
 from gateway.simulator.writes import Shows
 
 logger = logging.getLogger(__name__)
@@ -67,6 +69,9 @@ class SimulatedChargePoint:
     The setters are thread-safe, so sync tests can pin values while the server runs in a thread.
     Writes act as the profile's commands say (gateway.simulator.writes); with `ignore_writes` they
     are acknowledged and recorded but change nothing, like a charger that ignores them.
+    A profile with a set_failsafe_current command gets the vendor's watchdog
+    (gateway.simulator.watchdog): `failsafe_active` says whether the charger has fallen back.
+    `clock` (seconds, monotonic) lets a test move the watchdog's time on without waiting.
     """
 
     def __init__(
@@ -82,8 +87,10 @@ class SimulatedChargePoint:
         image: ProfileImage | None = None,
         lean: bool = False,
         ignore_writes: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
+        self._clock = clock
         self.lean = lean
         self.profile = profile
         self.behaviour = behaviour
@@ -107,6 +114,7 @@ class SimulatedChargePoint:
         self._limit_a = behaviour.max_current_a
         self._enabled = True
         self._ignore_writes = ignore_writes
+        self._watchdog = FailsafeWatchdog.for_profile(profile)
         self._lock = threading.Lock()
         # Bumped on every change of what the registers show; the encoded words are cached per version.
         self._version = 0
@@ -159,10 +167,57 @@ class SimulatedChargePoint:
     def ignore_writes(self) -> bool:
         return self._ignore_writes
 
-    def connect_vehicle(self, phases: int | None = None) -> None:
-        """A vehicle arrives now, if the charge point is free."""
+    # --- the failsafe watchdog ----------------------------------------------------------------
+    @property
+    def failsafe_active(self) -> bool:
+        """Whether the watchdog lapsed and the charger runs at its failsafe current."""
         with self._lock:
-            self._log(self.behaviour.connect_vehicle(phases))
+            self._check_watchdog()
+            return self._watchdog is not None and self._watchdog.active
+
+    @property
+    def failsafe_current_a(self) -> float | None:
+        """The failsafe current set (or the vendor's default); None without a watchdog."""
+        with self._lock:
+            return None if self._watchdog is None else self._watchdog.current_a
+
+    @property
+    def failsafe_timeout_s(self) -> float | None:
+        """The watchdog timeout set (or the vendor's default; 0 = disabled); None without a watchdog."""
+        with self._lock:
+            return None if self._watchdog is None else self._watchdog.timeout_s
+
+    @property
+    def watchdog(self) -> FailsafeWatchdog | None:
+        """The watchdog itself (read-only use: lapses, deadline_s, armed)."""
+        return self._watchdog
+
+    def connect_vehicle(
+        self,
+        phases: int | None = None,
+        *,
+        max_current_a: float | None = None,
+        energy_needed_wh: float | None = None,
+        stay_s: float | None = None,
+        prepare_s: float | None = None,
+    ) -> None:
+        """A vehicle arrives now, if the charge point is free (see ChargePointBehaviour.connect_vehicle)."""
+        with self._lock:
+            self._log(
+                self.behaviour.connect_vehicle(
+                    phases,
+                    max_current_a=max_current_a,
+                    energy_needed_wh=energy_needed_wh,
+                    stay_s=stay_s,
+                    prepare_s=prepare_s,
+                )
+            )
+            self._version += 1
+
+    def unplug_vehicle(self) -> None:
+        """The driver unplugs now."""
+        with self._lock:
+            self._log(self.behaviour.unplug_vehicle())
             self._version += 1
 
     @property
@@ -204,6 +259,7 @@ class SimulatedChargePoint:
     def tick(self, dt_s: float) -> list[BehaviourEvent]:
         """Advance the behaviour by dt_s real seconds and log what happened."""
         with self._lock:
+            self._check_watchdog()
             events = self.behaviour.tick(dt_s)
             self._version += 1
         for event in events:
@@ -281,6 +337,7 @@ class SimulatedChargePoint:
                 self._requests.append(
                     ArrivedRequest(time.monotonic(), function_code, address, count, set_values is not None)
                 )
+                self._request_arrived()
         function = FUNCTION_BY_CODE.get(function_code)
         if function is None:
             return ExcCodes.ILLEGAL_FUNCTION
@@ -310,6 +367,7 @@ class SimulatedChargePoint:
         """The words (or bits) a read returns, or the exception code it is answered with (the lean server's read)."""
         with self._lock:
             self._requests.append(ArrivedRequest(time.monotonic(), _READ_CODES[function], address, count, False))
+            self._request_arrived()
         refused = self.image.check_read(unit_id, function, address, count)
         if refused is not None:
             return refused
@@ -324,11 +382,13 @@ class SimulatedChargePoint:
         """Take a write (None) or refuse it with an exception code (the lean server's write)."""
         with self._lock:
             self._requests.append(ArrivedRequest(time.monotonic(), function_code, address, len(values), True))
+            self._request_arrived()
         return self._write(unit_id, FUNCTION_BY_CODE[function_code], address, values)
 
     def served_words(self, unit_id: int, function: str) -> dict[int, int | bool]:
         """Every readable word (or bit) of one address space, encoded once per change of state."""
         with self._lock:
+            self._check_watchdog()
             version = self._version
             cached = self._encoded.get((unit_id, function))
             if cached is not None and cached[0] == version:
@@ -365,8 +425,14 @@ class SimulatedChargePoint:
         self._version += 1
         self._written[name] = value
         effects = self.image.effects
+        watchdog = self._watchdog
+        if watchdog is not None:
+            watchdog.on_write(name, value, self._clock())
         if name in effects.limit_registers and isinstance(value, int | float) and not isinstance(value, bool):
             self._limit_a = float(value)
+            if watchdog is not None and watchdog.active:
+                watchdog.on_limit_written(self._clock())
+                logger.info("%s: failsafe ended by a new limit of %s A", self.name, value)
             self._log(self.behaviour.set_max_current(self._limit_a if self._enabled else 0.0))
         else:
             enabled = effects.switch(name, value)
@@ -377,6 +443,27 @@ class SimulatedChargePoint:
         logger.log(level, "%s: %s set to %s", self.name, name, value)
 
     # --- helpers (callers hold the lock) ---------------------------------------------------
+    def _request_arrived(self) -> None:
+        """Any request refreshes a watchdog that has no heartbeat register (ABB), if it comes in time."""
+        if self._watchdog is not None and not self._ignore_writes:
+            self._check_watchdog()
+            self._watchdog.on_request(self._clock())
+
+    def _check_watchdog(self) -> None:
+        """Fall back to the failsafe current once the watchdog lapsed (on every tick and read)."""
+        watchdog = self._watchdog
+        if watchdog is None or not watchdog.check(self._clock()):
+            return
+        self._limit_a = watchdog.fallback_current_a
+        self._version += 1
+        logger.warning(
+            "%s: no communication for %s s, falling back to the failsafe current of %s A",
+            self.name,
+            f"{watchdog.timeout_s:g}",
+            f"{self._limit_a:g}",
+        )
+        self._log(self.behaviour.set_max_current(self._limit_a if self._enabled else 0.0))
+
     def _status(self) -> tuple[StatusPair, dict[str, Value]]:
         if self._status_override is not None:
             return self.image.status.values_for(*self._status_override)
@@ -408,6 +495,8 @@ class SimulatedChargePoint:
         shows = self._command_shows()
         if shows is not None and not shows.matches(values.get(shows.register)):
             values[shows.register] = self.image.shown(shows, pair, status_values)
+        if self._watchdog is not None:
+            values.update(self._watchdog.readback_values())
         values.update(self._overrides)
         return values
 

@@ -488,6 +488,31 @@
     requestDraw();
   }
 
+  // --- Site load management: each load-managed site's headroom, refreshed now and then -------------
+
+  // The sites' statuses come every control period (5 s by default) to the site pages' sockets; the
+  // fleet summary asks for its lines at this pace instead of joining every site's group.
+  const HEADROOM_REFRESH_MS = 10000;
+  const headroomEls = [...document.querySelectorAll("[data-site-headroom]")];
+
+  async function refreshHeadrooms() {
+    try {
+      const response = await fetch(config.site_headroom_url, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+      if (!response.ok) return;
+      const lines = new Map((await response.json()).sites.map((line) => [line.site, line]));
+      for (const el of headroomEls) {
+        const line = lines.get(el.dataset.siteHeadroom);
+        if (!line) continue;
+        el.dataset.state = line.state;
+        E.setText(el.querySelector("[data-site-headroom-text]"), line.summary);
+      }
+    } catch (err) {
+      console.warn("evdash: could not refresh the sites' headroom", err);
+    }
+  }
+
+  if (headroomEls.length > 0 && config.site_headroom_url) window.setInterval(refreshHeadrooms, HEADROOM_REFRESH_MS);
+
   const siteFilter = document.querySelector("[data-site-filter]");
   if (siteFilter) {
     siteFilter.querySelector("select").addEventListener("change", () => siteFilter.submit());

@@ -101,6 +101,9 @@ TABLE = GoldenTable(
         Write("limit 10 A", "set_charging_current_limit", 0x4100, 10, (0x0000, 0x2710), (16,), "abb_doc, evcc_abb"),
         # evcc Enable(false): setCurrent(0); abb_doc: below 6 A pauses the session
         Write("pause", "set_charging_current_limit", 0x4100, 0, (0x0000, 0x0000), (16,), "abb_doc, evcc_abb"),
+        # abb_doc register table: 4109h fallback limit in A, 4106h communication timeout in s (UINT16 each)
+        Write("failsafe 10 A", "set_fallback_limit", 0x4109, 10, (0x000A,), (6, 16), "abb_doc"),
+        Write("failsafe timeout 30 s", "set_communication_timeout", 0x4106, 30, (0x001E,), (6, 16), "abb_doc"),
     ),
     live_iec61851_state="C",  # state 4 with bit 7 -> C (evcc_abb)
     notes=(

@@ -21,6 +21,7 @@ SOURCES = {
     "keba_guide": "KEBA P30 Modbus TCP Programmers Guide V1.02 pp. 10-16 (manualshive.com, see the reference JSON)",
     "evcc_keba": f"evcc-io/evcc charger/keba-modbus.go @ {EVCC_REFERENCE_COMMIT}"
     " (read at 02ee06ec3523adbcb539dac9870ef1efc5a86ccd)",
+    "keba_rust": "reference JSON source keba_rust: 5016 failsafe current (mA), 5018 failsafe timeout (s), write-only",
     "openems_keba_note": "reference JSON source openems_keba_note: FC3 <= 2 words, FC6 writes only",
     "reference": "../shared/reference/charger_register_maps.json chargers[keba-p30]",
 }
@@ -118,6 +119,10 @@ TABLE = GoldenTable(
         Write("limit 10 A", "set_charging_current", 5004, 10, (0x2710,), (6,), "keba_guide p. 16, evcc_keba, openems"),
         # P30 pause: evcc Enable(false) writes 0 to 5014 (keba_guide: 0 = disable, stops the session)
         Write("pause", "enable_charging_station", 5014, 0, (0x0000,), (6,), "keba_guide p. 16, evcc_keba, openems"),
+        # keba_rust: 5016 failsafe current in mA (UINT16): 10 A = 10000 = 0x2710; FC06 (openems: no FC16)
+        Write("failsafe 10 A", "set_failsafe_current", 5016, 10, (0x2710,), (6,), "keba_rust, openems"),
+        # keba_rust / evcc_keba: 5018 failsafe timeout in s: 30 = 0x001E
+        Write("failsafe timeout 30 s", "set_failsafe_timeout", 5018, 30, (0x001E,), (6,), "keba_rust, evcc_keba"),
     ),
     live_iec61851_state="C",  # cable 7, state 3 -> C (evcc_keba)
     notes=(

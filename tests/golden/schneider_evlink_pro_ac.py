@@ -20,6 +20,7 @@ SOURCES = {
     "evcc_schneider": f"evcc-io/evcc charger/schneider-v3.go @ {EVCC_REFERENCE_COMMIT}"
     " (read at 0316f24abba2075c8ff85d4d8f5dbbf2b66dbaf1)",
     "gekko_schneider": "https://devicedb.my-gekko.com/profile_list.php?id_dv=150&id_pr=1 (via the reference JSON)",
+    "starkest_schneider": "https://star.ke.st/library/schneider-evlink-pro-ac-ev-charger (via the reference JSON)",
     "mbmd_encoding": "volkszaehler/mbmd encoding/number.go @ 1757584874f65c0db64c03769cfc27ffd844adf8",
     "reference": "../shared/reference/charger_register_maps.json chargers[schneider-evlink-pro-ac]",
 }
@@ -84,6 +85,8 @@ TABLE = GoldenTable(
         Write("limit 10 A", "set_point", 4004, 10, (0x000A,), (6,), "evcc_schneider"),
         # evcc Enable(false): WriteSingleRegister(4004, schneiderDisabled = 0)
         Write("pause", "set_point", 4004, 0, (0x0000,), (6,), "evcc_schneider"),
+        # starkest_schneider (AI summary, unverified): 4006 degraded set point (three-phase) in A
+        Write("failsafe 10 A", "degraded_set_point_tri", 4006, 10, (0x000A,), (6, 16), "starkest_schneider"),
     ),
     live_iec61851_state="C",
     notes=(

@@ -97,6 +97,9 @@ TABLE = GoldenTable(
         Write("limit 10 A", "charging_current", 5004, 10, (0x000A,), (6,), "evcc_vestel"),
         # evcc Enable(false): WriteSingleRegister(5004, 0)
         Write("pause", "charging_current", 5004, 0, (0x0000,), (6,), "evcc_vestel"),
+        # nymea_vestel: 2000 failsafe current in A, 2002 failsafe timeout in s (holding UINT16)
+        Write("failsafe 10 A", "failsafe_current", 2000, 10, (0x000A,), (6, 16), "nymea_vestel"),
+        Write("failsafe timeout 30 s", "failsafe_timeout", 2002, 30, (0x001E,), (6, 16), "nymea_vestel"),
     ),
     live_iec61851_state="C",
 )

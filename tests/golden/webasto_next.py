@@ -60,6 +60,9 @@ TABLE = GoldenTable(
         Write("limit 10 A", "set_charge_current", 5004, 10, (0x000A,), (6, 16), "webasto_doc, evcc_webasto"),
         # evcc Enable(false): 0 to 5004
         Write("pause", "set_charge_current", 5004, 0, (0x0000,), (6, 16), "webasto_doc, evcc_webasto"),
+        # webasto_doc: 2000 safeCurrent in A, 2002 comTimeout in s (one UINT16 each)
+        Write("failsafe 10 A", "safe_current", 2000, 10, (0x000A,), (6, 16), "webasto_doc"),
+        Write("failsafe timeout 30 s", "com_timeout", 2002, 30, (0x001E,), (6, 16), "webasto_doc"),
     ),
     live_iec61851_state="C",
     notes=(

@@ -85,12 +85,14 @@ class Command(BaseCommand):
         settings.EVDASH["KAFKA_ENABLE_IDEMPOTENCE"] = False
         env = demo.child_environment(opts)
         try:
-            children["simulate"] = demo.spawn(demo.simulator_args(opts, demo.demo_profile_slugs()), env)
+            meter = demo.demo_meter_profile()
+            simulator = demo.simulator_args(opts, demo.demo_profile_slugs(), meter.slug if meter else None)
+            children["simulate"] = demo.spawn(simulator, env)
             if not opts.direct:
                 asyncio.run(demo.open_bridge_session(opts))
                 children["runbridge"] = demo.spawn(demo.bridge_args(opts), env)
             children["runpoller"] = demo.spawn(demo.poller_args(opts), env)
-            self.stdout.write("\n".join(self.banner(opts, password)))
+            self.stdout.write("\n".join(self.banner(opts, password, demo.describe_site(opts))))
             demo.serve_web_with_consumer(
                 opts.http_host, opts.http_port, children, metrics_port=opts.metrics_ports().get("consumer")
             )
@@ -100,7 +102,7 @@ class Command(BaseCommand):
         self.report_shutdown(exits)
 
     @staticmethod
-    def banner(opts: demo.DemoOptions, password: str | None) -> list[str]:
+    def banner(opts: demo.DemoOptions, password: str | None, site: str = "") -> list[str]:
         return [
             "",
             f"  evdash is running: http://{opts.http_host}:{opts.http_port}/",
@@ -108,6 +110,7 @@ class Command(BaseCommand):
             f"  password: {password}" if password else "  password: unchanged (set EVDASH_ADMIN_PASSWORD to reset it)",
             f"  path: {opts.describe_path()}",
             f"  pipeline health: http://{opts.http_host}:{opts.http_port}/pipeline/",
+            *([f"  {site}"] if site else []),
             *(f"  {worker} metrics: http://127.0.0.1:{port}/metrics" for worker, port in opts.metrics_ports().items()),
             f"  REST API docs: http://{opts.http_host}:{opts.http_port}/api/v1/docs/ (tokens: Admin → API tokens)",
             "  Ctrl-C stops everything.",

@@ -2,13 +2,19 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from gateway.profiles.spec import ProfileFormatError
+from gateway.choices import Wiring
+from gateway.profiles.spec import ProfileFormatError, ProfileSpec
 from gateway.runtime import configure_verbosity, raise_open_file_limit, run_until_stopped
+from gateway.simulator.behaviour import RESPONSE_DELAY_S
 from gateway.simulator.catalogue import UnknownProfile, load_profiles
-from gateway.simulator.fleet import MAX_PORT, serve_fleet
+from gateway.simulator.fleet import MAX_PORT, SimulatorFleet, serve_fleet
 from gateway.simulator.processes import FleetPlan, serve_in_processes, slice_fleet
+from gateway.simulator.site import DAY_S, SiteModel
 
 DEFAULT_PROFILE = "generic-ev-charger"
+DEFAULT_METER_PROFILE = "eastron-sdm630"
+# The building's load per phase at night, as a share of its afternoon peak (--building-load-a).
+NIGHT_SHARE = 0.35
 # Lean fleets are the large ones: one behaviour step a second keeps ticking cheap at thousands of
 # charge points, and a poller reading once a second still sees fresh values at every read.
 LEAN_TICK_S = 1.0
@@ -57,6 +63,36 @@ class Command(BaseCommand):
             ),
         )
         parser.add_argument(
+            "--response-delay",
+            type=float,
+            default=RESPONSE_DELAY_S,
+            help=f"Seconds a car takes to follow a new limit (default {RESPONSE_DELAY_S:g}; IEC 61851-1 allows 5; "
+            "0: at once). The limit reads back at once.",
+        )
+        site = parser.add_argument_group("site meter (site load management)")
+        site.add_argument(
+            "--site-meter-port",
+            type=int,
+            default=None,
+            help="Serve a site meter on this port: per phase, the building load plus every charge point's current.",
+        )
+        site.add_argument(
+            "--site-meter-profile",
+            default=DEFAULT_METER_PROFILE,
+            help=f"The meter's profile (default {DEFAULT_METER_PROFILE}).",
+        )
+        site.add_argument(
+            "--building-load-a",
+            type=float,
+            default=24.0,
+            help=f"The building's own load per phase in the afternoon, A (at night {NIGHT_SHARE * 100:.0f}%% of it).",
+        )
+        site.add_argument(
+            "--wiring",
+            default=Wiring.THREE_PHASE.value,
+            help="Comma-separated wiring cycled over the charge points: L123 (three-phase), L1, L2 or L3.",
+        )
+        parser.add_argument(
             "--processes",
             type=int,
             default=1,
@@ -86,6 +122,16 @@ class Command(BaseCommand):
                 raise CommandError("--profiles needs at least one slug.")
         else:
             slugs = [options["profile"] or DEFAULT_PROFILE]
+        meter_port = options["site_meter_port"]
+        wiring = [item.strip() for item in options["wiring"].split(",") if item.strip()]
+        if any(item not in Wiring.values for item in wiring) or not wiring:
+            raise CommandError(f"--wiring takes {', '.join(Wiring.values)}, comma-separated.")
+        if meter_port is not None and (not 1 <= meter_port <= MAX_PORT or base_port <= meter_port < base_port + count):
+            raise CommandError("--site-meter-port must be a valid port outside the charge points' ports.")
+        if options["processes"] > 1 and (meter_port is not None or set(wiring) != {Wiring.THREE_PHASE}):
+            raise CommandError("--site-meter-port and --wiring need every charge point in one process (--processes 1).")
+        if options["response_delay"] < 0:
+            raise CommandError("--response-delay must not be negative.")
         check_open_files(count, options["processes"])
         try:
             profiles = load_profiles(slugs)
@@ -100,11 +146,16 @@ class Command(BaseCommand):
                 lean=options["lean"],
                 ignore_writes=options["ignore_writes"],
                 session_scale=options["session_scale"],
+                response_delay_s=options["response_delay"],
                 tick_s=LEAN_TICK_S if options["lean"] else None,
                 run_for_s=options["run_for"],
                 verbosity=options["verbosity"],
             )
             fleet = None if options["processes"] > 1 else plan.build_fleet()
+            if fleet is not None and (meter_port is not None or set(wiring) != {Wiring.THREE_PHASE}):
+                # A site even without a meter: single-phase wiring limits the cars' phases.
+                [meter_profile] = load_profiles([options["site_meter_profile"]]) if meter_port is not None else [None]
+                attach_site_meter(fleet, meter_profile, meter_port, options, wiring)
         except (UnknownProfile, ProfileFormatError) as exc:
             raise CommandError(str(exc)) from None
         if fleet is None:
@@ -116,6 +167,29 @@ class Command(BaseCommand):
             run_until_stopped(lambda stop: serve_fleet(fleet, stop, run_for_s=plan.run_for_s))
         except OSError as exc:
             raise CommandError(str(exc)) from exc
+
+
+def attach_site_meter(
+    fleet: SimulatorFleet, meter_profile: ProfileSpec | None, port: int | None, options: dict, wiring: list[str]
+) -> None:
+    """Put the fleet on a simulated site with a daily building load, and serve its meter on `port` (if any).
+
+    The day is compressed like the sessions (--session-scale), so the demo's load swings in minutes.
+    """
+    peak_a = options["building_load_a"]
+    site = SiteModel(
+        night_load_a=peak_a * NIGHT_SHARE,
+        day_load_a=peak_a,
+        day_length_s=DAY_S * options["session_scale"],
+        speedup=options["speedup"],
+        seed=options["seed"],
+    )
+    fleet.attach_site(
+        site,
+        wiring=[wiring[index % len(wiring)] for index in range(len(fleet.charge_points))],
+        meter_profile=meter_profile,
+        meter_port=port or 0,
+    )
 
 
 def check_open_files(count: int, processes: int) -> None:
