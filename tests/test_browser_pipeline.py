@@ -1,12 +1,15 @@
 """The pipeline-health page as an operator meets it: `manage.py demo` running (edge path: poller ->
 MQTT -> bridge -> Kafka -> consumer), Chromium on /pipeline/: the three stages green with their
-hop latencies, updated live; the poller hung (SIGSTOP) turns red as stopped, named in the verdict,
-and green again once it runs (SIGCONT)."""
+hop latencies, updated live, the poller's card with its site controllers and the consumer's with
+its site-status consumer; the poller hung (SIGSTOP) turns red as stopped, named in the verdict,
+and green again once it runs (SIGCONT); a site whose lease another poller holds shows red as refused."""
 
 import os
 import re
 import signal
+import sqlite3
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -51,6 +54,22 @@ def test_the_pipeline_page_shows_the_stages_live_and_a_hung_poller_turns_red(dem
     assert page.locator(STAGE.format(kind="poller") + " [data-figure=outbox]").count() == 1
     assert page.locator(STAGE.format(kind="consumer") + " [data-figure=lag]").count() == 1
     assert page.locator(STAGE.format(kind="consumer") + " [data-figure=dead-letters]").count() == 1
+    # The poller's site load management: the demo site (its limit, its simulated meter) controlled,
+    # green, its rounds counted; the consumer's site-status consumer consuming its statuses.
+    demo_site = STAGE.format(kind="poller") + " [data-site-control] [data-site=demo-site]"
+    page.wait_for_selector(demo_site + "[data-site-state=controlling]", timeout=30_000)
+    rounds = page.locator(demo_site + " [data-site-figure=rounds] dd").inner_text()
+    assert re.fullmatch(r"[\d,]+ · [\d,]+ urgent", rounds) and not rounds.startswith("0 "), rounds
+    assert page.locator(demo_site + " [data-site-figure=last-round] dd").inner_text().endswith(" ms")
+    assert page.locator(demo_site + " .pipeline-state").evaluate("el => getComputedStyle(el).backgroundColor") == (
+        "rgb(22, 163, 74)"  # green
+    )
+    site_status = STAGE.format(kind="consumer") + " [data-consumer=site_status] dd"
+    page.wait_for_function(
+        "sel => /^lag \\d+ · [1-9][\\d,]* handled · 0 dead-lettered$/.test(document.querySelector(sel)?.textContent)",
+        arg=site_status,
+        timeout=30_000,
+    )
 
     # Live: the counters move without a reload.
     before = records_of(page, "consumer")
@@ -82,3 +101,27 @@ def test_the_pipeline_page_shows_the_stages_live_and_a_hung_poller_turns_red(dem
         os.kill(pid, signal.SIGCONT)
     page.wait_for_selector(STAGE.format(kind="poller") + "[data-state=ok]", timeout=20_000)
     page.wait_for_selector("[data-verdict][data-state=ok]", timeout=20_000)
+
+    # The depot gets a connection limit, but another poller holds its lease: refused, a red line on
+    # the poller's card naming the holder, beside the demo site's green one.
+    with sqlite3.connect(demo["database"]) as db:
+        db.execute("UPDATE gateway_site SET limit_a = 32 WHERE slug = 'depot'")
+        db.execute(
+            "INSERT INTO gateway_sitecontrollease (site_id, poller_id, host, pid, renewed_at) "
+            "SELECT id, 'other-poller', 'other-host', 4242, ? FROM gateway_site WHERE slug = 'depot'",
+            ((datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S.%f"),),  # fresh for an hour
+        )
+    try:
+        depot = STAGE.format(kind="poller") + " [data-site-control] [data-site=depot]"
+        page.wait_for_selector(depot + "[data-site-state=refused]", timeout=20_000)
+        assert page.locator(depot + " [data-site-figure=holder] dd").inner_text() == "poller other-poller on other-host"
+        assert "controlled by poller other-poller" in page.locator(depot + " [data-site-why]").inner_text()
+        assert page.locator(depot + " .pipeline-state").evaluate("el => getComputedStyle(el).backgroundColor") == (
+            "rgb(220, 38, 38)"  # red
+        )
+        assert page.locator(demo_site).get_attribute("data-site-state") == "controlling"
+        page.screenshot(path=str(SCREENSHOTS / "dashboard-pipeline-sites.png"), full_page=True)
+    finally:
+        with sqlite3.connect(demo["database"]) as db:
+            db.execute("DELETE FROM gateway_sitecontrollease WHERE poller_id = 'other-poller'")
+            db.execute("UPDATE gateway_site SET limit_a = NULL WHERE slug = 'depot'")

@@ -414,3 +414,41 @@ def test_the_ramp_counts_from_what_the_charger_verified() -> None:
     assert currents(allocate(site, [car("a", in_force_a=6.0)], memory)) == {"a": 10.0}
     assert currents(allocate(site, [car("a", in_force_a=6.0)], memory)) == {"a": 10.0}
     assert currents(allocate(site, [car("a", in_force_a=10.0)], memory)) == {"a": 14.0}
+
+
+# --- cars that draw less than their share -------------------------------------------------------
+
+
+def test_a_car_that_draws_less_leaves_its_room_to_the_others() -> None:
+    """Four 3-phase chargers, 57 A per phase of room (63 − 1 − 5): 14.25 A each, floored to 14.
+    cp0's car takes only 6 A (an 11 kW car on a 1-phase charger, a full battery): with its demand
+    known at 9 A (6 A + 3 A of headroom), the other three share 57 − 9 = 48 A: 16 A each."""
+    site = SiteInput(limit_a=63, margin_a=1, base_load_a=(5, 5, 5))
+    blind = [car(f"cp{i}") for i in range(4)]
+    assert [d.current_a for d in run(site, blind, ControlMemory(), 6)[-1]] == [14.0] * 4
+    knowing = [car("cp0", demand_a=9.0)] + [car(f"cp{i}") for i in range(1, 4)]
+    decisions = run(site, knowing, ControlMemory(), 6)[-1]
+    assert [d.current_a for d in decisions] == [9.0, 16.0, 16.0, 16.0]
+    assert "draws less" in decisions[0].reason
+
+
+def test_a_limited_car_still_gets_room_nobody_else_can_use() -> None:
+    """Room to spare (57 A per phase, two cars): cp1 is at its 32 A maximum, and the 25 A it
+    leaves go back to the limited car rather than stay unused (its release then needs no ramp)."""
+    site = SiteInput(limit_a=63, margin_a=1, base_load_a=(5, 5, 5))
+    chargers = [car("cp0", demand_a=9.0), car("cp1")]
+    assert [d.current_a for d in run(site, chargers, ControlMemory(), 10)[-1]] == [25.0, 32.0]
+
+
+def test_a_demand_is_never_below_the_minimum_nor_above_the_maximum() -> None:
+    """A full battery (demand 3 A) keeps the charger's 6 A minimum, so the car can start again; the
+    other of two 1-phase chargers on L1 (room 57 A) takes the rest up to its 32 A maximum."""
+    site = SiteInput(limit_a=63, margin_a=1, base_load_a=(5, 5, 5))
+    chargers = [car("full", L1, demand_a=3.0), car("other", L1), car("big", L2, demand_a=40.0)]
+    decisions = run(site, chargers, ControlMemory(), 10)[-1]
+    # L1: 57 − 6 = 51 A for "other", capped at its 32 A; then 57 − 32 = 25 A goes back to "full"
+    # (capped at its 32 A maximum, floored). L2 alone: "big" at its 32 A maximum.
+    assert currents(decisions) == {"full": 25.0, "other": 32.0, "big": 32.0}
+    tight = SiteInput(limit_a=32, margin_a=1, base_load_a=(5, 5, 5))  # 26 A on L1
+    decisions = run(tight, chargers, ControlMemory(), 10)[-1]
+    assert currents(decisions)["full"] == 6.0 and currents(decisions)["other"] == 20.0

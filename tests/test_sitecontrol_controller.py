@@ -490,3 +490,66 @@ def test_a_charger_gets_one_change_at_a_time_unless_it_must_go_lower(monkeypatch
     monkeypatch.setattr(controller_module.allocation, "allocate", scripted({"a": 10.0}))
     controller.run_round()  # lower than what is on its way: at once
     assert [(c.charge_point, c.value) for c in sent] == [("a", 16.0), ("a", 10.0)]
+
+
+# --- a restart among cars already charging --------------------------------------------------------
+
+
+class FakeMeter:
+    """The site meter as the controller reads it (the real reader is tested on a simulated SDM630)."""
+
+    def __init__(self, config, *, clock, on_reading) -> None:
+        self.clock, self.on_reading = clock, on_reading
+        self.current_a = None
+        self.read_at = None
+        self.problem = None
+
+    def read(self, phases: tuple[float, float, float]) -> None:
+        self.current_a, self.read_at = phases, self.clock()
+        self.on_reading(phases)
+
+    def age_s(self, now=None):
+        return None if self.read_at is None else (self.clock() if now is None else now) - self.read_at
+
+    def stale(self, now=None) -> bool:
+        age = self.age_s(now)
+        return age is None or age > 5.0
+
+    async def run(self, stop) -> None:
+        await stop.wait()
+
+
+def test_a_restarted_controller_keeps_the_cars_found_charging_within_the_limit(monkeypatch) -> None:
+    """Three 3-phase cars charge at 16 A (their chargers read back a 16 A limit) and the building
+    takes 10 A: the meter reads 58 A of a 63 A limit. Room: 63 − 1 − 10 = 52 A, 17.3 A each, so a
+    restarted controller raises each to 17 A. It must neither take the cars it has no record of yet
+    for building load (58 − 16 = 42 A of "building" pauses two of them) nor start them from their
+    6 A minimum."""
+    now = [1000.0]
+    sent: list[CommandMessage] = []
+    config = config_of("a", "b", "c", limit_a=63.0)
+    config = SiteControlConfig(**{**config.__dict__, "meter": object()})
+    controller = SiteController(config, sent.append, lambda status: None, clock=lambda: now[0], meter_factory=FakeMeter)
+    meter = controller.meter
+    draw = (58.0, 58.0, 58.0)
+
+    def charging(slug: str) -> dict:
+        found = record(slug, current_a=16.0)
+        found["values"]["current_limit_a"] = 16.0
+        return found
+
+    controller.on_record(charging("a"))
+    for _ in range(3):  # the meter answers before b and c were polled
+        now[0] += 1.0
+        meter.read(draw)
+    assert not controller._ready_to_start()
+    for slug in ("b", "c"):
+        controller.on_record(charging(slug))
+    assert not controller._ready_to_start()  # the base is not settled yet
+    for _ in range(2):
+        now[0] += 1.0
+        meter.read(draw)
+    assert controller._ready_to_start()
+    status = controller.run_round()
+    assert status.base_load_a == (10.0, 10.0, 10.0)
+    assert sorted((c.charge_point, c.value) for c in sent) == [("a", 17.0), ("b", 17.0), ("c", 17.0)]

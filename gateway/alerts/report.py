@@ -10,14 +10,31 @@ from django.db.models import Q, QuerySet
 from gateway.choices import AlertSeverity
 from gateway.models import Alert, Site
 
-STATES = {
+# Each state: its label, and the alert fields of which at least one is unset (none: every alert).
+# The database filter (STATES) and the /alerts/ page's live filter (AlertFilterForm.live_filter) both
+# come from here, so the page's script holds no second idea of what "needs attention" means.
+STATE_DEFINITIONS = {
     # Still active, or cleared before anyone acknowledged it: what an operator has not dealt with.
-    "attention": ("Needs attention", Q(cleared_at__isnull=True) | Q(acknowledged_at__isnull=True)),
-    "active": ("Active", Q(cleared_at__isnull=True)),
-    "unacknowledged": ("Unacknowledged", Q(acknowledged_at__isnull=True)),
-    "all": ("All", Q()),
+    "attention": ("Needs attention", ("cleared_at", "acknowledged_at")),
+    "active": ("Active", ("cleared_at",)),
+    "unacknowledged": ("Unacknowledged", ("acknowledged_at",)),
+    "all": ("All", ()),
 }
 DEFAULT_STATE = "attention"
+# The filters that compare an alert's field with the value chosen: the form's field names are the
+# alert message's keys (gateway.alerts.messages.alert_json).
+EQUAL_FILTERS = ("severity", "site", "charge_point")
+
+
+def any_unset(fields: tuple[str, ...]) -> Q:
+    """Alerts with at least one of `fields` unset (no fields: every alert)."""
+    condition = Q()
+    for field in fields:
+        condition |= Q(**{f"{field}__isnull": True})
+    return condition
+
+
+STATES = {key: (label, any_unset(fields)) for key, (label, fields) in STATE_DEFINITIONS.items()}
 
 
 class AlertFilterForm(forms.Form):
@@ -47,3 +64,12 @@ class AlertFilterForm(forms.Form):
         if data["charge_point"]:
             alerts = alerts.filter(charge_point_slug=data["charge_point"])
         return alerts
+
+    def live_filter(self) -> dict[str, Any]:
+        """The valid form's filters as a page applies them to an alert message (alert_json):
+        {"any_unset": [field, ...], "equal": {field: value, ...}}, the same test as filter()'s."""
+        data = self.cleaned_data
+        return {
+            "any_unset": list(STATE_DEFINITIONS[data["state"] or DEFAULT_STATE][1]),
+            "equal": {name: data[name] for name in EQUAL_FILTERS if data[name]},
+        }

@@ -8,17 +8,22 @@ probe asks on a thread and a connection of its own (checks.BlockingProbe).
 
 Per kind:
 - poller: the database answers; the fleet was read from it at least once; the outbox is not stuck
-  (records waiting and none delivered for STUCK_AFTER_S: the broker, Kafka or MQTT, is away).
+  (records waiting and none delivered for STUCK_AFTER_S: the broker, Kafka or MQTT, is away); no
+  site controller keeps failing its rounds or has stopped running them (gateway/health/sites.py:
+  a site in fallback or refused is not a failure of this process).
 - bridge: the MQTT broker was connected (and the command half's connection is up); its outbox to
   Kafka is not stuck.
-- consumer: the database answers; each consumer (live, history, command results) is connected to
-  Kafka and has partitions assigned.
+- consumer: the database answers; each consumer (live, history, command results, site status) is
+  connected to Kafka and has partitions assigned.
 """
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.health.checks import BlockingProbe, CheckResult, ping_database, transitions
+from gateway.health.sites import site_problem
+from gateway.metrics.families import copy_of
 
 # Records waiting in an outbox with none delivered for this long: the transport is away. The
 # publisher retries every 5 s at most (publish.publisher.RETRY_MAX_S): three attempts failed.
@@ -66,17 +71,40 @@ def consumer_check(name: str, consumer: Any) -> Check:
     return check
 
 
+def site_control_check(control: Any) -> Check:
+    """The poller's site controllers run their rounds (SiteControl: sitecontrol/control.py); the
+    detail names each site that does not."""
+
+    def check() -> CheckResult:
+        controllers = copy_of(control.controllers)
+        refused = [site for site in copy_of(control.refused) if site not in controllers]
+        now = datetime.now(UTC)
+        problems = [
+            problem
+            for _site, controller in sorted(controllers.items())
+            if (problem := site_problem(controller, now)) is not None
+        ]
+        count = len(controllers)
+        good = f"{count} site{'' if count == 1 else 's'} controlled" + (f", {len(refused)} refused" if refused else "")
+        return flag("site control", not problems, good, "; ".join(problems))
+
+    return check
+
+
 def poller_checks(parts: dict[str, Any]) -> list[Check]:
     poller, publisher = parts["poller"], parts["publisher"]
 
     def fleet() -> CheckResult:
         return flag("fleet", poller.reloads > 0, f"{len(poller.tasks)} charge points", "not read from the database yet")
 
-    return [
+    checks: list[Check] = [
         BlockingProbe("database", ping_database).run,
         fleet,
         OutboxWatch(f"outbox ({publisher.transport.name})", publisher),
     ]
+    if parts.get("site_control") is not None:
+        checks.append(site_control_check(parts["site_control"]))
+    return checks
 
 
 def bridge_checks(parts: dict[str, Any]) -> list[Check]:
@@ -94,6 +122,8 @@ def consumer_checks(parts: dict[str, Any]) -> list[Check]:
     checks += [consumer_check(f"kafka ({group.name})", group.consumer) for group in parts.get("groups", [])]
     if parts.get("results") is not None:
         checks.append(consumer_check("kafka (command results)", parts["results"]))
+    if parts.get("site_status") is not None:
+        checks.append(consumer_check("kafka (site status)", parts["site_status"]))
     return checks
 
 

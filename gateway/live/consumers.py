@@ -3,7 +3,8 @@
 - /ws/fleet/: the newest record of each charge point of every consumer batch;
 - /ws/fleet/?site=<slug>: the same, for one site's charge points only;
 - /ws/chargepoints/<slug>/: every record of one charge point (for its charts);
-- /ws/sites/<slug>/: one site's load management, a SiteStatus per control period (the site page).
+- /ws/sites/<slug>/: one site's load management, a SiteStatus per control period (the site page);
+- /ws/alerts/: every alert raised, cleared or acknowledged, and no telemetry (the /alerts/ page).
 
 Messages to the browser (shapes checked in tests/test_live.py):
     {"type": "snapshot", "records": [Record, ...], "more": bool}
@@ -21,6 +22,8 @@ Messages to the browser (shapes checked in tests/test_live.py):
         event's order): /ws/fleet/ gets every alert, /ws/fleet/?site=<slug> the site's,
         /ws/chargepoints/<slug>/ the charge point's. No snapshot: the alert feed reads the open
         alerts over HTTP (GET /alerts/?format=json) when it starts and after each reconnect.
+        /ws/alerts/ gets every alert, and its snapshot is one empty frame (records []): its only
+        news is that the socket is (back) up, so the page reads its alerts again.
     {"type": "snapshot", "statuses": [SiteStatus dict, ...], "more": bool}
         /ws/sites/<slug>/ only, instead of the records' snapshot: the site's statuses of the live
         chart's window (its SiteSample rows, oldest first), in frames as above
@@ -355,6 +358,25 @@ class SiteConsumer(LiveConsumer):
     @database_sync_to_async
     def snapshot(self) -> list[dict]:
         return live_statuses(self.site, timezone.now())
+
+
+class AlertsConsumer(LiveConsumer):
+    """/ws/alerts/: every alert update (the fleet group carries them all), without the telemetry.
+
+    The /alerts/ page shows no telemetry: the fleet group's telemetry events are dropped here, in
+    the web process, rather than sent to the browser. Their sender numbers are still checked: a gap
+    means this socket fell behind and alert updates may have been lost with the records, so it
+    closes with CLOSE_RESYNC and the page, reconnected, reads its alerts again.
+    """
+
+    async def resolve_groups(self) -> list[str] | None:
+        return [FLEET_GROUP]
+
+    def select(self, records: list[Record]) -> list[Record]:
+        return []
+
+    async def snapshot(self) -> list[Record]:
+        return []
 
 
 class UnknownPathConsumer(AsyncWebsocketConsumer):

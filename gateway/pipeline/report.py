@@ -4,11 +4,14 @@ serve `pipeline_report()`.
 
 States, worst last:
     ok        reporting, nothing below applies
-    lagging   behind but moving: outbox older than OUTBOX_LAGGING_S, consumer lag over
-              CONSUMER_LAG_LAGGING messages, a hop's p95 over HOP_LAGGING_MS, no partitions yet
+    lagging   behind but moving: outbox older than OUTBOX_LAGGING_S, a consumer's lag over
+              CONSUMER_LAG_LAGGING messages, a hop's p95 over HOP_LAGGING_MS, a consumer with no
+              partitions yet (its telemetry groups, the command results and the site status ones)
     failing   an ERROR in the last ERROR_RECENT_S, or records waiting in its outbox with none
               delivered for OUTBOX_STUCK_S (publisher.PublishStats.stalled_s: the transport is down;
-              a backlog that moves is only lagging)
+              a backlog that moves is only lagging), or a poller's site controller whose rounds keep
+              failing or stopped (gateway/health/sites.py, the rule readiness uses; a site in
+              fallback or refused shows on its line of the page, not in the stage's state)
     stopped   it said it stopped (stopped_at), or it has not reported for STALE_INTERVALS of its
               interval: the process died or hangs
 
@@ -37,6 +40,8 @@ HOP_LAGGING_MS = 5000.0
 # A row not seen for this long is left off the report (a renamed or retired process); it stays in
 # the table (admin) until someone deletes it.
 FORGET_AFTER = timedelta(days=7)
+# A consumer stage's consumers besides its telemetry groups: (stats key, name on the page).
+OTHER_CONSUMERS = (("results", "command results"), ("site_status", "site status"))
 FLOW_ORDER = {StageKind.POLLER: 0, StageKind.BRIDGE: 1, StageKind.CONSUMER: 2}
 KIND_LABELS = dict(StageKind.choices)
 HOPS = (
@@ -84,11 +89,14 @@ def stage_state(row: StageStatus, now: datetime) -> tuple[str, list[str]]:
             reasons.append((FAILING, why))
         elif outbox_age_s > OUTBOX_LAGGING_S:
             reasons.append((LAGGING, f"outbox behind: {depth} records waiting, the oldest {seconds(outbox_age_s)}"))
-    for group in stats.get("groups") or []:
-        if not group.get("assigned"):
-            reasons.append((LAGGING, f"{group['name']}: no partitions assigned yet"))
-        if group.get("lag_total", 0) > CONSUMER_LAG_LAGGING:
-            reasons.append((LAGGING, f"{group['name']}: {group['lag_total']} messages behind"))
+    for name, consumer in consumers(stats):
+        if not consumer.get("assigned"):
+            reasons.append((LAGGING, f"{name}: no partitions assigned yet"))
+        if consumer.get("lag_total", 0) > CONSUMER_LAG_LAGGING:
+            reasons.append((LAGGING, f"{name}: {consumer['lag_total']} messages behind"))
+    for site in stats.get("site_controllers") or []:
+        if site.get("problem"):  # rounds failing in a row, or none for a while (gateway/health/sites.py)
+            reasons.append((FAILING, site["problem"]))
     for hop, summary in stage_latency(stats).items():
         if summary.get("p95_ms", 0) > HOP_LAGGING_MS:
             reasons.append((LAGGING, f"{hop} latency high: p95 {summary['p95_ms'] / 1000:.1f} s"))
@@ -96,6 +104,19 @@ def stage_state(row: StageStatus, now: datetime) -> tuple[str, list[str]]:
         return OK, []
     reasons.sort(key=lambda reason: -SEVERITY[reason[0]])
     return reasons[0][0], [why for _state, why in reasons]
+
+
+def consumers(stats: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A consumer stage's Kafka consumers by name: its telemetry groups, then the others it runs."""
+    named = [(group["name"], group) for group in stats.get("groups") or []]
+    return named + [(label, stats[key]) for key, label in OTHER_CONSUMERS if stats.get(key) is not None]
+
+
+def other_consumers(stats: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The consumers besides the telemetry groups (command results, site status) as the page shows them."""
+    if stats.get("groups") is None:
+        return None
+    return [{"key": key, "name": label} | stats[key] for key, label in OTHER_CONSUMERS if stats.get(key) is not None]
 
 
 def stage_latency(stats: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -131,6 +152,9 @@ def stage_json(row: StageStatus, now: datetime) -> dict[str, Any]:
         if groups is None
         else {"total": stats.get("lag_total", 0), "by_group": {g["name"]: g.get("lag", {}) for g in groups}},
         "dead_letters": stats.get("dead_letters"),
+        "other_consumers": other_consumers(stats),
+        "site_control": stats.get("site_control"),
+        "site_controllers": stats.get("site_controllers"),
         "latency": stage_latency(stats),
         "last_error": row.last_error,
         "last_error_at": iso(row.last_error_at),

@@ -26,8 +26,10 @@ from asgiref.sync import sync_to_async
 from django.db import DatabaseError, close_old_connections
 
 from gateway.conf import setting
+from gateway.health.sites import site_problem
+from gateway.metrics.families import copy_of
 from gateway.models import StageStatus
-from gateway.pipeline.errors import LastError, LastErrorHandler, install, uninstall
+from gateway.pipeline.errors import LastError, LastErrorHandler, install, scrub, uninstall
 from gateway.pipeline.latency import BridgeLatencyObserver, ConsumerLatencyObserver, Latencies, percentile
 from gateway.runtime import wait_unless_stopped
 from gateway.telemetry import format_ts
@@ -40,6 +42,27 @@ FINAL_WRITE_TIMEOUT_S = 2.0
 # 5,000 charge point fleet's period every few seconds would cost more than it tells).
 LATENESS_SAMPLES = 5000
 NAME_MAX_CHARS = 200
+# A site's entry in the poller's `site_controllers` (a refused site has the first three and its holder).
+SITE_KEYS = (
+    "site",
+    "state",
+    "reason",
+    "problem",
+    "rounds",
+    "urgent",
+    "errors",
+    "failed_in_a_row",
+    "last_round_at",
+    "last_round_ms",
+    "period_s",
+    "commands",
+    "limit_a",
+    "headroom_a",
+    "draw_source",
+    "meter_age_s",
+    "holder",
+    "holder_host",
+)
 
 
 def now_utc() -> datetime:
@@ -104,6 +127,45 @@ def site_control_stats(control: Any) -> dict[str, Any]:
         "urgent": counters["urgent"],
         "errors": counters["errors"],
         "commands": {key.removeprefix("commands_"): n for key, n in counters.items() if key.startswith("commands_")},
+    }
+
+
+def site_controller_stats(control: Any, now: datetime) -> list[dict[str, Any]]:
+    """Each site of the poller's site load management, as the pipeline page shows it: the controlled
+    ones from their controller (counters, last status; `problem` as gateway/health/sites.py judges
+    it), then the refused ones with the poller that holds them. One shape: what a site lacks is null."""
+    controlled = copy_of(control.controllers)
+    sites = [controlled_site(controller, now) for _site, controller in sorted(controlled.items())]
+    for site, outcome in sorted(copy_of(control.refused).items()):
+        if site not in controlled:
+            refused = {"site": site, "state": "refused", "reason": outcome.refusal}
+            sites.append(dict.fromkeys(SITE_KEYS) | refused | {"holder": outcome.holder, "holder_host": outcome.host})
+    return sites
+
+
+def controlled_site(controller: Any, now: datetime) -> dict[str, Any]:
+    """A SiteController's entry: its state and why, its rounds and commands, its last round's status."""
+    counters, status, config = controller.counters, controller.last_status, controller.config
+    reason = controller.reason if status is None else status.reason
+    return {
+        "site": config.site,
+        "state": controller.state if status is None else status.state,
+        "reason": scrub(reason) if reason else None,
+        "problem": site_problem(controller, now),
+        "rounds": counters.periods,
+        "urgent": counters.urgent,
+        "errors": counters.errors,
+        "failed_in_a_row": counters.failed_in_a_row,
+        "last_round_at": None if status is None else format_ts(status.at),
+        "last_round_ms": round(counters.last_period_s * 1000, 1),
+        "period_s": config.period_s,
+        "commands": dict(sorted(copy_of(counters.commands).items())),
+        "limit_a": config.limit_a if status is None else status.limit_a,
+        "headroom_a": None if status is None else round(status.headroom_a, 1),
+        "draw_source": None if status is None else status.draw_source,
+        "meter_age_s": None if status is None else status.meter_age_s,
+        "holder": None,
+        "holder_host": None,
     }
 
 
@@ -177,6 +239,7 @@ class StatusProbe:
         site_control = parts.get("site_control")
         if site_control is not None:
             stats["site_control"] = site_control_stats(site_control)
+            stats["site_controllers"] = site_controller_stats(site_control, now_utc())
         return stats
 
     def _bridge(self, parts: dict[str, Any], now_s: float) -> dict[str, Any]:

@@ -12,6 +12,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from gateway.sitecontrol.demand import DEMAND_HEADROOM_A
+
 Phases = tuple[float, float, float]
 
 # An increase is at most this much per period per charger: a step up in many cars at once is
@@ -59,6 +61,9 @@ class ChargerInput:
     override_a: float | None = None  # an operator's override in force
     offline: bool = False  # no fresh record: counted at its failsafe current (it may fall back to it)
     failsafe_a: float = 0.0  # what it falls back to by itself
+    # What its car takes when it draws less than its limit (demand.DemandTracker); None: unknown,
+    # it may take its full share.
+    demand_a: float | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,7 @@ class _Candidate:
     lo_a: float  # its minimum
     hi_a: float  # its maximum (never below its minimum)
     target_a: float = 0.0  # its fair share (water-filling), before hysteresis and ramp
+    demand_a: float | None = None  # its car's demand, within [lo, hi] (None: unknown)
 
 
 def allocate(site: SiteInput, chargers: list[ChargerInput], memory: ControlMemory) -> list[Decision]:
@@ -117,7 +123,8 @@ def allocate(site: SiteInput, chargers: list[ChargerInput], memory: ControlMemor
        slug): each gets its minimum while it fits on all its phases (and the kW limit), else it
        is paused. What is left is shared by water-filling: equal currents, each capped at its
        maximum and by the phases it uses (max-min fair). Priority decides who pauses, not who
-       gets more.
+       gets more. A car known to draw less than its share (demand_a) is capped at its demand
+       first; what is still left then goes back to it.
     6. Hysteresis: a charger paused for lack of room resumes only when its minimum + 1 A fitted
        for 2 consecutive periods ("waiting" meanwhile; a newly arrived car waits for nobody);
        a charging charger goes down at once when its share falls below what it holds, and after
@@ -157,7 +164,9 @@ def allocate(site: SiteInput, chargers: list[ChargerInput], memory: ControlMemor
             next_state[charger.slug] = "idle"
         else:
             lo_a = max(0.0, charger.min_a)
-            wanting.append(_Candidate(charger, weights, _held_a(charger, memory), lo_a, max(lo_a, charger.max_a)))
+            hi_a = max(lo_a, charger.max_a)
+            demand_a = None if charger.demand_a is None else min(hi_a, max(lo_a, charger.demand_a))
+            wanting.append(_Candidate(charger, weights, _held_a(charger, memory), lo_a, hi_a, demand_a=demand_a))
 
     wanting.sort(key=lambda c: (-c.charger.priority, c.held_a <= 0, c.charger.slug))
 
@@ -211,7 +220,7 @@ def allocate(site: SiteInput, chargers: list[ChargerInput], memory: ControlMemor
     # The admitted minimums are the water-filling's floor: counted in it, not taken twice.
     for candidate in admitted:
         _give(room_new, candidate.weights, candidate.lo_a)
-    _water_fill(admitted, room_new)
+    _share_by_demand(admitted, room_new)
 
     # Rules 6 and 7: hysteresis, ramp, whole amperes.
     for candidate in admitted:
@@ -403,6 +412,29 @@ def _water_fill(admitted: list[_Candidate], room: list[float]) -> None:
         remaining = still
 
 
+def _share_by_demand(admitted: list[_Candidate], room: list[float]) -> None:
+    """Water-filling with each limited car capped at its demand, then what is left shared again
+    over everyone (the first pass's shares as floors, up to each maximum).
+
+    The second pass only raises chargers on constraints the first left unfilled: on a full one
+    the floors already take all of it, so a car that wants more never loses to a capped one.
+    """
+    capped = [c for c in admitted if c.demand_a is not None and c.demand_a < c.hi_a]
+    if not capped:
+        _water_fill(admitted, room)
+        return
+    full_hi = [c.hi_a for c in admitted]
+    for candidate in capped:
+        candidate.hi_a = candidate.demand_a  # type: ignore[assignment]
+    _water_fill(admitted, room)
+    floors = [c.lo_a for c in admitted]
+    for candidate, hi_a in zip(admitted, full_hi, strict=True):
+        candidate.lo_a, candidate.hi_a = candidate.target_a, hi_a
+    _water_fill(admitted, room)
+    for candidate, lo_a in zip(admitted, floors, strict=True):
+        candidate.lo_a = lo_a
+
+
 def _sharing_decision(candidate: _Candidate, lowered: bool) -> Decision:
     """Rules 6 and 7 for a charger that shares: never above its fair share, so never over.
 
@@ -427,6 +459,8 @@ def _sharing_decision(candidate: _Candidate, lowered: bool) -> Decision:
         reason = f"ramping up to {_amps(down_a)} (+{_amps(RAMP_UP_A)} per period)"
     elif current_a >= candidate.hi_a - _EPS or down_a >= math.floor(candidate.hi_a + _EPS):
         reason = f"at its maximum ({_amps(current_a)})"
+    elif candidate.demand_a is not None and target_a <= candidate.demand_a + _EPS:
+        reason = f"its car draws less: its draw + {_amps(DEMAND_HEADROOM_A)} ({_amps(current_a)})"
     else:
         reason = f"fair share of the site's room ({_amps(current_a)})"
     return Decision(slug, current_a, "charging", reason)

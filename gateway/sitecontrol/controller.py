@@ -33,6 +33,7 @@ from gateway.sitecontrol import allocate as allocation
 from gateway.sitecontrol import failsafe
 from gateway.sitecontrol.allocate import ChargerInput, ControlMemory, Decision, SiteInput
 from gateway.sitecontrol.config import ChargerConfig, SiteControlConfig
+from gateway.sitecontrol.demand import DEMAND_SETTLE_S, DemandTracker
 from gateway.sitecontrol.messages import ChargerShare, SiteStatus
 from gateway.sitecontrol.meter import MeterReader
 from gateway.telemetry import Record
@@ -71,6 +72,7 @@ DECREASE, INCREASE, FAILSAFE = "decrease", "increase", "failsafe"
 # larger of that and the latest reading, and keeps it, so a real rise is never missed.
 BASE_SETTLE_S = 5.0
 BASE_STABLE_A = 1.5
+START_WAIT_PERIODS = 2  # the first round waits at most this long for every charger's record and a settled base
 LIMIT_ACTIONS = frozenset({CommandAction.SET_CURRENT_LIMIT, CommandAction.PAUSE, CommandAction.RESUME})
 
 
@@ -90,6 +92,7 @@ class ControllerCounters:
     periods: int = 0  # rounds run (periodic and urgent)
     urgent: int = 0  # rounds started by an over-limit meter reading
     errors: int = 0  # rounds that raised
+    failed_in_a_row: int = 0  # rounds that raised since the last one that went through
     last_period_s: float = 0.0  # how long the last round's work took (measure, allocate, send)
 
     def __post_init__(self) -> None:
@@ -176,6 +179,8 @@ class SiteController:
         self._settled_base: Phases | None = None  # the base load last measured with nothing changing
         self._last_base: Phases | None = None  # the base of the meter's previous reading
         self._limits_changed_at = -math.inf  # when a limit, pause or resume was last sent or applied
+        self._charger_changed_at: dict[str, float] = {}  # slug -> when its limit, pause or resume was last applied
+        self.demand = DemandTracker()
         self._meter_task: asyncio.Task | None = None
         self._meter_stop = asyncio.Event()
         self._make_meter()
@@ -203,7 +208,7 @@ class SiteController:
         self.counters.results[(action, result.status if applied else (result.reason_code or "failed"))] += 1
         charger = self._charger(slug)
         if applied and action in LIMIT_ACTIONS:
-            self._limits_changed_at = self.clock()
+            self._limits_changed_at = self._charger_changed_at[slug] = self.clock()
         if applied:
             if action == CommandAction.SET_CURRENT_LIMIT:
                 self.limit_a[slug] = float(result.value or 0.0)
@@ -305,11 +310,16 @@ class SiteController:
 
     def on_meter_reading(self, current_a: Phases) -> None:
         """A good meter reading: a phase above the limit starts a round at once."""
-        base = self._base_of(current_a)
-        previous, self._last_base = self._last_base, base
-        stable = previous is not None and all(abs(b - p) < BASE_STABLE_A for b, p in zip(base, previous, strict=True))
-        if stable and self._limits_settled(self.clock()):
-            self._settled_base = base
+        if self._all_seen():
+            base = self._base_of(current_a)
+            previous, self._last_base = self._last_base, base
+            stable = previous is not None and all(
+                abs(b - p) < BASE_STABLE_A for b, p in zip(base, previous, strict=True)
+            )
+            if stable and self._limits_settled(self.clock()):
+                self._settled_base = base
+        # else: a charger with no record yet would count as building load (at start-up, every car
+        # charging then looks like the building, and the first round would pause them all).
         if max(current_a) > self.config.limit_a:
             self._urgent = True
             if self._sleeper is not None:
@@ -339,10 +349,12 @@ class SiteController:
         sleeper = self._sleeper = StopWatch(stop)
         self._start_meter()
         try:
-            # The first round waits (up to one period) for a record of every charger: without one a
-            # charger counts as offline, at its failsafe current.
-            deadline = self.clock() + self.config.period_s
-            while not self._all_seen() and self.clock() < deadline:
+            # The first round waits (up to START_WAIT_PERIODS) for a record of every charger (without
+            # one a charger counts as offline, at its failsafe current) and, with a meter, for a
+            # settled base load (else the configured one: a restart must not pause cars that
+            # charge within the limit).
+            deadline = self.clock() + START_WAIT_PERIODS * self.config.period_s
+            while not self._ready_to_start() and self.clock() < deadline:
                 if await sleeper.wait(min(0.1, deadline - self.clock())):
                     return
             next_at = self.clock()
@@ -377,8 +389,10 @@ class SiteController:
         status = None
         try:
             status = self._round_work(urgent)
+            self.counters.failed_in_a_row = 0
         except Exception as exc:
             self.counters.errors += 1
+            self.counters.failed_in_a_row += 1
             logger.exception("%s: the control round failed; the chargers keep their limits", self.config.site)
             self.reason = (
                 f"the controller failed this round ({type(exc).__name__}: {exc}); the chargers keep their limits"
@@ -618,6 +632,20 @@ class SiteController:
                 )  # a 1-phase car on a 3-phase charger
             held = self.limit_a.get(charger.slug)
             in_force = 0.0 if self.paused.get(charger.slug) else held
+            wants_current = not offline and record["status"] in WANTS_CURRENT
+            responsive = self.unresponsive_until.get(charger.slug, 0.0) <= now_s
+            demand_a = None
+            if wants_current and responsive:
+                changed_at = self._charger_changed_at.get(charger.slug, -math.inf)
+                demand_a = self.demand.observe(
+                    charger.slug,
+                    drawn_a=max(actual),
+                    held_a=in_force,
+                    settled=seen[1] - changed_at >= DEMAND_SETTLE_S,
+                    record_at=seen[1],
+                )
+            else:
+                self.demand.forget(charger.slug)
             inputs.append(
                 ChargerInput(
                     slug=charger.slug,
@@ -625,13 +653,14 @@ class SiteController:
                     min_a=charger.min_a,
                     max_a=charger.max_a,
                     priority=charger.priority,
-                    wants_current=not offline and record["status"] in WANTS_CURRENT,
+                    wants_current=wants_current,
                     actual_a=actual,
-                    in_force_a=in_force,
-                    responsive=self.unresponsive_until.get(charger.slug, 0.0) <= now_s,
+                    in_force_a=in_force if in_force is not None or offline else _found_limit_a(record, actual),
+                    responsive=responsive,
                     override_a=overrides.get(charger.slug),
                     offline=offline,
                     failsafe_a=shares.get(charger.slug, 0.0),
+                    demand_a=demand_a,
                 )
             )
         return inputs
@@ -715,6 +744,16 @@ class SiteController:
     def _all_seen(self) -> bool:
         return all(c.slug in self.records for c in self.config.chargers)
 
+    def _ready_to_start(self) -> bool:
+        if not self._all_seen():
+            return False
+        meter = self.meter
+        if meter is None:
+            return True
+        if meter.age_s(self.clock()) is None:
+            return meter.problem is not None  # not read yet: wait, unless it already failed (fallback)
+        return meter.stale(self.clock()) or self._settled_base is not None
+
     def _limits_settled(self, now_s: float) -> bool:
         """Whether every car has had time to follow the last limit change and its record to show it."""
         return now_s - self._limits_changed_at >= BASE_SETTLE_S
@@ -747,6 +786,19 @@ class SiteController:
         self._meter_stop.set()
         if self._meter_task is not None and self._meter_task.done():
             self._meter_task = None
+
+
+def _found_limit_a(record: Record, actual: Phases) -> float | None:
+    """What a charger found charging (a restarted controller has verified nothing yet) holds: the
+    limit it reads back, else at least what its car draws. Its first share then starts from there,
+    not from the minimum: a restart must not cut every car to 6 A and ramp it back up."""
+    drawn_a = max(actual)
+    if drawn_a <= PHASE_DRAWN_A:
+        return None
+    read = (record.get("values") or {}).get("current_limit_a")
+    if isinstance(read, int | float) and read > 0:
+        return float(read)
+    return float(math.floor(drawn_a))
 
 
 def fallback_decisions(inputs: list[ChargerInput], shares: dict[str, float]) -> list[Decision]:

@@ -1,5 +1,6 @@
 // The pipeline-health page: polls GET /pipeline/?format=json every few seconds and redraws the
-// verdict, the hop latencies and one card per stage (gateway/pipeline/report.py makes the JSON).
+// verdict, the hop latencies and one card per stage (gateway/pipeline/report.py makes the JSON):
+// a poller's card lists its site controllers, a consumer's its consumers besides the telemetry groups.
 //
 // The last hop is measured here: the page opens the fleet WebSocket (as the fleet page does) and
 // takes, per telemetry frame, at most three records: receipt on the server's clock - record ts is
@@ -137,6 +138,86 @@
     return parts.join(" · ");
   }
 
+  // A consumer besides the telemetry groups (command results, site status): its lag and dead letters.
+  function otherConsumerFigure(consumer) {
+    const label = consumer.name.charAt(0).toUpperCase() + consumer.name.slice(1);
+    const value = consumer.assigned
+      ? `lag ${num(consumer.lag_total)} · ${num(consumer.handled)} handled · ${num(consumer.dead_lettered)} dead-lettered`
+      : `no partitions yet · ${num(consumer.dead_lettered)} dead-lettered`;
+    const lagging = !consumer.assigned || consumer.lag_total > lastReport.thresholds.consumer_lag_lagging;
+    return figure(label, value, {
+      class: `pipeline-figure${lagging ? " state-lagging" : ""}`,
+      "data-consumer": consumer.key,
+      title: `${consumer.topic} as group ${consumer.group_id}: ${lagText({ by_group: { [consumer.name]: consumer.lag } })}`,
+    });
+  }
+
+  // --- Site load management (a poller's site controllers) ----------------------------------------
+  // The page's colours: a site whose control is failing (its rounds keep failing, or none for a
+  // while) or refused (another poller holds it) is red; one in fallback (stale meter: failsafe
+  // shares) is amber; one starting is grey.
+  function siteState(site) {
+    if (site.problem || site.state === "refused") return "failing";
+    if (site.state === "fallback") return "lagging";
+    if (site.state === "controlling") return "ok";
+    return "unknown";
+  }
+
+  function commandsText(commands) {
+    const each = Object.entries(commands || {}).map(([action, n]) => `${action} ${num(n)}`);
+    const total = Object.values(commands || {}).reduce((sum, n) => sum + n, 0);
+    return each.length ? `${num(total)} (${each.join(" · ")})` : "0";
+  }
+
+  function siteLine(site) {
+    const state = siteState(site);
+    const why = [site.problem, site.reason].filter(Boolean);
+    const figures = [];
+    if (site.state === "refused") {
+      figures.push(figure("Held by", `poller ${site.holder} on ${site.holder_host}`, { "data-site-figure": "holder" }));
+    } else {
+      const ago = site.last_round_at ? E.formatAge(serverNow() - Date.parse(site.last_round_at)) : "none yet";
+      const failed = site.failed_in_a_row ? `${num(site.errors)} · ${num(site.failed_in_a_row)} in a row` : num(site.errors);
+      figures.push(
+        figure("Rounds", `${num(site.rounds)} · ${num(site.urgent)} urgent`, { "data-site-figure": "rounds" }),
+        figure("Failed rounds", failed, { "data-site-figure": "errors", class: `pipeline-figure${site.failed_in_a_row ? " state-failing" : ""}` }),
+        figure("Last round", `${ago} · took ${ms(site.last_round_ms)}`, { "data-site-figure": "last-round", title: `one every ${site.period_s} s` }),
+        figure("Commands sent", commandsText(site.commands), { "data-site-figure": "commands" })
+      );
+      if (site.headroom_a !== null && site.headroom_a !== undefined) {
+        const source = site.draw_source === "meter" && site.meter_age_s !== null ? `meter, ${site.meter_age_s} s old` : site.draw_source;
+        figures.push(figure("Headroom", `${site.headroom_a} A of ${site.limit_a} A (${source})`, { "data-site-figure": "headroom" }));
+      }
+    }
+    return el(
+      "div",
+      { class: `pipeline-site state-${state}`, "data-site": site.site, "data-site-state": site.state, "data-state": state },
+      el(
+        "header",
+        { class: "pipeline-site-header" },
+        el("span", { class: "pipeline-state", "data-site-state-label": "" }, site.state),
+        el("span", { class: "pipeline-stage-name" }, site.site)
+      ),
+      why.length ? el("ul", { class: "pipeline-why", "data-site-why": "" }, why.map((line) => el("li", {}, line))) : null,
+      el("dl", { class: "pipeline-figures" }, figures)
+    );
+  }
+
+  function siteControlBlock(stage) {
+    const sites = stage.site_controllers || [];
+    const totals = stage.site_control;
+    const refused = sites.filter((site) => site.state === "refused").length;
+    const summary = totals
+      ? `${num(sites.length - refused)} controlled${refused ? `, ${num(refused)} refused` : ""} · ${num(totals.periods)} rounds · ${num(totals.errors)} failed`
+      : "";
+    return el(
+      "section",
+      { class: "pipeline-sites", "data-site-control": "" },
+      el("h3", {}, "Site load management ", el("span", { class: "muted" }, summary)),
+      sites.length ? sites.map(siteLine) : el("p", { class: "muted" }, "no load-managed site among this poller's charge points")
+    );
+  }
+
   function stageCard(stage) {
     const figures = [
       figure("Records", stage.records_per_s === null || stage.records_per_s === undefined ? num(stage.records) : `${num(stage.records)} · ${stage.records_per_s}/s`, { "data-figure": "records" }),
@@ -156,6 +237,7 @@
     if (stage.dead_letters !== null && stage.dead_letters !== undefined) {
       figures.push(figure("Dead letters", num(stage.dead_letters), { "data-figure": "dead-letters" }));
     }
+    for (const consumer of stage.other_consumers || []) figures.push(otherConsumerFigure(consumer));
     if (stage.stats && stage.stats.charge_points !== undefined) {
       figures.push(figure("Charge points", num(stage.stats.charge_points), { "data-figure": "charge-points" }));
     }
@@ -187,6 +269,7 @@
       ),
       stage.why.length ? el("ul", { class: "pipeline-why", "data-why": "" }, stage.why.map((why) => el("li", {}, why))) : null,
       el("dl", { class: "pipeline-figures" }, figures),
+      stage.site_control || stage.site_controllers ? siteControlBlock(stage) : null,
       error
     );
   }
