@@ -493,6 +493,7 @@ def serve_web_with_consumer(
 
     from evdash.asgi import application
     from gateway import services
+    from gateway.kafka import web_producer
 
     stop = asyncio.Event()
     consumer_task: list[asyncio.Task] = []
@@ -523,12 +524,17 @@ def serve_web_with_consumer(
         watcher = task.LoopingCall(report_child_deaths, children, set())
         watcher.start(1.0, now=False)
         reactor.addSystemEventTrigger("before", "shutdown", lambda: watcher.running and watcher.stop())
-    Server(
-        application=application,
-        endpoints=build_endpoint_description_strings(host=host, port=port),
-        ready_callable=start_consumer,
-        verbosity=0,
-    ).run()
+    try:
+        Server(
+            application=application,
+            endpoints=build_endpoint_description_strings(host=host, port=port),
+            ready_callable=start_consumer,
+            verbosity=0,
+        ).run()
+    finally:
+        # The pages' Kafka producer lives as long as the process: close it with the web server,
+        # before the demo stops its broker (Tansu waits for connected clients, then is killed).
+        web_producer.close()
     if consumer_failure:
         failure = consumer_failure[0]
         raise ConsumerFailed(f"the live consumer failed: {type(failure).__name__}: {failure}")

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import pytest
 from django.conf import settings
 
+from gateway.kafka import web_producer
 from gateway.kafka.embedded import start_broker, stop_broker
 from gateway.models import ChargePoint, DeviceProfile, Site
 
@@ -51,6 +52,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# A test socket's handshake runs the consumer's connect (session, snapshot queries): channels'
+# default of 1 s is too short on a loaded machine (CI: 4 workers on 2 cores).
+CONNECT_TIMEOUT_S = 10.0
+
+
 async def wait_for(condition: Callable[[], bool], timeout_s: float = 15.0, what: str = "condition") -> None:
     """Poll a condition until it holds or the deadline passes (no fixed sleeps in tests)."""
     deadline = time.monotonic() + timeout_s
@@ -85,7 +91,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def kafka(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def kafka(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """Point the product at the test broker, with a topic and consumer group of this test's own."""
     suffix = uuid.uuid4().hex[:8]
     values = {
@@ -105,7 +111,10 @@ def kafka(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
     }
     for key, value in values.items():
         monkeypatch.setitem(settings.EVDASH, key, value)
-    return values
+    yield values
+    # The web process's producer outlives a request (and so a test): none is left connected to a
+    # broker the test stopped, logging its reconnects into the next test.
+    web_producer.close()
 
 
 @pytest.fixture

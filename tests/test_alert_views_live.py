@@ -25,7 +25,7 @@ from gateway.live.groups import FLEET_GROUP
 from gateway.live.push import TELEMETRY_EVENT, push_alerts, push_telemetry
 from gateway.models import Alert
 from gateway.telemetry import build_record
-from tests.conftest import session_cookie_headers
+from tests.conftest import CONNECT_TIMEOUT_S, session_cookie_headers
 from tests.test_alert_views import ALERTS_URL, T0, alerts, make_alert, operator  # noqa: F401 (alerts: a fixture)
 from tests.test_live_alerts import alert_message
 
@@ -146,7 +146,7 @@ async def test_the_alerts_socket_carries_every_alert_and_no_telemetry() -> None:
     await page.disconnect()
 
     anonymous = WebsocketCommunicator(application, ALERTS_WS_PATH, headers=[h for h in headers if h[0] != b"cookie"])
-    assert (await anonymous.connect())[0]
+    assert (await anonymous.connect(timeout=CONNECT_TIMEOUT_S))[0]
     assert await anonymous.receive_output(timeout=5) == {"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED}
     await anonymous.wait()
     await sync_to_async(connections.close_all)()

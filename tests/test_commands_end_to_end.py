@@ -30,7 +30,7 @@ from gateway.mqtt.bridge import run_bridge
 from gateway.profiles.spec import ProfileSpec
 from gateway.profiles.store import read_spec_file, shipped_profile_files
 from gateway.simulator.fleet import SimulatorFleet
-from tests.conftest import make_charge_point, session_cookie_headers, shipped_profile
+from tests.conftest import CONNECT_TIMEOUT_S, make_charge_point, session_cookie_headers, shipped_profile
 from tests.mosquitto import Mosquitto
 from tests.mosquitto import User as MqttUser
 from tests.processes import wait_until_async
@@ -174,7 +174,7 @@ async def test_a_limit_is_applied_and_verified_on_every_profile_that_supports_it
             await wait_for_records(charge_points, lambda r: r["status"] == "charging", "charging records")
             headers = await sync_to_async(session_cookie_headers)(operator)
             page = WebsocketCommunicator(application, f"/ws/chargepoints/{charge_points[0].slug}/", headers=headers)
-            assert (await page.connect())[0]
+            assert (await page.connect(timeout=CONNECT_TIMEOUT_S))[0]
             try:
                 commands = [
                     await sync_to_async(send_command)(cp, "set_current_limit", LIMIT_A, user=operator, via="web")

@@ -27,7 +27,7 @@ from gateway.live.push import LOGOUT_EVENT, SENDER, TELEMETRY_EVENT, close_sessi
 from gateway.models import ChargePoint, LatestTelemetry, Site
 from gateway.storage import save_latest
 from gateway.telemetry import build_record, decode_record, encode_record
-from tests.conftest import make_charge_point, session_cookie_headers
+from tests.conftest import CONNECT_TIMEOUT_S, make_charge_point, session_cookie_headers
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -85,7 +85,7 @@ async def test_logged_in_socket_is_accepted_and_anonymous_one_refused_with_4401(
     headers = await logged_in_headers()
     # Positive control: the same request with the session cookie is accepted and gets its snapshot.
     fleet = WebsocketCommunicator(application, "/ws/fleet/", headers=headers)
-    assert (await fleet.connect())[0]
+    assert (await fleet.connect(timeout=CONNECT_TIMEOUT_S))[0]
     assert await fleet.receive_json_from() == {"type": "snapshot", "records": [], "more": False}
     await fleet.disconnect()
 
@@ -131,7 +131,7 @@ async def test_same_origin_and_trusted_origins_are_accepted(monkeypatch: pytest.
     proxied = with_headers(headers, origin=b"https://127.0.0.1:8000", **{"x-forwarded-proto": b"https"})
     await (await accepted("/ws/fleet/", proxied)).disconnect()
     downgraded = WebsocketCommunicator(application, "/ws/fleet/", headers=with_headers(proxied, origin=SITE))
-    assert not (await downgraded.connect())[0]
+    assert not (await downgraded.connect(timeout=CONNECT_TIMEOUT_S))[0]
 
     # A proxy that rewrites Host: the public origin is listed explicitly.
     monkeypatch.setattr(settings, "CSRF_TRUSTED_ORIGINS", ["https://dash.example.com"])
@@ -140,7 +140,7 @@ async def test_same_origin_and_trusted_origins_are_accepted(monkeypatch: pytest.
     other_port = WebsocketCommunicator(
         application, "/ws/fleet/", headers=with_headers(headers, origin=b"https://dash.example.com:8443")
     )
-    assert not (await other_port.connect())[0]
+    assert not (await other_port.connect(timeout=CONNECT_TIMEOUT_S))[0]
 
 
 async def test_client_frames_are_ignored_without_error_or_close(site, generic_profile, caplog) -> None:
@@ -260,7 +260,7 @@ async def test_snapshot_then_live_records(site, generic_profile) -> None:
 
     fleet = WebsocketCommunicator(application, "/ws/fleet/", headers=headers)
     one = WebsocketCommunicator(application, "/ws/chargepoints/cp-b/", headers=headers)
-    assert (await fleet.connect())[0] and (await one.connect())[0]
+    assert (await fleet.connect(timeout=CONNECT_TIMEOUT_S))[0] and (await one.connect(timeout=CONNECT_TIMEOUT_S))[0]
     snapshot = await fleet.receive_json_from()
     assert snapshot["type"] == "snapshot"
     assert [r["charge_point"] for r in snapshot["records"]] == ["cp-a"]
@@ -370,7 +370,7 @@ async def test_fleet_filtered_to_a_site_gets_its_snapshot_and_an_unknown_site_is
     headers = await logged_in_headers()
 
     communicator = WebsocketCommunicator(application, "/ws/fleet/?site=other-site", headers=headers)
-    assert (await communicator.connect())[0]
+    assert (await communicator.connect(timeout=CONNECT_TIMEOUT_S))[0]
     snapshot = await communicator.receive_json_from()
     assert [r["charge_point"] for r in snapshot["records"]] == ["cp-c"]
     await communicator.disconnect()
@@ -405,7 +405,7 @@ async def test_a_snapshot_of_6000_charge_points_comes_in_frames_under_1_mib(site
     records = await sync_to_async(populate)()
     assert len(orjson.dumps(records)) > 3 * DAPHNE_MESSAGE_MAX_BYTES  # one frame would be refused
     communicator = WebsocketCommunicator(application, "/ws/fleet/", headers=await logged_in_headers())
-    assert (await communicator.connect())[0]
+    assert (await communicator.connect(timeout=CONNECT_TIMEOUT_S))[0]
     received, frames = [], []
     while not frames or frames[-1]["more"]:
         output = await communicator.receive_output(timeout=10)

@@ -210,7 +210,10 @@ async def test_a_full_outbox_drops_the_oldest_warns_once_and_the_poller_keeps_po
 
     # What reached Kafka is the newest records: per charge point, no gap after the drops.
     records = [json.loads(m.value) for m in await read_all(kafka["TELEMETRY_TOPIC"])]
-    assert len(records) == sent
+    # Every record counted as sent is there, none twice. A batch in flight when the limit dropped
+    # it is counted as dropped and may still arrive (the outbox cannot unsend it), so Kafka may
+    # hold a few more than `sent`: never fewer.
+    assert len({(r["charge_point"], r["seq"]) for r in records}) == len(records) >= sent
     for number in range(CHARGE_POINTS):
         seqs = [r["seq"] for r in records if r["charge_point"] == f"cp-{number}"]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) and seqs[0] > 1, seqs

@@ -20,7 +20,7 @@ from gateway.profiles.store import SHIPPED_DIR, read_spec_file
 from gateway.simulator.fleet import SimulatorFleet
 from gateway.sinks import live_consumer
 from gateway.telemetry import decode_record
-from tests.conftest import make_charge_point, session_cookie_headers, within
+from tests.conftest import CONNECT_TIMEOUT_S, make_charge_point, session_cookie_headers, within
 from tests.kafka_read import read_all
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -39,7 +39,7 @@ class Page:
         self.received: list[tuple[str, int]] = []
 
     async def open(self) -> None:
-        assert (await self.communicator.connect())[0], self.path
+        assert (await self.communicator.connect(timeout=CONNECT_TIMEOUT_S))[0], self.path
         while (await self.communicator.receive_json_from())["more"]:  # the snapshot's frames
             pass
 

@@ -1,11 +1,9 @@
 """What users do to alerts (the write paths views call): acknowledge."""
 
-import asyncio
 import logging
 import uuid
 
 import orjson
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from asgiref.sync import async_to_sync
 from django.contrib.auth.models import AbstractBaseUser
@@ -14,7 +12,7 @@ from django.utils import timezone
 
 from gateway.alerts.messages import ACKNOWLEDGED
 from gateway.alerts.store import mark_done, owe
-from gateway.kafka.config import producer_options
+from gateway.kafka import web_producer
 from gateway.kafka.topics import alerts_topic
 from gateway.live.push import push_alerts
 from gateway.models import Alert, AlertDelivery
@@ -53,7 +51,7 @@ def announce(delivery: AlertDelivery) -> None:
     a broker outage is logged and leaves it owed."""
     message = delivery.message
     try:
-        async_to_sync(publish_alert)(message)
+        publish_alert(message)
     except (KafkaError, OSError, TimeoutError) as exc:
         logger.warning(
             "alert %s %s not published (owed, for the notifier's next start): %s: %s",
@@ -67,12 +65,8 @@ def announce(delivery: AlertDelivery) -> None:
     async_to_sync(push_alerts)([message])
 
 
-async def publish_alert(message: dict) -> None:
-    """One alert message to the alerts topic, key = charge point (a short-lived producer: acknowledgements are rare)."""
-    producer = AIOKafkaProducer(**producer_options())
-    try:
-        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-            await producer.start()
-            await producer.send_and_wait(alerts_topic(), orjson.dumps(message), key=message["charge_point"].encode())
-    finally:
-        await producer.stop()
+def publish_alert(message: dict) -> None:
+    """One alert message to the alerts topic, key = charge point (the web process's one producer)."""
+    web_producer.send(
+        alerts_topic(), orjson.dumps(message), key=message["charge_point"].encode(), timeout_s=PUBLISH_TIMEOUT_S
+    )

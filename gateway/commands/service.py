@@ -7,7 +7,6 @@ charger's profile does not support, a value out of the profile's range); the pol
 and access again before it writes (gateway/commands/execute.py).
 """
 
-import asyncio
 import logging
 import math
 import time
@@ -16,14 +15,12 @@ from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from asgiref.sync import async_to_sync
 
 from gateway.choices import OPERATOR_ACTIONS, VALUE_UNITS, CommandAction, CommandStatus, FailureReason
 from gateway.commands.messages import CommandMessage
 from gateway.conf import setting
-from gateway.kafka.config import producer_options
+from gateway.kafka import web_producer
 from gateway.kafka.topics import commands_topic
 from gateway.models import ChargePoint, Command
 from gateway.profiles.encode import WriteRangeError, check_write_range
@@ -99,7 +96,7 @@ def send_command(
     row.save(force_insert=True)
     message = command_message(row)
     try:
-        async_to_sync(publish_command)(message)
+        publish_command(message)
     except (KafkaError, OSError, TimeoutError) as exc:
         # The poller never saw it (or, after a timeout, may see it late: its result is then
         # ignored, since the first outcome of a command wins; the reason says so).
@@ -127,15 +124,10 @@ def command_message(command: Command) -> CommandMessage:
     )
 
 
-async def publish_command(message: CommandMessage) -> None:
-    """Publish to the commands topic, keyed by charge point, acknowledged by all in-sync replicas."""
-    producer = AIOKafkaProducer(**producer_options())
-    try:
-        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-            await producer.start()
-            await producer.send_and_wait(commands_topic(), message.to_json(), key=message.key)
-    finally:
-        await producer.stop()
+def publish_command(message: CommandMessage) -> None:
+    """Publish to the commands topic, keyed by charge point, acknowledged by all in-sync replicas
+    (the web process's one producer, gateway/kafka/web_producer.py, not a connection per command)."""
+    web_producer.send(commands_topic(), message.to_json(), key=message.key, timeout_s=PUBLISH_TIMEOUT_S)
 
 
 def wait_for_result(command_id: uuid.UUID | str, timeout_s: float, poll_s: float = 0.02) -> Command:
