@@ -181,3 +181,35 @@ class Collected:
     def times_of(self, slug: str) -> list[float]:
         """Arrival times of one charge point's records."""
         return [t for r, t in zip(self.records, self.arrived_at, strict=True) if r["charge_point"] == slug]
+
+
+# Files that take half a minute or more on CI (`--durations`), longest first. xdist's
+# `--dist loadfile` hands files to the workers in collection order, and these sort late
+# (test_s*): run last, they left one worker finishing them alone for minutes. Started first, the
+# short files fill in around them. The site-control chains, which time the site's response, are
+# spread apart rather than started together.
+LONG_FILES = (
+    "test_commands_end_to_end.py",
+    "test_sitecontrol_end_to_end.py",
+    "test_bridge_faults.py",
+    "test_demo.py",
+    "test_sitecontrol_failsafe_end_to_end.py",
+    "test_poller_outage.py",
+    "test_browser_history.py",
+    "test_mqtt_outage.py",
+    "test_sitecontrol_load_step.py",
+    "test_browser.py",
+    "test_bridge_commands.py",
+    "test_browser_alerts.py",
+    "test_sitecontrol_demand_end_to_end.py",
+    "test_browser_alerts_live.py",
+    "test_history_sessions_alerts_end_to_end.py",
+    "test_bridge.py",
+    "test_shutdown.py",
+    "test_browser_commands.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order

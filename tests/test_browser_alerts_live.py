@@ -59,7 +59,10 @@ users = get_user_model().objects
 users.create_user("operator", password="{PASSWORD}")
 users.create_user("night", password="{PASSWORD}")
 """
-SERVE = "from gateway.demo import serve_web_with_consumer; serve_web_with_consumer('127.0.0.1', {port})"
+SERVE = (
+    "from gateway.demo import serve_web_with_consumer; "
+    "serve_web_with_consumer('127.0.0.1', {port}, metrics_port={metrics_port})"
+)
 # Test instrumentation, before the page's scripts: every socket and what it heard, and a switch
 # that sends new sockets to a path the server refuses (the page then retries, as on a network drop).
 SOCKETS = """
@@ -97,11 +100,14 @@ def server(kafka: dict, tmp_path: Path) -> Iterator[dict]:
     env.pop("REDIS_URL", None)  # the in-memory channel layer: the consumer pushes in the web process
     manage(["migrate", "-v", "0"], env)
     manage(["shell", "-c", SETUP.format(port=free_port())], env)
-    port = free_port()
-    web = Service("shell", env, tmp_path / "web.log", "-c", SERVE.format(port=port))
+    port, metrics_port = free_port(), free_port()
+    web = Service("shell", env, tmp_path / "web.log", "-c", SERVE.format(port=port, metrics_port=metrics_port))
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: serving(url), 60, "the web server", web)
+        # The live group starts at the newest offset: a record published before it has its
+        # partitions would never raise an alert. Its readiness says when it has them.
+        wait_until(lambda: ready(f"http://127.0.0.1:{metrics_port}/readyz"), 60, "the consumer's partitions", web)
         yield {"url": url, "web": web}
         web.stop(signal.SIGINT)
     finally:
@@ -124,6 +130,16 @@ SEQ = count(1)
 def record(charge_point: str, site: str, status: str, power_w: float = 0.0) -> Record:
     fields = TelemetryFields(status=status, iec61851_state=None, values={"power_w": power_w}, extra={})
     return build_record(charge_point=charge_point, site=site, profile=PROFILE, seq=next(SEQ), fields=fields)
+
+
+def ready(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
 
 
 def publish(*records: Record) -> None:
