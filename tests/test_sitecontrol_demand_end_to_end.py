@@ -31,14 +31,15 @@ def small_site(first_car_max_a: float) -> SimulatorFleet:
 async def test_a_car_drawing_less_than_its_share_gives_its_room_to_the_others(kafka: dict) -> None:
     # Room per phase: 63 − 1 (margin) − 4 (building) = 58 A; shared blindly, 14 A each (14.5).
     # cp-0's car takes at most 6 A (drawing 5.2–5.9 A): known, it is held at 6 + 3 = 9 A and the
-    # other three share 58 − 9 = 49 A: 16 A each (16.3; the base the controller measures from the
-    # meter may be off by a fraction of an ampere, hence not a round 16.0).
+    # other three share 58 − 9 = 49 A: 16 A each (16.3). The base load the controller measures
+    # (meter less the chargers' records) can read up to ~1.5 A high on a loaded machine, where
+    # records lag the meter: then 15 A each, still above the 14 A of blind sharing.
     fleet = small_site(first_car_max_a=6.0)
     async with chain(fleet) as watch:
         limits = await settle(
             watch, "with cp-0's car at 6 A", timeout_s=150, quiet_s=3 * 5.0, accept=lambda limits: limits[0] < 14.0
         )
-        assert limits == [9.0, 16.0, 16.0, 16.0]
+        assert limits[0] == 9.0 and limits[1] == limits[2] == limits[3] in (15.0, 16.0), limits
         steady_from = time.monotonic()
         # The car now wants more (its battery warmed up): it draws up to its 9 A limit, within
         # 1.5 A of the estimate, so it is released and the four share 58 A again: at most 14 A
@@ -48,6 +49,8 @@ async def test_a_car_drawing_less_than_its_share_gives_its_room_to_the_others(ka
             watch, "after cp-0's car wants more", timeout_s=120, accept=lambda limits: limits[0] > 9.0
         )
         end = time.monotonic()
+    # 58 / 4 = 14.5 A (14 A with the base read up to 2 A high): the three at 14 A, cp-0 back above
+    # its 9 A within the dead band (13 or 14 A).
     assert released[1:] == [14.0, 14.0, 14.0] and released[0] in (13.0, 14.0), released
     assert sum(released) <= LIMIT_A - 1.0 - BUILDING_A
     assert not watch.over(steady_from, end), "the site went over its limit while cp-0 was released"
