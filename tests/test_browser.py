@@ -324,7 +324,8 @@ def test_charge_point_page_draws_live_charts(demo: dict, page) -> None:
     page.wait_for_selector("[data-live-indicator][data-state=live]", timeout=20_000)
     # The charge point's charts plot one point per record (by the record's time).
     # Functions, not expression strings: the page's Content-Security-Policy forbids eval.
-    page.wait_for_function("() => document.getElementById('power-chart').data[0].x.length >= 5", timeout=15_000)
+    # A record every second or two: 45 s leaves room for a loaded CI machine (4 workers on 2 cores).
+    page.wait_for_function("() => document.getElementById('power-chart').data[0].x.length >= 5", timeout=45_000)
     currents = page.evaluate("() => document.getElementById('current-chart').data.map(t => t.y.length)")
     assert len(currents) == 3 and min(currents) >= 5
     assert re.search(r"\d", page.locator('[data-value="power_w"]').text_content())
