@@ -17,7 +17,7 @@ from gateway.profiles.store import SHIPPED_DIR, read_spec_file
 from gateway.simulator.fleet import SimulatorFleet
 from gateway.sinks import live_consumer
 from gateway.telemetry import decode_record, encode_record, parse_ts
-from tests.conftest import make_charge_point, session_cookie_headers, wait_for
+from tests.conftest import CONNECT_TIMEOUT_S, make_charge_point, session_cookie_headers, wait_for
 from tests.kafka_read import read_all
 
 GENERIC = read_spec_file(SHIPPED_DIR / "generic-ev-charger.json")
@@ -36,9 +36,9 @@ async def value_arrives_on_websocket(site, profile) -> dict:
         consumer = live_consumer(telemetry_topic(), auto_offset_reset="earliest")
         consumer_task = asyncio.create_task(services.run_consumer(stop_consumer, consumer))
         browser = WebsocketCommunicator(application, "/ws/chargepoints/cp-0/", headers=headers)
-        connected, _ = await browser.connect()
+        connected, _ = await browser.connect(timeout=CONNECT_TIMEOUT_S)
         assert connected is True
-        assert (await browser.receive_json_from())["type"] == "snapshot"
+        assert (await browser.receive_json_from(timeout=CONNECT_TIMEOUT_S))["type"] == "snapshot"
         await asyncio.wait_for(consumer.assigned.wait(), 30)
 
         target.set_status("charging")

@@ -119,7 +119,7 @@ def test_a_page_reads_again_as_json_and_later_pages_know_the_newest() -> None:
 async def alerts_socket(headers: list) -> WebsocketCommunicator:
     """The /alerts/ page's socket, accepted; its snapshot is one empty frame (the page reads over HTTP)."""
     communicator = WebsocketCommunicator(application, ALERTS_WS_PATH, headers=headers)
-    connected, _ = await communicator.connect()
+    connected, _ = await communicator.connect(timeout=CONNECT_TIMEOUT_S)
     assert connected
     assert await communicator.receive_json_from() == {"type": "snapshot", "records": [], "more": False}
     return communicator

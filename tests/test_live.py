@@ -66,7 +66,7 @@ def with_headers(headers: list[tuple[bytes, bytes]], **replace: bytes | None) ->
 async def accepted(path: str, headers: list[tuple[bytes, bytes]]) -> WebsocketCommunicator:
     """A socket that was accepted and got its snapshot."""
     communicator = WebsocketCommunicator(application, path, headers=headers)
-    connected, _ = await communicator.connect()
+    connected, _ = await communicator.connect(timeout=CONNECT_TIMEOUT_S)
     assert connected
     assert (await communicator.receive_json_from())["type"] == "snapshot"
     return communicator
@@ -74,7 +74,7 @@ async def accepted(path: str, headers: list[tuple[bytes, bytes]]) -> WebsocketCo
 
 async def close_code_after_accept(communicator: WebsocketCommunicator) -> int:
     """The application close code of a socket that is accepted and closed at once (what a browser can read)."""
-    connected, _ = await communicator.connect()
+    connected, _ = await communicator.connect(timeout=CONNECT_TIMEOUT_S)
     assert connected, "refusals the page must explain are sent after the handshake"
     message = await communicator.receive_output(timeout=5)
     assert message["type"] == "websocket.close", message
@@ -113,7 +113,7 @@ async def test_logged_in_socket_is_accepted_and_anonymous_one_refused_with_4401(
 async def test_socket_from_another_origin_is_refused(host: bytes, origin: bytes | None) -> None:
     headers = with_headers(await logged_in_headers(), host=host, origin=origin)
     communicator = WebsocketCommunicator(application, "/ws/fleet/", headers=headers)
-    connected, _ = await communicator.connect()
+    connected, _ = await communicator.connect(timeout=CONNECT_TIMEOUT_S)
     assert not connected  # refused at the handshake: daphne answers HTTP 403, nothing is streamed
     await communicator.wait()
 
@@ -178,7 +178,7 @@ async def test_unknown_path_is_refused_without_a_traceback(path: str, logged_in:
     caplog.set_level(logging.DEBUG)
     communicator = WebsocketCommunicator(application, path, headers=headers)
     # A routing error would raise here (and in daphne, log "Exception inside application").
-    connected, _ = await communicator.connect()
+    connected, _ = await communicator.connect(timeout=CONNECT_TIMEOUT_S)
     assert not connected
     await communicator.wait()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

@@ -17,7 +17,7 @@ from gateway.live.groups import FLEET_GROUP, site_group
 from gateway.live.push import ALERT_EVENT, alert_events, push_alerts, push_telemetry
 from gateway.models import Site
 from gateway.telemetry import build_record
-from tests.conftest import make_charge_point, session_cookie_headers, within
+from tests.conftest import CONNECT_TIMEOUT_S, make_charge_point, session_cookie_headers, within
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -52,7 +52,7 @@ def alert_message(charge_point: str, site: str, event: str = "raised") -> dict:
 async def socket(path: str, headers: list[tuple[bytes, bytes]]) -> WebsocketCommunicator:
     """An accepted socket past its snapshot."""
     communicator = WebsocketCommunicator(application, path, headers=headers)
-    connected, _ = await communicator.connect()
+    connected, _ = await communicator.connect(timeout=CONNECT_TIMEOUT_S)
     assert connected
     while (await communicator.receive_json_from())["more"]:
         pass

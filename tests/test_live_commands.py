@@ -19,7 +19,7 @@ from gateway.live.groups import site_group
 from gateway.live.push import COMMAND_EVENT, push_command_updates, push_telemetry
 from gateway.models import ChargePoint, Command, Site
 from gateway.telemetry import build_record
-from tests.conftest import make_charge_point, session_cookie_headers, within
+from tests.conftest import CONNECT_TIMEOUT_S, make_charge_point, session_cookie_headers, within
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -43,7 +43,7 @@ def store_command(cp: ChargePoint, **fields: object) -> Command:
 async def socket(path: str, headers: list[tuple[bytes, bytes]]) -> WebsocketCommunicator:
     """An accepted socket past its snapshot."""
     communicator = WebsocketCommunicator(application, path, headers=headers)
-    connected, _ = await communicator.connect()
+    connected, _ = await communicator.connect(timeout=CONNECT_TIMEOUT_S)
     assert connected
     while (await communicator.receive_json_from())["more"]:
         pass
